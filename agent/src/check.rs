@@ -1,0 +1,104 @@
+//! `check-config`: the I/O checks that validation cannot do: secrets readable, DPO
+//! certificates usable, signing key a usable secret key, store directories writable.
+//! Every problem is reported, not just the first.
+
+use crate::config::{Config, ConfigProblem, StoreKind};
+use crate::crypto;
+use crate::secret::read_secret_file;
+
+/// What check-config found: problems (config invalid) and notes (facts worth printing).
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub problems: Vec<ConfigProblem>,
+    pub notes: Vec<String>,
+}
+
+pub fn check(cfg: &Config) -> CheckReport {
+    let mut r = CheckReport::default();
+    let file = cfg.file.as_path();
+    if let Err(e) = cfg.require_backup_parts() {
+        r.problems.extend(e.problems);
+    }
+    for s in &cfg.sources {
+        if let Err(e) = read_secret_file(&s.password_file.path, &s.password_file.key) {
+            r.problems
+                .push(s.password_file.problem(file, e.to_string()));
+        }
+    }
+    if let Some(enc) = &cfg.encryption {
+        for cp in &enc.dpo_certificates {
+            match crypto::check_dpo_certificate(cp) {
+                Ok((_, info)) => {
+                    let exp = info
+                        .expires_at
+                        .map(|t| {
+                            chrono::DateTime::<chrono::Utc>::from(t)
+                                .format("%Y-%m-%d")
+                                .to_string()
+                        })
+                        .unwrap_or_else(|| "never".into());
+                    r.notes.push(format!(
+                        "DPO certificate {} ({}): {} encryption subkey(s), expires {exp}",
+                        info.fingerprint,
+                        info.user_ids
+                            .first()
+                            .map(String::as_str)
+                            .unwrap_or("no user id"),
+                        info.encryption_subkeys.len()
+                    ));
+                }
+                Err(e) => r
+                    .problems
+                    .push(cp.problem(file, strip_key(&e.to_string(), &cp.key))),
+            }
+        }
+        match crypto::load_signing_key(
+            &enc.signing_key_file,
+            enc.signing_key_passphrase_file.as_ref(),
+        ) {
+            Ok(k) => r
+                .notes
+                .push(format!("agent signing key {}", k.fingerprint())),
+            Err(e) => r.problems.push(
+                enc.signing_key_file
+                    .problem(file, strip_key(&e.to_string(), &enc.signing_key_file.key)),
+            ),
+        }
+    }
+    for st in &cfg.stores {
+        match &st.kind {
+            StoreKind::Local { path } => {
+                let p = &path.path;
+                if !p.is_dir() {
+                    r.problems.push(path.problem(
+                        file,
+                        format!(
+                            "store {}: directory {} does not exist; create it",
+                            st.name,
+                            p.display()
+                        ),
+                    ));
+                } else {
+                    let probe = p.join(format!(".tmp-check-config.{}", std::process::id()));
+                    match std::fs::write(&probe, b"") {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(&probe);
+                        }
+                        Err(e) => r.problems.push(path.problem(
+                            file,
+                            format!("store {}: cannot write into {}: {e}", st.name, p.display()),
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Crypto errors start with "key: path: "; the problem line has its own key column.
+fn strip_key(msg: &str, key: &str) -> String {
+    msg.strip_prefix(&format!("{key}: "))
+        .unwrap_or(msg)
+        .to_string()
+}

@@ -1,0 +1,999 @@
+//! The dumper: a consistent logical dump of a MariaDB server over one connection
+//! (mysql_async, text protocol), written as SQL that the stock `mariadb` client loads.
+//!
+//! Consistency: REPEATABLE READ and START TRANSACTION WITH CONSISTENT SNAPSHOT give one
+//! snapshot for every InnoDB table of every selected database, and MariaDB reports the
+//! binlog position of exactly that snapshot (binlog_snapshot_file/position), so no FLUSH
+//! TABLES WITH READ LOCK is ever needed. Non-transactional tables are read in the same
+//! session but are not snapshot-consistent; the manifest says how many there were.
+//!
+//! Exactness: values are read with character_set_results=binary, i.e. as the bytes the
+//! server stores, and written per column type as a literal that reproduces those bytes:
+//! numbers as they are, BIT as b'..', binary strings and geometry as X'..', text in a
+//! UTF-8 family charset as an escaped string, text in any other charset as
+//! `_charset X'..'`, temporal and other types as escaped strings.
+//!
+//! Order of the output, so that it loads whatever depends on what: per database the
+//! database, its sequences, tables and data; then all routines; then all views in
+//! dependency order; then triggers and events; then users and grants; then the trailer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder, Row, Value};
+use tokio::sync::mpsc;
+
+use crate::config::{Endpoint, SourceConfig};
+use crate::digest::{definition_digest, TableDigest};
+use crate::format::{
+    self, push_bits, push_hex, push_quoted, qualified, quote_ident, quote_str, TableTrailer,
+};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("cannot connect to MariaDB at {endpoint} as user {user:?}: {source}; check the server is running and reachable, and the user and password file")]
+    Connect {
+        endpoint: String,
+        user: String,
+        source: mysql_async::Error,
+    },
+    #[error("{during}: {source}")]
+    Server {
+        during: String,
+        source: mysql_async::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the compression/encryption stage stopped before the dump finished")]
+    OutputClosed,
+}
+
+fn server(during: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> DumpError {
+    let during = during.into();
+    move |source| DumpError::Server { during, source }
+}
+
+/// Binlog coordinates of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BinlogPosition {
+    pub file: String,
+    pub position: u64,
+    pub gtid: Option<String>,
+}
+
+/// What the dump found, for the manifest and the log.
+#[derive(Debug, Clone, Default)]
+pub struct DumpSummary {
+    pub server_version: String,
+    pub host: String,
+    pub databases: Vec<String>,
+    pub binlog: Option<BinlogPosition>,
+    pub tables: usize,
+    pub rows: u64,
+    pub largest_statement: usize,
+    /// Tables that are not snapshot-consistent (names go to the log, not the manifest).
+    pub non_transactional: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Opens a connection to a source's server.
+pub async fn connect(src: &SourceConfig, password: &Secret) -> Result<Conn, DumpError> {
+    let mut b = OptsBuilder::default()
+        .user(Some(src.user.clone()))
+        .pass(Some(password.expose().to_string()))
+        .stmt_cache_size(0)
+        .prefer_socket(false)
+        .wait_timeout(Some(28800));
+    match &src.endpoint {
+        Endpoint::Tcp { host, port } => b = b.ip_or_hostname(host.clone()).tcp_port(*port),
+        Endpoint::Socket(p) => b = b.socket(Some(p.display().to_string())),
+    }
+    let timeout = std::time::Duration::from_secs(src.connect_timeout_secs.max(1));
+    let conn = tokio::time::timeout(timeout, Conn::new(b)).await;
+    let err = |source| DumpError::Connect {
+        endpoint: src.endpoint.to_string(),
+        user: src.user.clone(),
+        source,
+    };
+    match conn {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(DumpError::Connect {
+            endpoint: src.endpoint.to_string(),
+            user: src.user.clone(),
+            source: mysql_async::Error::Other(
+                format!("no answer within {}s", timeout.as_secs()).into(),
+            ),
+        }),
+    }
+}
+
+/// Buffers SQL text and hands it to the compression stage in chunks over a bounded
+/// channel: when that stage is slower, the dump waits instead of filling memory.
+pub struct SqlOutput {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl SqlOutput {
+    pub fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
+        SqlOutput {
+            tx,
+            buf: Vec::with_capacity(CHUNK * 2),
+        }
+    }
+
+    pub async fn write(&mut self, b: &[u8]) -> Result<(), DumpError> {
+        if self.buf.is_empty() && b.len() >= CHUNK {
+            return self
+                .tx
+                .send(b.to_vec())
+                .await
+                .map_err(|_| DumpError::OutputClosed);
+        }
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), DumpError> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK * 2));
+            self.tx
+                .send(chunk)
+                .await
+                .map_err(|_| DumpError::OutputClosed)?;
+        }
+        Ok(())
+    }
+}
+
+type RawRow = Vec<Option<Vec<u8>>>;
+
+fn raw(row: Row) -> RawRow {
+    row.unwrap_raw()
+        .into_iter()
+        .map(|v| match v {
+            None | Some(Value::NULL) => None,
+            Some(Value::Bytes(b)) => Some(b),
+            Some(other) => Some(other.as_sql(true).into_bytes()),
+        })
+        .collect()
+}
+
+async fn fetch(conn: &mut Conn, sql: &str, during: &str) -> Result<Vec<RawRow>, DumpError> {
+    let rows: Vec<Row> = conn.query(sql).await.map_err(server(during))?;
+    Ok(rows.into_iter().map(raw).collect())
+}
+
+fn text(v: &Option<Vec<u8>>) -> String {
+    v.as_deref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+fn bytes(v: &Option<Vec<u8>>) -> Vec<u8> {
+    v.clone().unwrap_or_default()
+}
+
+/// How a column's values are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ColKind {
+    /// Integers, DECIMAL, YEAR: the server's text is a valid literal.
+    Number,
+    /// FLOAT/DOUBLE: as text, with negative zero kept negative.
+    Float,
+    Bits,
+    /// Text in a charset whose bytes are valid in a utf8mb4 string literal.
+    Utf8Text,
+    /// Text in another charset: `_cs X'..'`, exact whatever the bytes.
+    OtherText(String),
+    /// Binary strings and geometry.
+    Binary,
+    /// Temporal, INET, UUID and unknown types: an escaped string.
+    Quoted,
+}
+
+fn classify(data_type: &str, charset: Option<&str>) -> ColKind {
+    match data_type.to_ascii_lowercase().as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
+        | "numeric" | "year" => ColKind::Number,
+        "float" | "double" | "real" => ColKind::Float,
+        "bit" => ColKind::Bits,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
+        | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" => ColKind::Binary,
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
+        | "json" => match charset {
+            None | Some("binary") => ColKind::Binary,
+            Some(cs) if matches!(cs, "utf8mb4" | "utf8mb3" | "utf8" | "ascii") => ColKind::Utf8Text,
+            Some(cs) => ColKind::OtherText(cs.to_string()),
+        },
+        _ => ColKind::Quoted,
+    }
+}
+
+fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
+    match kind {
+        ColKind::Number => out.extend_from_slice(v),
+        ColKind::Float => {
+            out.extend_from_slice(v);
+            // "-0" would parse as the integer 0; "-0e0" is the double negative zero.
+            if v == b"-0" {
+                out.extend_from_slice(b"e0");
+            }
+        }
+        ColKind::Bits => push_bits(out, v),
+        ColKind::Utf8Text | ColKind::Quoted => push_quoted(out, v),
+        ColKind::OtherText(cs) => {
+            out.push(b'_');
+            out.extend_from_slice(cs.as_bytes());
+            out.push(b' ');
+            push_hex(out, v);
+        }
+        ColKind::Binary => push_hex(out, v),
+    }
+}
+
+struct Column {
+    name: String,
+    kind: ColKind,
+    /// What the SELECT reads: the column, or for FLOAT `CAST(col AS DOUBLE)`, because the
+    /// server prints FLOAT with 6 significant digits, which loses bits; the double's
+    /// shortest form is exact and converts back to the same float on insert.
+    select: String,
+}
+
+const COLUMNS_QUERY: &str =
+    "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, EXTRA, IS_GENERATED \
+     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=";
+
+/// The columns whose values are dumped, from a COLUMNS_QUERY row: generated columns and
+/// system-versioning period columns are computed by the server, never inserted.
+fn data_column(r: &RawRow) -> Option<(String, Column)> {
+    let extra = text(&r[4]).to_ascii_uppercase();
+    if text(&r[5]).eq_ignore_ascii_case("ALWAYS")
+        || extra.contains("GENERATED")
+        || extra.contains("ROW START")
+        || extra.contains("ROW END")
+    {
+        return None;
+    }
+    let name = text(&r[1]);
+    let data_type = text(&r[2]);
+    let cs = r[3]
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    let select = if data_type.eq_ignore_ascii_case("float") {
+        format!("CAST({} AS DOUBLE)", quote_ident(&name))
+    } else {
+        quote_ident(&name)
+    };
+    Some((
+        text(&r[0]),
+        Column {
+            kind: classify(&data_type, cs.as_deref()),
+            name,
+            select,
+        },
+    ))
+}
+
+fn select_rows_sql(db: &str, table: &str, cols: &[Column]) -> String {
+    let list: Vec<&str> = cols.iter().map(|c| c.select.as_str()).collect();
+    format!("SELECT {} FROM {}", list.join(","), qualified(db, table))
+}
+
+struct TableInfo {
+    name: String,
+    kind: String,
+    engine: String,
+}
+
+/// One SHOW CREATE result for a stored object, with the session settings it was made in.
+struct Object {
+    db: String,
+    name: String,
+    create: Vec<u8>,
+    sql_mode: Option<String>,
+    charset_client: Option<String>,
+    collation_connection: Option<String>,
+    time_zone: Option<String>,
+}
+
+const NON_DATA_ENGINES: &[&str] = &["BLACKHOLE", "FEDERATED", "SPIDER", "CONNECT"];
+const TRANSACTIONAL_ENGINES: &[&str] = &["InnoDB", "ROCKSDB", "TokuDB"];
+
+/// Runs a whole dump on `conn`, writing SQL to `out`.
+pub async fn dump(
+    conn: &mut Conn,
+    source: &SourceConfig,
+    description: &str,
+    out: &mut SqlOutput,
+) -> Result<DumpSummary, DumpError> {
+    let mut summary = DumpSummary::default();
+    // Session: exact values, full SHOW CREATE output, time in UTC, no timeouts while the
+    // pipeline applies back-pressure.
+    conn.query_drop(
+        "SET SESSION sql_mode='', time_zone='+00:00', net_write_timeout=3600, net_read_timeout=3600, \
+         character_set_client=utf8mb4, collation_connection=utf8mb4_general_ci, character_set_results=binary",
+    )
+    .await
+    .map_err(server("setting up the dump session"))?;
+    let info = fetch(
+        conn,
+        "SELECT VERSION(), @@hostname, @@log_bin",
+        "reading server version",
+    )
+    .await?;
+    summary.server_version = text(&info[0][0]);
+    summary.host = text(&info[0][1]);
+    let log_bin = text(&info[0][2]) == "1";
+
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(server("setting REPEATABLE READ"))?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(server("starting the consistent snapshot"))?;
+
+    if log_bin {
+        let st = fetch(
+            conn,
+            "SHOW STATUS LIKE 'binlog_snapshot_%'",
+            "reading the snapshot's binlog position",
+        )
+        .await?;
+        let mut file = String::new();
+        let mut pos = 0u64;
+        for r in &st {
+            match text(&r[0]).as_str() {
+                "Binlog_snapshot_file" => file = text(&r[1]),
+                "Binlog_snapshot_position" => pos = text(&r[1]).parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        if !file.is_empty() {
+            let g = fetch(
+                conn,
+                &format!("SELECT BINLOG_GTID_POS({}, {pos})", quote_str(&file)),
+                "reading the snapshot's GTID position",
+            )
+            .await?;
+            let gtid = g
+                .first()
+                .and_then(|r| r[0].as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            summary.binlog = Some(BinlogPosition {
+                file,
+                position: pos,
+                gtid,
+            });
+        }
+    }
+
+    let dbs = fetch(conn, "SHOW DATABASES", "listing databases").await?;
+    let databases: Vec<String> = dbs
+        .iter()
+        .map(|r| text(&r[0]))
+        .filter(|d| source.selects(d))
+        .collect();
+    for inc in &source.include {
+        if !databases.contains(inc) {
+            return Err(DumpError::Invalid(format!(
+                "source {}: database {inc:?} is in databases.include but does not exist on the server (or the dump user cannot see it)",
+                source.name
+            )));
+        }
+    }
+    summary.databases = databases.clone();
+
+    out.write(format::header(description).as_bytes()).await?;
+
+    let mut trailers: Vec<TableTrailer> = Vec::new();
+    let mut routines: Vec<Object> = Vec::new();
+    let mut views: Vec<Object> = Vec::new();
+    let mut triggers: Vec<Object> = Vec::new();
+    let mut events: Vec<Object> = Vec::new();
+
+    for db in &databases {
+        let qdb = quote_ident(db);
+        let lit = quote_str(db);
+        let cdb = fetch(
+            conn,
+            &format!("SHOW CREATE DATABASE {qdb}"),
+            &format!("reading database {db}"),
+        )
+        .await?;
+        let mut create_db = bytes(&cdb[0][1]);
+        out.write(format!("\n--\n-- Database {qdb}\n--\n").as_bytes())
+            .await?;
+        create_db.extend_from_slice(b";\n");
+        out.write(&create_db).await?;
+        out.write(format!("USE {qdb};\n").as_bytes()).await?;
+
+        let tables = fetch(
+            conn,
+            &format!("SELECT TABLE_NAME, TABLE_TYPE, ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
+            &format!("listing tables of {db}"),
+        )
+        .await?;
+        let tables: Vec<TableInfo> = tables
+            .iter()
+            .map(|r| TableInfo {
+                name: text(&r[0]),
+                kind: text(&r[1]),
+                engine: text(&r[2]),
+            })
+            .filter(|t| t.kind != "TEMPORARY")
+            .collect();
+
+        let cols = fetch(
+            conn,
+            &format!("{COLUMNS_QUERY}{lit} ORDER BY TABLE_NAME, ORDINAL_POSITION"),
+            &format!("reading columns of {db}"),
+        )
+        .await?;
+        let mut columns: HashMap<String, Vec<Column>> = HashMap::new();
+        for (table, col) in cols.iter().filter_map(data_column) {
+            columns.entry(table).or_default().push(col);
+        }
+
+        // Sequences first: a table may take its DEFAULT from one.
+        for t in tables.iter().filter(|t| t.kind == "SEQUENCE") {
+            let q = qualified(db, &t.name);
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE SEQUENCE {q}"),
+                &format!("reading sequence {db}.{}", t.name),
+            )
+            .await?;
+            let mut s = bytes(&c[0][1]);
+            s.extend_from_slice(b";\n");
+            out.write(&s).await?;
+            let v = fetch(
+                conn,
+                &format!("SELECT next_not_cached_value FROM {q}"),
+                &format!("reading sequence {db}.{}", t.name),
+            )
+            .await?;
+            out.write(
+                format!(
+                    "DO SETVAL({}, {}, 0);\n",
+                    quote_ident(&t.name),
+                    text(&v[0][0])
+                )
+                .as_bytes(),
+            )
+            .await?;
+        }
+
+        for t in tables
+            .iter()
+            .filter(|t| t.kind == "BASE TABLE" || t.kind == "SYSTEM VERSIONED")
+        {
+            let q = qualified(db, &t.name);
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE TABLE {q}"),
+                &format!("reading the definition of {db}.{}", t.name),
+            )
+            .await?;
+            let create = bytes(&c[0][1]);
+            out.write(format!("\n--\n-- Table {}\n--\n", quote_ident(&t.name)).as_bytes())
+                .await?;
+            let mut s = create.clone();
+            s.extend_from_slice(b";\n");
+            out.write(&s).await?;
+            if !TRANSACTIONAL_ENGINES
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(&t.engine))
+            {
+                summary.non_transactional.push(format!("{db}.{}", t.name));
+            }
+            let cols = columns.get(&t.name).map(|v| v.as_slice()).unwrap_or(&[]);
+            let digest = if NON_DATA_ENGINES
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case(&t.engine))
+                || cols.is_empty()
+            {
+                TableDigest::new()
+            } else {
+                dump_rows(conn, db, &t.name, cols, out, &mut summary).await?
+            };
+            summary.tables += 1;
+            summary.rows += digest.rows();
+            trailers.push(TableTrailer {
+                db: db.clone(),
+                table: t.name.clone(),
+                rows: digest.rows(),
+                content: digest.hex(),
+                definition: definition_digest(&String::from_utf8_lossy(&create)),
+            });
+        }
+
+        // Routines, views, triggers, events: collected now, written after all tables.
+        let rs = fetch(
+            conn,
+            &format!("SELECT ROUTINE_NAME, ROUTINE_TYPE FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA={lit} ORDER BY ROUTINE_TYPE, ROUTINE_NAME"),
+            &format!("listing routines of {db}"),
+        )
+        .await?;
+        for r in &rs {
+            let (name, kind) = (text(&r[0]), text(&r[1]));
+            if kind != "PROCEDURE" && kind != "FUNCTION" {
+                summary.warnings.push(format!(
+                    "a stored {} was not dumped (not supported)",
+                    kind.to_lowercase()
+                ));
+                continue;
+            }
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE {kind} {}", qualified(db, &name)),
+                &format!("reading {kind} {db}.{name}"),
+            )
+            .await?;
+            // Procedure, sql_mode, Create Procedure, character_set_client, collation_connection, ...
+            let create = c[0][2].clone().ok_or_else(|| {
+                DumpError::Invalid(format!(
+                    "the dump user cannot read the body of {kind} {db}.{name}; grant it SELECT on mysql.proc (or global SELECT)"
+                ))
+            })?;
+            routines.push(Object {
+                db: db.clone(),
+                name,
+                create,
+                sql_mode: Some(text(&c[0][1])),
+                charset_client: Some(text(&c[0][3])),
+                collation_connection: Some(text(&c[0][4])),
+                time_zone: None,
+            });
+        }
+        let vs = fetch(
+            conn,
+            &format!("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
+            &format!("listing views of {db}"),
+        )
+        .await?;
+        for r in &vs {
+            let name = text(&r[0]);
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE VIEW {}", qualified(db, &name)),
+                &format!("reading view {db}.{name}"),
+            )
+            .await?;
+            views.push(Object {
+                db: db.clone(),
+                name,
+                create: bytes(&c[0][1]),
+                sql_mode: None,
+                charset_client: Some(text(&c[0][2])),
+                collation_connection: Some(text(&c[0][3])),
+                time_zone: None,
+            });
+        }
+        let ts = fetch(
+            conn,
+            &format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={lit} ORDER BY EVENT_OBJECT_TABLE, ACTION_ORDER"),
+            &format!("listing triggers of {db}"),
+        )
+        .await?;
+        for r in &ts {
+            let name = text(&r[0]);
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE TRIGGER {}", qualified(db, &name)),
+                &format!("reading trigger {db}.{name}"),
+            )
+            .await?;
+            triggers.push(Object {
+                db: db.clone(),
+                name,
+                create: bytes(&c[0][2]),
+                sql_mode: Some(text(&c[0][1])),
+                charset_client: Some(text(&c[0][3])),
+                collation_connection: Some(text(&c[0][4])),
+                time_zone: None,
+            });
+        }
+        let es = fetch(
+            conn,
+            &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={lit} ORDER BY EVENT_NAME"),
+            &format!("listing events of {db}"),
+        )
+        .await?;
+        for r in &es {
+            let name = text(&r[0]);
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE EVENT {}", qualified(db, &name)),
+                &format!("reading event {db}.{name}"),
+            )
+            .await?;
+            events.push(Object {
+                db: db.clone(),
+                name,
+                create: bytes(&c[0][3]),
+                sql_mode: Some(text(&c[0][1])),
+                charset_client: Some(text(&c[0][4])),
+                collation_connection: Some(text(&c[0][5])),
+                time_zone: Some(text(&c[0][2])),
+            });
+        }
+    }
+
+    if !routines.is_empty() {
+        out.write(b"\n--\n-- Stored routines\n--\n").await?;
+    }
+    for o in &routines {
+        write_object(out, o, true).await?;
+    }
+    let views = order_views(views);
+    if !views.is_empty() {
+        out.write(b"\n--\n-- Views\n--\n").await?;
+    }
+    for o in &views {
+        write_object(out, o, false).await?;
+    }
+    if !triggers.is_empty() {
+        out.write(b"\n--\n-- Triggers\n--\n").await?;
+    }
+    for o in &triggers {
+        write_object(out, o, true).await?;
+    }
+    if !events.is_empty() {
+        out.write(b"\n--\n-- Events\n--\n").await?;
+    }
+    for o in &events {
+        write_object(out, o, true).await?;
+    }
+
+    if source.users_and_grants {
+        dump_users(conn, out).await?;
+    }
+
+    // The snapshot ends here; nothing after this reads data.
+    conn.query_drop("COMMIT")
+        .await
+        .map_err(server("ending the snapshot transaction"))?;
+
+    if !summary.non_transactional.is_empty() {
+        summary.warnings.push(format!(
+            "{} non-transactional table(s) (MyISAM, Aria, MEMORY, ...) were dumped without snapshot consistency",
+            summary.non_transactional.len()
+        ));
+    }
+
+    out.write(format::footer().as_bytes()).await?;
+    let mut tr = format!("{}\n", format::TRAILER_START);
+    for db in &databases {
+        tr.push_str(&format::database_trailer_line(db));
+    }
+    for t in &trailers {
+        tr.push_str(&t.to_line());
+    }
+    tr.push_str(&format!(
+        "{}{}\n",
+        format::COMPLETION_PREFIX,
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    ));
+    out.write(tr.as_bytes()).await?;
+    out.flush().await?;
+    Ok(summary)
+}
+
+async fn dump_rows(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    cols: &[Column],
+    out: &mut SqlOutput,
+    summary: &mut DumpSummary,
+) -> Result<TableDigest, DumpError> {
+    let list: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
+    let list = list.join(",");
+    let sql = select_rows_sql(db, table, cols);
+    let prefix = format!("INSERT INTO {} ({list}) VALUES ", quote_ident(table)).into_bytes();
+    let during = format!("reading rows of {db}.{table}");
+    let mut digest = TableDigest::new();
+    let mut stmt: Vec<u8> = Vec::with_capacity(format::MAX_INSERT_BYTES + 64 * 1024);
+    let mut rowbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut result = conn.query_iter(sql).await.map_err(server(during.clone()))?;
+    while let Some(row) = result.next().await.map_err(server(during.clone()))? {
+        let values = raw(row);
+        digest.add_row(values.iter().map(|v| v.as_deref()));
+        rowbuf.clear();
+        rowbuf.push(b'(');
+        for (i, (v, c)) in values.iter().zip(cols).enumerate() {
+            if i > 0 {
+                rowbuf.push(b',');
+            }
+            match v {
+                None => rowbuf.extend_from_slice(b"NULL"),
+                Some(b) => push_value(&mut rowbuf, &c.kind, b),
+            }
+        }
+        rowbuf.push(b')');
+        if !stmt.is_empty() && stmt.len() + 1 + rowbuf.len() + 2 > format::MAX_INSERT_BYTES {
+            stmt.extend_from_slice(b";\n");
+            summary.largest_statement = summary.largest_statement.max(stmt.len() - 1);
+            out.write(&stmt).await?;
+            stmt.clear();
+        }
+        if stmt.is_empty() {
+            stmt.extend_from_slice(&prefix);
+        } else {
+            stmt.push(b',');
+        }
+        stmt.extend_from_slice(&rowbuf);
+    }
+    if !stmt.is_empty() {
+        stmt.extend_from_slice(b";\n");
+        summary.largest_statement = summary.largest_statement.max(stmt.len() - 1);
+        out.write(&stmt).await?;
+    }
+    Ok(digest)
+}
+
+async fn write_object(
+    out: &mut SqlOutput,
+    o: &Object,
+    needs_delimiter: bool,
+) -> Result<(), DumpError> {
+    let mut s = Vec::new();
+    s.extend_from_slice(format!("USE {};\n", quote_ident(&o.db)).as_bytes());
+    let mut saved = vec![
+        "@saved_cs_client=@@CHARACTER_SET_CLIENT",
+        "@saved_col_connection=@@COLLATION_CONNECTION",
+    ];
+    if o.sql_mode.is_some() {
+        saved.push("@saved_sql_mode=@@SQL_MODE");
+    }
+    if o.time_zone.is_some() {
+        saved.push("@saved_time_zone=@@TIME_ZONE");
+    }
+    s.extend_from_slice(format!("SET {};\n", saved.join(", ")).as_bytes());
+    let mut set = Vec::new();
+    if let Some(cs) = o.charset_client.as_deref().filter(|c| !c.is_empty()) {
+        set.push(format!("CHARACTER_SET_CLIENT={}", quote_str(cs)));
+    }
+    if let Some(c) = o.collation_connection.as_deref().filter(|c| !c.is_empty()) {
+        set.push(format!("COLLATION_CONNECTION={}", quote_str(c)));
+    }
+    if let Some(m) = &o.sql_mode {
+        set.push(format!("SQL_MODE={}", quote_str(m)));
+    }
+    if let Some(tz) = &o.time_zone {
+        set.push(format!("TIME_ZONE={}", quote_str(tz)));
+    }
+    if !set.is_empty() {
+        s.extend_from_slice(format!("SET {};\n", set.join(", ")).as_bytes());
+    }
+    if needs_delimiter {
+        s.extend_from_slice(b"DELIMITER ;;\n");
+        s.extend_from_slice(&o.create);
+        s.extend_from_slice(b" ;;\nDELIMITER ;\n");
+    } else {
+        s.extend_from_slice(&o.create);
+        s.extend_from_slice(b";\n");
+    }
+    let mut restore = vec![
+        "CHARACTER_SET_CLIENT=@saved_cs_client",
+        "COLLATION_CONNECTION=@saved_col_connection",
+    ];
+    if o.sql_mode.is_some() {
+        restore.push("SQL_MODE=@saved_sql_mode");
+    }
+    if o.time_zone.is_some() {
+        restore.push("TIME_ZONE=@saved_time_zone");
+    }
+    s.extend_from_slice(format!("SET {};\n", restore.join(", ")).as_bytes());
+    let _ = &o.name;
+    out.write(&s).await
+}
+
+/// Views in an order that loads: a view comes after every view it names. MariaDB stores
+/// view definitions with fully qualified, backtick-quoted names, so a reference to view
+/// `d`.`v` appears literally in the text of a view that uses it.
+fn order_views(views: Vec<Object>) -> Vec<Object> {
+    let keys: Vec<Vec<u8>> = views
+        .iter()
+        .map(|v| qualified(&v.db, &v.name).into_bytes())
+        .collect();
+    let deps: Vec<Vec<usize>> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            (0..views.len())
+                .filter(|&j| j != i && contains(&v.create, &keys[j]))
+                .collect()
+        })
+        .collect();
+    let mut order = Vec::with_capacity(views.len());
+    let mut state = vec![0u8; views.len()]; // 0 new, 1 visiting, 2 done
+    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], order: &mut Vec<usize>) {
+        if state[i] != 0 {
+            return; // done, or a cycle (impossible for real views): keep going
+        }
+        state[i] = 1;
+        for &d in &deps[i] {
+            visit(d, deps, state, order);
+        }
+        state[i] = 2;
+        order.push(i);
+    }
+    for i in 0..views.len() {
+        visit(i, &deps, &mut state, &mut order);
+    }
+    let mut slots: Vec<Option<Object>> = views.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Accounts that belong to the server, not to the data: never dumped.
+fn is_system_account(user: &str, host: &str) -> bool {
+    matches!(user, "root" | "mariadb.sys" | "mysql" | "PUBLIC" | "")
+        || (user == "mariadb.sys" && host == "localhost")
+}
+
+async fn dump_users(conn: &mut Conn, out: &mut SqlOutput) -> Result<(), DumpError> {
+    let users = fetch(
+        conn,
+        "SELECT User, Host, is_role FROM mysql.user ORDER BY User, Host",
+        "listing users (grant the dump user SELECT on mysql.user, or set users_and_grants = false)",
+    )
+    .await?;
+    let mut creates = Vec::new();
+    let mut grants = Vec::new();
+    let mut seen = HashSet::new();
+    for u in &users {
+        let (user, host, is_role) = (text(&u[0]), text(&u[1]), text(&u[2]) == "Y");
+        if is_system_account(&user, &host) || !seen.insert((user.clone(), host.clone())) {
+            continue;
+        }
+        let account = if is_role {
+            quote_ident(&user)
+        } else {
+            format!("{}@{}", quote_ident(&user), quote_ident(&host))
+        };
+        if is_role {
+            creates.push(format!("CREATE ROLE IF NOT EXISTS {account};\n").into_bytes());
+        } else {
+            let c = fetch(
+                conn,
+                &format!("SHOW CREATE USER {account}"),
+                &format!("reading account {user}@{host}"),
+            )
+            .await?;
+            let stmt = bytes(&c[0][0]);
+            let stmt = match stmt.strip_prefix(b"CREATE USER ") {
+                Some(rest) => [b"CREATE USER IF NOT EXISTS ".as_slice(), rest].concat(),
+                None => stmt,
+            };
+            let mut s = stmt;
+            s.extend_from_slice(b";\n");
+            creates.push(s);
+        }
+        let g = fetch(
+            conn,
+            &format!("SHOW GRANTS FOR {account}"),
+            &format!("reading grants of {user}@{host}"),
+        )
+        .await?;
+        for r in &g {
+            let mut s = bytes(&r[0]);
+            s.extend_from_slice(b";\n");
+            grants.push(s);
+        }
+    }
+    if creates.is_empty() {
+        return Ok(());
+    }
+    out.write(b"\n--\n-- Users and grants\n--\n").await?;
+    for s in creates.iter().chain(grants.iter()) {
+        out.write(s).await?;
+    }
+    Ok(())
+}
+
+/// Reads the rows of one table and digests them the way the dumper does; used by the
+/// restore drill to recompute a table's digest on a scratch server.
+pub async fn table_digest(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+) -> Result<TableDigest, DumpError> {
+    let sql = format!(
+        "{COLUMNS_QUERY}{} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
+        quote_str(db),
+        quote_str(table)
+    );
+    let cols: Vec<Column> = fetch(conn, &sql, "reading columns")
+        .await?
+        .iter()
+        .filter_map(data_column)
+        .map(|(_, c)| c)
+        .collect();
+    let mut d = TableDigest::new();
+    if cols.is_empty() {
+        return Ok(d);
+    }
+    let during = format!("reading {db}.{table}");
+    let mut result = conn
+        .query_iter(select_rows_sql(db, table, &cols))
+        .await
+        .map_err(server(during.clone()))?;
+    while let Some(row) = result.next().await.map_err(server(during.clone()))? {
+        let v = raw(row);
+        d.add_row(v.iter().map(|x| x.as_deref()));
+    }
+    Ok(d)
+}
+
+/// Groups trailer entries by database (for reports).
+pub fn tables_by_db(t: &[TableTrailer]) -> BTreeMap<&str, Vec<&TableTrailer>> {
+    let mut m: BTreeMap<&str, Vec<&TableTrailer>> = BTreeMap::new();
+    for x in t {
+        m.entry(x.db.as_str()).or_default().push(x);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify("bigint", None), ColKind::Number);
+        assert_eq!(classify("varchar", Some("utf8mb4")), ColKind::Utf8Text);
+        assert_eq!(
+            classify("varchar", Some("latin1")),
+            ColKind::OtherText("latin1".into())
+        );
+        assert_eq!(classify("varbinary", None), ColKind::Binary);
+        assert_eq!(classify("point", None), ColKind::Binary);
+        assert_eq!(classify("inet6", None), ColKind::Quoted);
+        let mut v = Vec::new();
+        push_value(&mut v, &ColKind::Float, b"-0");
+        assert_eq!(v, b"-0e0");
+        v.clear();
+        push_value(&mut v, &ColKind::OtherText("latin1".into()), &[0xE9]);
+        assert_eq!(v, b"_latin1 X'E9'");
+    }
+
+    fn obj(db: &str, name: &str, body: &str) -> Object {
+        Object {
+            db: db.into(),
+            name: name.into(),
+            create: body.as_bytes().to_vec(),
+            sql_mode: None,
+            charset_client: None,
+            collation_connection: None,
+            time_zone: None,
+        }
+    }
+
+    #[test]
+    fn views_come_after_what_they_use() {
+        let v = vec![
+            obj("a", "top", "select * from `b`.`mid` join `a`.`base`"),
+            obj("b", "mid", "select * from `a`.`base`"),
+            obj("a", "base", "select 1"),
+            obj("a", "alone", "select 2"),
+        ];
+        let names: Vec<String> = order_views(v).into_iter().map(|o| o.name).collect();
+        let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
+        assert!(pos("base") < pos("mid") && pos("mid") < pos("top"));
+        assert_eq!(names.len(), 4);
+    }
+}

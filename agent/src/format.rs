@@ -1,0 +1,570 @@
+//! The SQL dump format, shared by the writer (the dumper) and the readers (`restore`):
+//! escaping of identifiers and values, the session header and footer, the trailer of
+//! per-table digests, the completion line, and a streaming statement splitter that reads
+//! what the stock `mariadb` client reads (quotes, comments, `DELIMITER`).
+
+use std::io::{self, BufRead};
+
+use serde::{Deserialize, Serialize};
+
+/// First line of every dump: the guard current mariadb-dump writes, so that a client that
+/// honours it refuses shell escapes (`\!`) hidden in a tampered file.
+pub const SANDBOX_LINE: &str = "/*M!999999\\- enable the sandbox mode */";
+/// Prefix of the last line; a stream without it is incomplete.
+pub const COMPLETION_PREFIX: &str = "-- Dump completed ";
+/// Prefix of a trailer line describing one table.
+pub const TABLE_TRAILER_PREFIX: &str = "-- trailer table ";
+/// Prefix of a trailer line naming one dumped database.
+pub const DATABASE_TRAILER_PREFIX: &str = "-- trailer database ";
+/// The line that starts the trailer; trailer lines before it are not trailer lines.
+pub const TRAILER_START: &str = "-- Trailer: backup-agent dump format 1";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest INSERT the dumper writes, unless a single row is larger.
+pub const MAX_INSERT_BYTES: usize = 1 << 20;
+
+/// Quotes an identifier with backticks.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('`');
+    for c in name.chars() {
+        if c == '`' {
+            s.push('`');
+        }
+        s.push(c);
+    }
+    s.push('`');
+    s
+}
+
+/// `db`.`name`
+pub fn qualified(db: &str, name: &str) -> String {
+    format!("{}.{}", quote_ident(db), quote_ident(name))
+}
+
+/// A string literal in single quotes, escaped like mysql_real_escape_string does for a
+/// utf8mb4 connection.
+pub fn quote_str(s: &str) -> String {
+    let mut v = Vec::with_capacity(s.len() + 2);
+    push_quoted(&mut v, s.as_bytes());
+    String::from_utf8(v).expect("escaping keeps UTF-8 valid")
+}
+
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    t[0] = true;
+    t[b'\'' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[0x1a] = true;
+    t
+};
+
+/// Appends `'...'` with the bytes escaped. Only the six bytes the server's lexer treats
+/// specially are escaped; all others pass through.
+pub fn push_quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.reserve(s.len() + 2);
+    out.push(b'\'');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if NEEDS_ESCAPE[b as usize] {
+            out.extend_from_slice(&s[start..i]);
+            out.extend_from_slice(match b {
+                0 => b"\\0",
+                b'\'' => b"\\'",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                _ => b"\\Z",
+            });
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'\'');
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends `X'..'`, a hex literal (exact for any bytes, also the empty string).
+pub fn push_hex(out: &mut Vec<u8>, s: &[u8]) {
+    out.reserve(s.len() * 2 + 3);
+    out.extend_from_slice(b"X'");
+    for &b in s {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+    out.push(b'\'');
+}
+
+/// Appends `b'0101...'` for a BIT value as the server sends it (big-endian bytes).
+pub fn push_bits(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(b"b'");
+    if s.is_empty() {
+        out.push(b'0');
+    }
+    for &b in s {
+        for i in (0..8).rev() {
+            out.push(if b >> i & 1 == 1 { b'1' } else { b'0' });
+        }
+    }
+    out.push(b'\'');
+}
+
+/// Session settings at the top of a dump: exact values (UTC, utf8mb4), fast load
+/// (no unique/foreign key/check constraint checks), zero dates and zero AUTO_INCREMENT
+/// values accepted. Every setting is restored by [`footer`].
+pub fn header(description: &str) -> String {
+    let mut h = String::new();
+    h.push_str(SANDBOX_LINE);
+    h.push('\n');
+    for line in description.lines() {
+        h.push_str("-- ");
+        h.push_str(line);
+        h.push('\n');
+    }
+    h.push_str(
+        "SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT, @OLD_CHARACTER_SET_RESULTS=@@CHARACTER_SET_RESULTS, @OLD_COLLATION_CONNECTION=@@COLLATION_CONNECTION;\n\
+SET NAMES utf8mb4;\n\
+SET @OLD_TIME_ZONE=@@TIME_ZONE, TIME_ZONE='+00:00';\n\
+SET @OLD_UNIQUE_CHECKS=@@UNIQUE_CHECKS, UNIQUE_CHECKS=0;\n\
+SET @OLD_FOREIGN_KEY_CHECKS=@@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS=0;\n\
+SET @OLD_CHECK_CONSTRAINT_CHECKS=@@CHECK_CONSTRAINT_CHECKS, CHECK_CONSTRAINT_CHECKS=0;\n\
+SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO';\n\
+SET @OLD_SQL_NOTES=@@SQL_NOTES, SQL_NOTES=0;\n\n",
+    );
+    h
+}
+
+pub fn footer() -> &'static str {
+    "\nSET SQL_MODE=@OLD_SQL_MODE;\n\
+SET CHECK_CONSTRAINT_CHECKS=@OLD_CHECK_CONSTRAINT_CHECKS;\n\
+SET FOREIGN_KEY_CHECKS=@OLD_FOREIGN_KEY_CHECKS;\n\
+SET UNIQUE_CHECKS=@OLD_UNIQUE_CHECKS;\n\
+SET TIME_ZONE=@OLD_TIME_ZONE;\n\
+SET CHARACTER_SET_CLIENT=@OLD_CHARACTER_SET_CLIENT, CHARACTER_SET_RESULTS=@OLD_CHARACTER_SET_RESULTS, COLLATION_CONNECTION=@OLD_COLLATION_CONNECTION;\n\
+SET SQL_NOTES=@OLD_SQL_NOTES;\n\n"
+}
+
+/// One table's entry in the trailer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableTrailer {
+    pub db: String,
+    pub table: String,
+    pub rows: u64,
+    /// Order-independent digest of the values the server returned (see `digest`).
+    pub content: String,
+    /// sha256 of SHOW CREATE TABLE without the AUTO_INCREMENT counter.
+    pub definition: String,
+}
+
+impl TableTrailer {
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}{}\n",
+            TABLE_TRAILER_PREFIX,
+            serde_json::to_string(self).expect("serializable")
+        )
+    }
+}
+
+/// A parsed item of a dump stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A statement without its delimiter.
+    Statement(Vec<u8>),
+    /// A `-- ` or `#` comment line found between statements (without the newline).
+    Comment(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    #[error("reading the dump: {0}")]
+    Io(#[from] io::Error),
+    #[error("the dump ends inside a statement (truncated stream): {0}")]
+    Unterminated(String),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Normal,
+    Quote(u8),
+    LineComment,
+    BlockComment,
+}
+
+/// Splits a dump into statements and top-level comments the way the `mariadb` client
+/// does: delimiters inside quotes, backtick identifiers and comments do not count,
+/// backslash escapes inside quotes, `DELIMITER x` lines change the delimiter.
+pub struct Splitter<R> {
+    reader: R,
+    line: Vec<u8>,
+    stmt: Vec<u8>,
+    delimiter: Vec<u8>,
+    state: State,
+    pending: std::collections::VecDeque<Item>,
+    done: bool,
+    /// Bytes consumed so far (for progress).
+    pub bytes_read: u64,
+}
+
+impl<R: BufRead> Splitter<R> {
+    pub fn new(reader: R) -> Self {
+        Splitter {
+            reader,
+            line: Vec::new(),
+            stmt: Vec::new(),
+            delimiter: b";".to_vec(),
+            state: State::Normal,
+            pending: Default::default(),
+            done: false,
+            bytes_read: 0,
+        }
+    }
+
+    /// The next item, or None at the end of the stream.
+    pub fn next_item(&mut self) -> Result<Option<Item>, SplitError> {
+        loop {
+            if let Some(i) = self.pending.pop_front() {
+                return Ok(Some(i));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            self.line.clear();
+            let n = self.reader.read_until(b'\n', &mut self.line)?;
+            self.bytes_read += n as u64;
+            if n == 0 {
+                self.done = true;
+                if self.state == State::LineComment {
+                    self.state = State::Normal;
+                }
+                if self.stmt.iter().any(|b| !b.is_ascii_whitespace()) {
+                    let head =
+                        String::from_utf8_lossy(&self.stmt[..self.stmt.len().min(80)]).into_owned();
+                    return Err(SplitError::Unterminated(head));
+                }
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            self.process_line(&line);
+            self.line = line;
+        }
+    }
+
+    /// The reader, for checks after the last item.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    fn at_statement_start(&self) -> bool {
+        self.state == State::Normal && self.stmt.iter().all(|b| b.is_ascii_whitespace())
+    }
+
+    fn process_line(&mut self, line: &[u8]) {
+        if self.at_statement_start() {
+            let trimmed = trim_ascii(line);
+            if trimmed.is_empty() {
+                return;
+            }
+            // The sandbox line is a client command, not SQL; the client consumes it.
+            if trimmed.starts_with(b"--")
+                && (trimmed.len() == 2 || trimmed[2].is_ascii_whitespace())
+                || trimmed.starts_with(b"#")
+                || trimmed == SANDBOX_LINE.as_bytes()
+            {
+                self.stmt.clear();
+                self.pending
+                    .push_back(Item::Comment(String::from_utf8_lossy(trimmed).into_owned()));
+                return;
+            }
+            if trimmed.len() > 10 && trimmed[..10].eq_ignore_ascii_case(b"DELIMITER ") {
+                self.stmt.clear();
+                let d = trim_ascii(&trimmed[10..]);
+                if !d.is_empty() {
+                    self.delimiter = d.to_vec();
+                }
+                return;
+            }
+        }
+        let mut i = 0;
+        while i < line.len() {
+            let b = line[i];
+            match self.state {
+                State::Normal => {
+                    if line[i..].starts_with(&self.delimiter) {
+                        let stmt = std::mem::take(&mut self.stmt);
+                        if stmt.iter().any(|b| !b.is_ascii_whitespace()) {
+                            self.pending
+                                .push_back(Item::Statement(trim_ascii(&stmt).to_vec()));
+                        }
+                        i += self.delimiter.len();
+                        // The rest of the line may hold another statement or comment.
+                        continue;
+                    }
+                    match b {
+                        b'\'' | b'"' | b'`' => self.state = State::Quote(b),
+                        b'#' => {
+                            self.state = State::LineComment;
+                            i += 1;
+                            continue;
+                        }
+                        b'-' if line[i..].starts_with(b"-- ")
+                            || line[i..].starts_with(b"--\n")
+                            || line[i..].starts_with(b"--\t")
+                            || line[i..].starts_with(b"--\r") =>
+                        {
+                            self.state = State::LineComment;
+                            i += 2;
+                            continue;
+                        }
+                        b'/' if line.get(i + 1) == Some(&b'*') => {
+                            // Executable comments (/*! ... */, /*M! ... */) are sent to
+                            // the server as they are; it decides. The delimiter inside
+                            // them still ends the statement in the stock client, but
+                            // the dumper never writes one there.
+                            self.stmt.extend_from_slice(b"/*");
+                            i += 2;
+                            self.state = State::BlockComment;
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    self.stmt.push(b);
+                    i += 1;
+                }
+                State::Quote(q) => {
+                    // Copy up to the next quote or backslash in one go.
+                    let rest = &line[i..];
+                    let stop = rest
+                        .iter()
+                        .position(|&c| c == q || (c == b'\\' && q != b'`'))
+                        .unwrap_or(rest.len());
+                    self.stmt.extend_from_slice(&rest[..stop]);
+                    i += stop;
+                    if i >= line.len() {
+                        break;
+                    }
+                    let c = line[i];
+                    self.stmt.push(c);
+                    i += 1;
+                    if c == b'\\' {
+                        if i < line.len() {
+                            self.stmt.push(line[i]);
+                            i += 1;
+                        }
+                    } else if line.get(i) == Some(&q) {
+                        // A doubled quote stays inside the literal.
+                        self.stmt.push(q);
+                        i += 1;
+                    } else {
+                        self.state = State::Normal;
+                    }
+                }
+                State::LineComment => {
+                    // Comments inside statements are dropped, up to the newline.
+                    if b == b'\n' {
+                        self.state = State::Normal;
+                        self.stmt.push(b'\n');
+                    }
+                    i += 1;
+                }
+                State::BlockComment => {
+                    if line[i..].starts_with(b"*/") {
+                        self.stmt.extend_from_slice(b"*/");
+                        i += 2;
+                        self.state = State::Normal;
+                    } else {
+                        self.stmt.push(b);
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map(|e| e + 1)
+        .unwrap_or(start);
+    &s[start..end.max(start)]
+}
+
+/// What a reader learns from the trailer of a complete dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trailer {
+    pub started: bool,
+    pub databases: Vec<String>,
+    pub tables: Vec<TableTrailer>,
+    pub completed: Option<String>,
+}
+
+impl Trailer {
+    /// Takes note of a top-level comment. Returns an error for a malformed trailer line.
+    pub fn observe(&mut self, comment: &str) -> Result<(), String> {
+        if comment == TRAILER_START {
+            self.started = true;
+            return Ok(());
+        }
+        if let Some(ts) = comment.strip_prefix(COMPLETION_PREFIX) {
+            self.completed = Some(ts.trim().to_string());
+            return Ok(());
+        }
+        if !self.started {
+            return Ok(());
+        }
+        if let Some(rest) = comment.strip_prefix(TABLE_TRAILER_PREFIX) {
+            let t: TableTrailer = serde_json::from_str(rest)
+                .map_err(|e| format!("malformed table trailer line: {e}"))?;
+            self.tables.push(t);
+        } else if let Some(rest) = comment.strip_prefix(DATABASE_TRAILER_PREFIX) {
+            let d: String = serde_json::from_str(rest)
+                .map_err(|e| format!("malformed database trailer line: {e}"))?;
+            self.databases.push(d);
+        }
+        Ok(())
+    }
+}
+
+pub fn database_trailer_line(db: &str) -> String {
+    format!(
+        "{}{}\n",
+        DATABASE_TRAILER_PREFIX,
+        serde_json::to_string(db).expect("serializable")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(s: &str) -> Result<Vec<Item>, SplitError> {
+        let mut sp = Splitter::new(s.as_bytes());
+        let mut v = Vec::new();
+        while let Some(i) = sp.next_item()? {
+            v.push(i);
+        }
+        Ok(v)
+    }
+    fn st(s: &str) -> Item {
+        Item::Statement(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn escaping_round_trips_every_byte() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let mut out = Vec::new();
+        push_quoted(&mut out, &all);
+        // Unescape like the server does and compare.
+        let inner = &out[1..out.len() - 1];
+        let mut back = Vec::new();
+        let mut i = 0;
+        while i < inner.len() {
+            if inner[i] == b'\\' {
+                back.push(match inner[i + 1] {
+                    b'0' => 0,
+                    b'n' => b'\n',
+                    b'r' => b'\r',
+                    b'Z' => 0x1a,
+                    c => c,
+                });
+                i += 2;
+            } else {
+                assert_ne!(inner[i], b'\'');
+                back.push(inner[i]);
+                i += 1;
+            }
+        }
+        assert_eq!(back, all);
+        let mut h = Vec::new();
+        push_hex(&mut h, &[0, 255, 16]);
+        assert_eq!(h, b"X'00FF10'");
+        let mut b = Vec::new();
+        push_bits(&mut b, &[1, 128]);
+        assert_eq!(b, b"b'0000000110000000'");
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn splits_like_the_client() {
+        let dump = "/*M!999999\\- enable the sandbox mode */\n-- hello\nSET a=1;\nINSERT INTO `t;x` VALUES ('a;\\';b',\"q;\"),(1);\n\
+DELIMITER ;;\nCREATE PROCEDURE p() BEGIN SELECT 1; SELECT ';;'; END ;;\nDELIMITER ;\n# hash\nSELECT 2; -- tail\n/* c; */ SELECT 3;\n-- Dump completed x\n";
+        let items = split(dump).unwrap();
+        assert_eq!(items[0], Item::Comment(SANDBOX_LINE.into()));
+        assert_eq!(items[1], Item::Comment("-- hello".into()));
+        assert_eq!(items[2], st("SET a=1"));
+        assert_eq!(
+            items[3],
+            st("INSERT INTO `t;x` VALUES ('a;\\';b',\"q;\"),(1)")
+        );
+        assert_eq!(
+            items[4],
+            st("CREATE PROCEDURE p() BEGIN SELECT 1; SELECT ';;'; END")
+        );
+        assert_eq!(items[5], Item::Comment("# hash".into()));
+        assert_eq!(items[6], st("SELECT 2"));
+        // A comment after a statement on the same line is dropped, as the client does.
+        assert_eq!(items[7], st("/* c; */ SELECT 3"));
+        assert_eq!(items[8], Item::Comment("-- Dump completed x".into()));
+        assert_eq!(items.len(), 9);
+        // Comments inside a statement are dropped, the statement survives.
+        let items = split(
+            "SELECT 1 -- c
+, 2 # d
+;
+",
+        )
+        .unwrap();
+        assert_eq!(items, vec![st("SELECT 1 \n, 2")]);
+    }
+
+    #[test]
+    fn truncated_statement_is_an_error() {
+        assert!(matches!(
+            split("SELECT 1;\nINSERT INTO t VALUES ('abc"),
+            Err(SplitError::Unterminated(_))
+        ));
+        assert!(matches!(
+            split("SELECT 1;\nINSERT INTO t VALUES (1)"),
+            Err(SplitError::Unterminated(_))
+        ));
+        assert!(split("SELECT 1;\n-- end").is_ok());
+    }
+
+    #[test]
+    fn trailer_lines_round_trip() {
+        let t = TableTrailer {
+            db: "d\n`x".into(),
+            table: "t".into(),
+            rows: 3,
+            content: "ab".into(),
+            definition: "cd".into(),
+        };
+        let line = t.to_line();
+        assert_eq!(line.matches('\n').count(), 1);
+        let mut tr = Trailer::default();
+        tr.observe(line.trim_end()).unwrap();
+        assert!(
+            tr.tables.is_empty(),
+            "trailer lines count only after the trailer start"
+        );
+        tr.observe(TRAILER_START).unwrap();
+        tr.observe(line.trim_end()).unwrap();
+        tr.observe(database_trailer_line("d\n`x").trim_end())
+            .unwrap();
+        tr.observe("-- Dump completed 2026-01-01T00:00:00Z")
+            .unwrap();
+        assert_eq!(tr.tables, vec![t]);
+        assert_eq!(tr.databases, vec!["d\n`x".to_string()]);
+        assert!(tr.completed.is_some());
+        assert!(tr.observe("-- trailer table {bad").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! backup-agent: consistent MariaDB/Galera dumps, sealed with gzip and OpenPGP for the
+//! DPO, kept in verified stores. The `backup-agent` binary is a thin layer on top; the
+//! `restore` binary (restore-cli) uses the shared parts: config, dump format, digests,
+//! manifest, stores.
+
+pub mod backup;
+pub mod check;
+pub mod config;
+pub mod crypto;
+pub mod digest;
+pub mod dump;
+pub mod format;
+pub mod logging;
+pub mod manifest;
+pub mod pipeline;
+pub mod secret;
+pub mod store;

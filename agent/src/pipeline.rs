@@ -1,0 +1,129 @@
+//! The sealing pipeline: SQL chunks -> gzip -> OpenPGP (signed, encrypted) -> sha256 ->
+//! store object, on a blocking thread fed by a bounded channel. The stream is complete
+//! only when the dump sent its end marker (an empty chunk), gzip and OpenPGP were
+//! finalized, and the store committed the object; anything else drops the object
+//! uncommitted, which leaves nothing visible.
+
+use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::crypto::SealingKeys;
+use crate::store::{ObjectWriter, StoreError};
+
+/// Chunks in flight between the dumper and the sealer (each up to ~1 MiB).
+pub const CHANNEL_CHUNKS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("the dump stopped before its end; the partial object was discarded")]
+    Aborted,
+    #[error("writing the backup: {0}")]
+    Write(#[source] io::Error),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the sealing thread failed: {0}")]
+    Thread(String),
+}
+
+/// Size and sha256 of what was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub size: u64,
+    pub sha256: String,
+}
+
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Starts the sealing thread writing into `object`. Send SQL chunks on the returned
+/// sender, then an empty chunk to finish; dropping the sender without it aborts.
+pub fn spawn_sealer(
+    keys: Arc<SealingKeys>,
+    level: u32,
+    object: Box<dyn ObjectWriter>,
+) -> (
+    mpsc::Sender<Vec<u8>>,
+    tokio::task::JoinHandle<Result<Sealed, PipelineError>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
+    let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, PipelineError> {
+        let mut sink = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, object),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        {
+            let sealer = keys.seal(&mut sink)?;
+            let mut gz = GzEncoder::new(sealer, Compression::new(level));
+            let mut ended = false;
+            while let Some(chunk) = rx.blocking_recv() {
+                if chunk.is_empty() {
+                    ended = true;
+                    break;
+                }
+                gz.write_all(&chunk).map_err(PipelineError::Write)?;
+            }
+            if !ended {
+                return Err(PipelineError::Aborted);
+            }
+            let sealer = gz.finish().map_err(PipelineError::Write)?;
+            sealer.finish()?;
+        }
+        sink.flush().map_err(PipelineError::Write)?;
+        let Hashing {
+            inner,
+            hasher,
+            bytes,
+        } = sink;
+        let object = inner
+            .into_inner()
+            .map_err(|e| PipelineError::Write(e.into_error()))?;
+        object.commit()?;
+        Ok(Sealed {
+            size: bytes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    });
+    (tx, handle)
+}
+
+/// Reads a stream to its end and returns its size and sha256.
+pub fn hash_stream(mut r: impl io::Read) -> io::Result<Sealed> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Sealed {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}

@@ -1,0 +1,277 @@
+//! `restore`: verifies, decrypts and replays backups made by backup-agent. Runs where the
+//! DPO secret key is (the DPO's workstation, or a one-shot drill container).
+
+mod crypto;
+mod restore;
+mod target;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{ArgGroup, Parser};
+use mysql_async::prelude::*;
+
+use backup_agent::config::Config;
+use backup_agent::secret::{read_secret_file, Secret};
+
+#[derive(Parser)]
+#[command(
+    name = "restore",
+    version,
+    about = "Verify, decrypt and replay backup-agent backups"
+)]
+#[command(group(ArgGroup::new("mode").required(true).args(["decrypt", "into"])))]
+struct Cli {
+    /// Configuration file (the agent's TOML format; its [restore] section is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Verify and decrypt FILE to SQL (or to gzip, if -o ends in .gz).
+    #[arg(long, value_name = "FILE")]
+    decrypt: Option<PathBuf>,
+    /// Output of --decrypt; "-" (the default) is standard output.
+    #[arg(short = 'o', long, value_name = "OUT", requires = "decrypt")]
+    output: Option<PathBuf>,
+    /// Restore into this server: mysql://user@host:port/ or mysql://user@localhost/?socket=PATH
+    #[arg(long, value_name = "URL", requires = "backup")]
+    into: Option<String>,
+    /// The backup to restore (the .sql.gz.gpg file; its .sha256 file must be beside it).
+    #[arg(long, value_name = "FILE")]
+    backup: Option<PathBuf>,
+    /// Restore only this database (repeatable).
+    #[arg(long = "database", value_name = "NAME")]
+    databases: Vec<String>,
+    /// Drop and replace databases that already exist on the target.
+    #[arg(long)]
+    force: bool,
+    /// File with the target user's password.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Connect without a password (e.g. unix_socket authentication), never prompt.
+    #[arg(long)]
+    no_password: bool,
+    /// The DPO's secret key file.
+    #[arg(long, value_name = "FILE")]
+    dpo_key: Option<PathBuf>,
+    /// File with the DPO key's passphrase (otherwise asked on a terminal).
+    #[arg(long, value_name = "FILE")]
+    dpo_passphrase_file: Option<PathBuf>,
+    /// A trusted agent certificate (repeatable).
+    #[arg(long = "agent-cert", value_name = "FILE")]
+    agent_certs: Vec<PathBuf>,
+    /// Pin: accept signatures only from this agent certificate fingerprint (repeatable).
+    #[arg(long = "agent-fingerprint", value_name = "FPR")]
+    agent_fingerprints: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    backup_agent::logging::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("restore: {e:#}");
+            ExitCode::from(if e.is::<UsageError>() { 2 } else { 1 })
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+struct Keys {
+    dpo: crypto::DpoKey,
+    trusted: crypto::TrustedSigners,
+}
+
+fn load_keys(cli: &Cli, cfg: Option<&Config>) -> Result<Keys> {
+    let rc = cfg.map(|c| &c.restore);
+    let key = cli
+        .dpo_key
+        .clone()
+        .or_else(|| rc.and_then(|r| r.dpo_secret_key_file.as_ref().map(|p| p.path.clone())))
+        .ok_or_else(|| {
+            usage(
+                "no DPO secret key: give --dpo-key FILE or restore.dpo_secret_key_file in --config",
+            )
+        })?;
+    let pass = cli
+        .dpo_passphrase_file
+        .clone()
+        .or_else(|| rc.and_then(|r| r.dpo_passphrase_file.as_ref().map(|p| p.path.clone())));
+    let mut certs: Vec<PathBuf> = cli.agent_certs.clone();
+    if let Some(r) = rc {
+        certs.extend(r.agent_certificates.iter().map(|p| p.path.clone()));
+    }
+    let mut pins: Vec<String> = cli
+        .agent_fingerprints
+        .iter()
+        .map(|f| {
+            f.chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_uppercase()
+        })
+        .collect();
+    if let Some(r) = rc {
+        pins.extend(r.agent_fingerprints.iter().cloned());
+    }
+    let cert_refs: Vec<&Path> = certs.iter().map(|p| p.as_path()).collect();
+    let trusted =
+        crypto::TrustedSigners::load(&cert_refs, &pins).map_err(|e| usage(format!("{e:#}")))?;
+    let dpo = crypto::load_dpo_key(&key, pass.as_deref())?;
+    Ok(Keys { dpo, trusted })
+}
+
+fn target_password(
+    cli: &Cli,
+    cfg: Option<&Config>,
+    target: &target::Target,
+) -> Result<Option<Secret>> {
+    if let Some(f) = &cli.password_file {
+        return Ok(Some(read_secret_file(f, "--password-file")?));
+    }
+    if let Some(p) = cfg.and_then(|c| c.restore.target_password_file.as_ref()) {
+        return Ok(Some(read_secret_file(&p.path, &p.key)?));
+    }
+    if cli.no_password || !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let p = rpassword::prompt_password(format!("Password for {target}: "))?;
+    Ok(if p.is_empty() {
+        None
+    } else {
+        Some(Secret::new(p))
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cfg = match &cli.config {
+        Some(p) => Some(Config::load(p).map_err(|e| usage(e.to_string()))?),
+        None => None,
+    };
+    let file = cli
+        .decrypt
+        .clone()
+        .or_else(|| cli.backup.clone())
+        .expect("clap requires one");
+    let target = match &cli.into {
+        Some(u) => Some(target::parse(u).map_err(|e| usage(format!("{e:#}")))?),
+        None => None,
+    };
+    let keys = load_keys(&cli, cfg.as_ref())?;
+    let t0 = Instant::now();
+
+    // Pass 0: checksums.
+    let located = restore::check_checksums(&file)?;
+    eprintln!(
+        "restore: checksum ok: {} ({} bytes, sha256 {})",
+        located.file_name, located.size, located.expected_sha256
+    );
+    if let Some(m) = &located.manifest {
+        eprintln!(
+            "restore: manifest ok: backup {} of source {} from {} ({}), {} tables",
+            m.backup_id, m.source, m.host, m.server_version, m.tables
+        );
+    }
+    // Pass 1: decrypt, signature, MDC, completeness.
+    let v = restore::verify_pass(&file, &keys.dpo, &keys.trusted)?;
+    eprintln!(
+        "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
+        keys.dpo.fingerprint,
+        v.outcome.decrypted_with.as_deref().unwrap_or("?"),
+        v.outcome.sym_algo.as_deref().unwrap_or("?"),
+        if v.outcome.aead { "AEAD" } else { "SEIPDv1+MDC" },
+        v.outcome.signer.as_deref().unwrap_or("?"),
+        v.statements,
+        v.trailer.tables.len(),
+        v.sql_bytes,
+        v.trailer.completed.as_deref().unwrap_or("?"),
+    );
+
+    if cli.decrypt.is_some() {
+        let out = cli.output.clone().unwrap_or_else(|| PathBuf::from("-"));
+        let n = restore::write_out(&file, &keys.dpo, &keys.trusted, &out)?;
+        eprintln!("restore: wrote {n} bytes to {}", out.display());
+        return Ok(());
+    }
+
+    let target = target.expect("--into given");
+    let dumped: Vec<String> = v.trailer.databases.clone();
+    let only = if cli.databases.is_empty() {
+        None
+    } else {
+        for d in &cli.databases {
+            if !dumped.contains(d) {
+                return Err(usage(format!(
+                    "database {d:?} is not in this backup; it has: {}",
+                    dumped.join(", ")
+                )));
+            }
+        }
+        Some(cli.databases.clone())
+    };
+    let wanted: Vec<String> = only.clone().unwrap_or_else(|| dumped.clone());
+    let password = target_password(&cli, cfg.as_ref(), &target)?;
+    let mut conn = target::connect(&target, password.as_ref()).await?;
+    drop(password);
+    let existing: Vec<String> = conn
+        .query("SHOW DATABASES")
+        .await
+        .context("listing databases on the target")?;
+    let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
+    if !clash.is_empty() {
+        if !cli.force {
+            bail!(
+                "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them",
+                clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let map: u64 = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .await?
+        .unwrap_or(0);
+    if (map as usize) < v.largest_statement + 1024 {
+        bail!(
+            "the target's max_allowed_packet is {map} bytes but the largest statement in this backup is {} bytes; raise it (SET GLOBAL max_allowed_packet={}) and retry",
+            v.largest_statement,
+            (v.largest_statement + 1024).next_power_of_two()
+        );
+    }
+    for d in &clash {
+        eprintln!("restore: --force: dropping database {d} on {target}");
+        conn.query_drop(format!(
+            "DROP DATABASE {}",
+            backup_agent::format::quote_ident(d)
+        ))
+        .await?;
+    }
+    // Pass 2: replay.
+    let n = restore::replay(&file, &keys.dpo, &keys.trusted, &mut conn, only)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
+                wanted.join(", ")
+            )
+        })?;
+    let _ = conn.disconnect().await;
+    eprintln!(
+        "restore: restored {} into {target}: {n} statements in {:.1}s",
+        wanted.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! Verified restore: every check runs over the whole file before the first byte goes
+//! anywhere. Pass 0 hashes the file against its `.sha256` file (and the manifest, when it
+//! is beside it); pass 1 decrypts, checks MDC and the trusted agent signature, gunzips and
+//! parses the whole SQL stream up to its completion line; only then pass 2 decrypts again
+//! and replays (or writes the SQL out).
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use flate2::read::MultiGzDecoder;
+use mysql_async::prelude::*;
+use tokio::sync::mpsc;
+
+use backup_agent::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
+use backup_agent::manifest::{self, Manifest};
+use backup_agent::pipeline::hash_stream;
+
+use crate::crypto::{self, DpoKey, Outcome, TrustedSigners};
+
+/// The files of one backup.
+#[derive(Debug)]
+pub struct Located {
+    pub file_name: String,
+    pub manifest: Option<Manifest>,
+    pub expected_sha256: String,
+    pub size: u64,
+}
+
+/// Pass 0: the data file, its `.sha256` file, and the manifest if present; hashes the data.
+pub fn check_checksums(data: &Path) -> Result<Located> {
+    let file_name = data
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .ok_or_else(|| anyhow!("{} is not a file name", data.display()))?;
+    let f = File::open(data).with_context(|| format!("cannot open backup {}", data.display()))?;
+    let sha_path = PathBuf::from(format!("{}.sha256", data.display()));
+    let sha_text = std::fs::read_to_string(&sha_path).with_context(|| {
+        format!("cannot read the checksum file {} that belongs beside the backup; a backup is not trusted without it", sha_path.display())
+    })?;
+    let expected = manifest::parse_sha256_line(&sha_text, &file_name).ok_or_else(|| {
+        anyhow!(
+            "checksum file {} is malformed or names another file",
+            sha_path.display()
+        )
+    })?;
+    let manifest = match manifest::backup_id_of(&file_name) {
+        Some(id) => {
+            let mp = data.with_file_name(format!("{id}{}", manifest::MANIFEST_SUFFIX));
+            match std::fs::read(&mp) {
+                Ok(b) => Some(
+                    serde_json::from_slice::<Manifest>(&b)
+                        .with_context(|| format!("manifest {} is malformed", mp.display()))?,
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read manifest {}", mp.display()))
+                }
+            }
+        }
+        None => None,
+    };
+    let got = hash_stream(BufReader::with_capacity(1 << 20, f))
+        .with_context(|| format!("reading {}", data.display()))?;
+    if got.sha256 != expected {
+        bail!(
+            "checksum mismatch: {} has sha256 {}, but {} says {}; the file is corrupt or was changed: fetch another copy",
+            data.display(),
+            got.sha256,
+            sha_path.display(),
+            expected
+        );
+    }
+    if let Some(m) = &manifest {
+        if m.data.sha256 != got.sha256 || m.data.size != got.size {
+            bail!(
+                "the manifest of {} records {} bytes sha256 {}, the file has {} bytes sha256 {}; fetch another copy",
+                m.backup_id,
+                m.data.size,
+                m.data.sha256,
+                got.size,
+                got.sha256
+            );
+        }
+    }
+    Ok(Located {
+        file_name,
+        manifest,
+        expected_sha256: expected,
+        size: got.size,
+    })
+}
+
+/// What pass 1 learned.
+#[derive(Debug)]
+pub struct Verified {
+    pub trailer: Trailer,
+    pub outcome: Outcome,
+    pub statements: u64,
+    pub largest_statement: usize,
+    pub sql_bytes: u64,
+}
+
+type SqlReader = BufReader<MultiGzDecoder<crypto::Opened<BufReader<File>>>>;
+
+fn open_sql(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<SqlReader> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let opened = crypto::open(BufReader::with_capacity(1 << 20, f), dpo, trusted)
+        .with_context(|| format!("cannot decrypt {}", path.display()))?;
+    Ok(BufReader::with_capacity(
+        1 << 20,
+        MultiGzDecoder::new(opened),
+    ))
+}
+
+fn finish_sql(r: SqlReader) -> Result<Outcome> {
+    r.into_inner().into_inner().finish()
+}
+
+/// Pass 1: decrypt, check, parse everything; nothing is written anywhere.
+pub fn verify_pass(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<Verified> {
+    let mut sp = Splitter::new(open_sql(path, dpo, trusted)?);
+    let mut trailer = Trailer::default();
+    let mut statements = 0u64;
+    let mut largest = 0usize;
+    let mut ends_complete = false;
+    let fail = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "{} failed verification: {e}; nothing was restored",
+            path.display()
+        )
+    };
+    while let Some(item) = sp.next_item().map_err(|e| fail(&e))? {
+        match item {
+            Item::Statement(s) => {
+                if trailer.completed.is_some() {
+                    return Err(fail(&"statements follow the completion line"));
+                }
+                statements += 1;
+                largest = largest.max(s.len() + 1);
+                ends_complete = false;
+            }
+            Item::Comment(c) => {
+                trailer.observe(&c).map_err(|e| fail(&e))?;
+                ends_complete = c.starts_with(COMPLETION_PREFIX);
+            }
+        }
+    }
+    let sql_bytes = sp.bytes_read;
+    let outcome = finish_sql(sp.into_inner()).map_err(|e| fail(&e))?;
+    if !ends_complete {
+        return Err(fail(
+            &"the dump has no completion line at its end (incomplete or truncated dump)",
+        ));
+    }
+    Ok(Verified {
+        trailer,
+        outcome,
+        statements,
+        largest_statement: largest,
+        sql_bytes,
+    })
+}
+
+/// Pass 2 for `--decrypt`: writes the gzip stream or the SQL to `out` ("-" is stdout),
+/// through a temp file renamed into place.
+pub fn write_out(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners, out: &Path) -> Result<u64> {
+    let gzip = out.extension().is_some_and(|e| e == "gz");
+    let f = File::open(path)?;
+    let mut opened = crypto::open(BufReader::with_capacity(1 << 20, f), dpo, trusted)?;
+    let to_stdout = out.as_os_str() == "-";
+    let tmp = if to_stdout {
+        None
+    } else {
+        let name = out
+            .file_name()
+            .ok_or_else(|| anyhow!("-o needs a file name"))?
+            .to_string_lossy()
+            .into_owned();
+        Some(out.with_file_name(format!(".{name}.partial.{}", std::process::id())))
+    };
+    let mut sink: Box<dyn Write> = match &tmp {
+        None => Box::new(std::io::stdout().lock()),
+        Some(t) => {
+            Box::new(File::create(t).with_context(|| format!("cannot create {}", t.display()))?)
+        }
+    };
+    let result = (|| -> Result<u64> {
+        let n = if gzip {
+            let n = std::io::copy(&mut opened, &mut sink)?;
+            opened.finish()?;
+            n
+        } else {
+            let mut gz = MultiGzDecoder::new(opened);
+            let n = std::io::copy(&mut gz, &mut sink)?;
+            gz.into_inner().finish()?;
+            n
+        };
+        sink.flush()?;
+        Ok(n)
+    })();
+    drop(sink);
+    match (result, tmp) {
+        (Ok(n), Some(t)) => {
+            std::fs::rename(&t, out).with_context(|| {
+                format!("cannot move the output into place at {}", out.display())
+            })?;
+            Ok(n)
+        }
+        (Ok(n), None) => Ok(n),
+        (Err(e), t) => {
+            if let Some(t) = t {
+                let _ = std::fs::remove_file(t);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Which statements a `--database` selection replays.
+pub struct Selection {
+    only: Option<Vec<String>>,
+    current: Option<String>,
+    in_users: bool,
+}
+
+impl Selection {
+    pub fn new(only: Option<Vec<String>>) -> Self {
+        Selection {
+            only,
+            current: None,
+            in_users: false,
+        }
+    }
+
+    pub fn comment(&mut self, c: &str) {
+        if c.starts_with("-- Users and grants") {
+            self.in_users = true;
+        }
+    }
+
+    pub fn wants(&mut self, stmt: &[u8]) -> bool {
+        let Some(only) = &self.only else { return true };
+        let s = String::from_utf8_lossy(&stmt[..stmt.len().min(512)]);
+        let upper = s.trim_start().to_ascii_uppercase();
+        if let Some(rest) = strip_keyword(&s, &upper, "USE ") {
+            self.current = leading_ident(rest);
+            return self.current.as_ref().is_some_and(|d| only.contains(d));
+        }
+        if let Some(rest) = strip_keyword(&s, &upper, "CREATE DATABASE ") {
+            return leading_ident(rest).is_some_and(|d| only.contains(&d));
+        }
+        if upper.starts_with("SET ") {
+            return true;
+        }
+        !self.in_users && self.current.as_ref().is_some_and(|d| only.contains(d))
+    }
+}
+
+fn strip_keyword<'a>(s: &'a str, upper: &str, kw: &str) -> Option<&'a str> {
+    let t = s.trim_start();
+    upper.starts_with(kw).then(|| &t[kw.len()..])
+}
+
+/// The first backtick-quoted identifier of `s`.
+fn leading_ident(s: &str) -> Option<String> {
+    let s = s.trim_start();
+    let rest = s.strip_prefix('`')?;
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '`' {
+            if chars.peek() == Some(&'`') {
+                chars.next();
+                out.push('`');
+            } else {
+                return Some(out);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+enum Msg {
+    Stmt(Vec<u8>),
+    Comment(String),
+}
+
+/// Pass 2 for `--into`: replays the verified file over one connection.
+pub async fn replay(
+    path: &Path,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+    conn: &mut mysql_async::Conn,
+    only: Option<Vec<String>>,
+) -> Result<u64> {
+    let reader = open_sql(path, dpo, trusted)?;
+    let (tx, mut rx) = mpsc::channel::<Msg>(16);
+    let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {
+        let mut sp = Splitter::new(reader);
+        while let Some(item) = sp.next_item()? {
+            let m = match item {
+                Item::Statement(s) => Msg::Stmt(s),
+                Item::Comment(c) => Msg::Comment(c),
+            };
+            if tx.blocking_send(m).is_err() {
+                bail!("replay stopped");
+            }
+        }
+        finish_sql(sp.into_inner())
+    });
+    let mut sel = Selection::new(only);
+    let mut executed = 0u64;
+    let mut failure = None;
+    while let Some(m) = rx.recv().await {
+        match m {
+            Msg::Comment(c) => sel.comment(&c),
+            Msg::Stmt(s) => {
+                if !sel.wants(&s) {
+                    continue;
+                }
+                if let Err(e) = conn.query_drop(s.as_slice()).await {
+                    let head = String::from_utf8_lossy(&s[..s.len().min(120)]).into_owned();
+                    failure = Some(anyhow!(
+                        "the target server refused statement {} ({head}...): {e}",
+                        executed + 1
+                    ));
+                    break;
+                }
+                executed += 1;
+            }
+        }
+    }
+    drop(rx);
+    if let Some(f) = failure {
+        let _ = producer.await;
+        return Err(f);
+    }
+    producer
+        .await
+        .map_err(|e| anyhow!("the reading thread failed: {e}"))?
+        .context(
+            "the second pass over the file failed (was the file changed during the restore?)",
+        )?;
+    Ok(executed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_follows_use_and_skips_users() {
+        let mut s = Selection::new(Some(vec!["a`b".into()]));
+        assert!(s.wants(b"SET NAMES utf8mb4"));
+        assert!(!s.wants(b"CREATE DATABASE `other` /*!40100 x */"));
+        assert!(!s.wants(b"USE `other`"));
+        assert!(!s.wants(b"INSERT INTO t VALUES (1)"));
+        assert!(s.wants(b"CREATE DATABASE `a``b`"));
+        assert!(s.wants(b"USE `a``b`"));
+        assert!(s.wants(b"INSERT INTO t VALUES (1)"));
+        s.comment("-- Users and grants");
+        assert!(!s.wants(b"CREATE USER IF NOT EXISTS `x`@`%`"));
+        assert!(s.wants(b"SET SQL_MODE=@OLD_SQL_MODE"));
+        let mut all = Selection::new(None);
+        assert!(all.wants(b"anything"));
+        assert_eq!(leading_ident(" `x``y` rest"), Some("x`y".into()));
+    }
+}

@@ -1,0 +1,109 @@
+//! Restore targets: `mysql://user@host:port/` or `mysql://user@localhost/?socket=PATH`.
+//! The password never comes from the URL.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use mysql_async::{Conn, OptsBuilder};
+
+use backup_agent::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub socket: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.socket {
+            Some(s) => write!(f, "mysql://{}@localhost/?socket={}", self.user, s.display()),
+            None => write!(f, "mysql://{}@{}:{}/", self.user, self.host, self.port),
+        }
+    }
+}
+
+pub fn parse(s: &str) -> Result<Target> {
+    let u = url::Url::parse(s)
+        .with_context(|| format!("target {s:?} is not a URL; expected mysql://user@host:port/"))?;
+    if u.scheme() != "mysql" && u.scheme() != "mariadb" {
+        bail!("target must start with mysql:// (got {}://)", u.scheme());
+    }
+    if u.password().is_some() {
+        // Do not echo the URL: it holds a password.
+        bail!("the target URL must not contain a password; use --password-file, the config, or the prompt");
+    }
+    let user = percent(u.username());
+    if user.is_empty() {
+        bail!("the target URL needs a user: mysql://USER@host:port/");
+    }
+    if !(u.path().is_empty() || u.path() == "/") {
+        bail!("the target URL must not name a database (got path {:?}); use --database to choose what to restore", u.path());
+    }
+    let mut socket = None;
+    for (k, v) in u.query_pairs() {
+        match k.as_ref() {
+            "socket" => socket = Some(PathBuf::from(v.as_ref())),
+            other => bail!("unknown target URL parameter {other:?}; only socket=PATH is accepted"),
+        }
+    }
+    Ok(Target {
+        user,
+        host: u.host_str().unwrap_or("localhost").to_string(),
+        port: u.port().unwrap_or(3306),
+        socket,
+    })
+}
+
+fn percent(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+pub async fn connect(t: &Target, password: Option<&Secret>) -> Result<Conn> {
+    let mut b = OptsBuilder::default()
+        .user(Some(t.user.clone()))
+        .pass(password.map(|p| p.expose().to_string()))
+        .stmt_cache_size(0)
+        .prefer_socket(false);
+    match &t.socket {
+        Some(s) => b = b.socket(Some(s.display().to_string())),
+        None => b = b.ip_or_hostname(t.host.clone()).tcp_port(t.port),
+    }
+    let conn = tokio::time::timeout(std::time::Duration::from_secs(15), Conn::new(b))
+        .await
+        .with_context(|| format!("cannot connect to {t}: no answer within 15s"))?
+        .with_context(|| {
+            format!("cannot connect to {t}; check the server runs and the user and password")
+        })?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse("mysql://root@127.0.0.1:3307/").unwrap(),
+            Target {
+                user: "root".into(),
+                host: "127.0.0.1".into(),
+                port: 3307,
+                socket: None
+            }
+        );
+        let t = parse("mysql://admin@localhost/?socket=/run/mysqld/mysqld.sock").unwrap();
+        assert_eq!(t.socket, Some(PathBuf::from("/run/mysqld/mysqld.sock")));
+        let e = parse("mysql://root:hunter2@h/").unwrap_err().to_string();
+        assert!(e.contains("password") && !e.contains("hunter2"), "{e}");
+        assert!(parse("http://x@h/").is_err());
+        assert!(parse("mysql://h/").is_err());
+        assert!(parse("mysql://u@h/db").is_err());
+    }
+}
