@@ -94,7 +94,16 @@ pub async fn run_backup(
         }
     }
     let object = store.create(&key(DATA_SUFFIX)).map_err(st)?;
-    let (tx, sealer) = pipeline::spawn_sealer(keys.clone(), enc.compression_level, object);
+    let (tx, sealer) = pipeline::spawn_sealer(
+        keys.clone(),
+        enc.compression_level,
+        object,
+        format!(
+            "store {} object {}",
+            store.name(),
+            store.describe(&key(DATA_SUFFIX))
+        ),
+    );
     let mut out = SqlOutput::new(tx.clone());
     let description = format!(
         "backup-agent {} dump of source {}\nBackup {id}, started {}",

@@ -22,8 +22,8 @@ pub const CHANNEL_CHUNKS: usize = 8;
 pub enum PipelineError {
     #[error("the dump stopped before its end; the partial object was discarded")]
     Aborted,
-    #[error("writing the backup: {0}")]
-    Write(#[source] io::Error),
+    #[error("writing {target}: {source}; check free space and permissions there")]
+    Write { target: String, source: io::Error },
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
     #[error(transparent)]
@@ -63,12 +63,17 @@ pub fn spawn_sealer(
     keys: Arc<SealingKeys>,
     level: u32,
     object: Box<dyn ObjectWriter>,
+    target: String,
 ) -> (
     mpsc::Sender<Vec<u8>>,
     tokio::task::JoinHandle<Result<Sealed, PipelineError>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
     let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, PipelineError> {
+        let werr = |source: io::Error| PipelineError::Write {
+            target: target.clone(),
+            source,
+        };
         let mut sink = Hashing {
             inner: BufWriter::with_capacity(1 << 20, object),
             hasher: Sha256::new(),
@@ -83,23 +88,21 @@ pub fn spawn_sealer(
                     ended = true;
                     break;
                 }
-                gz.write_all(&chunk).map_err(PipelineError::Write)?;
+                gz.write_all(&chunk).map_err(werr)?;
             }
             if !ended {
                 return Err(PipelineError::Aborted);
             }
-            let sealer = gz.finish().map_err(PipelineError::Write)?;
+            let sealer = gz.finish().map_err(werr)?;
             sealer.finish()?;
         }
-        sink.flush().map_err(PipelineError::Write)?;
+        sink.flush().map_err(werr)?;
         let Hashing {
             inner,
             hasher,
             bytes,
         } = sink;
-        let object = inner
-            .into_inner()
-            .map_err(|e| PipelineError::Write(e.into_error()))?;
+        let object = inner.into_inner().map_err(|e| werr(e.into_error()))?;
         object.commit()?;
         Ok(Sealed {
             size: bytes,

@@ -120,17 +120,17 @@ fn finish_sql(r: SqlReader) -> Result<Outcome> {
 
 /// Pass 1: decrypt, check, parse everything; nothing is written anywhere.
 pub fn verify_pass(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<Verified> {
-    let mut sp = Splitter::new(open_sql(path, dpo, trusted)?);
-    let mut trailer = Trailer::default();
-    let mut statements = 0u64;
-    let mut largest = 0usize;
-    let mut ends_complete = false;
     let fail = |e: &dyn std::fmt::Display| {
         anyhow!(
             "{} failed verification: {e}; nothing was restored",
             path.display()
         )
     };
+    let mut sp = Splitter::new(open_sql(path, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?);
+    let mut trailer = Trailer::default();
+    let mut statements = 0u64;
+    let mut largest = 0usize;
+    let mut ends_complete = false;
     while let Some(item) = sp.next_item().map_err(|e| fail(&e))? {
         match item {
             Item::Statement(s) => {
