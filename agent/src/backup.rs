@@ -23,7 +23,10 @@ pub enum BackupError {
         err: crate::secret::SecretError,
     },
     #[error("source {source_name}: {err}")]
-    Dump { source_name: String, err: DumpError },
+    Dump {
+        source_name: String,
+        err: Box<DumpError>,
+    },
     #[error("source {source_name}: {err}")]
     Pipeline {
         source_name: String,
@@ -81,7 +84,7 @@ pub async fn run_backup(
         .await
         .map_err(|err| BackupError::Dump {
             source_name: sname.clone(),
-            err,
+            err: Box::new(err),
         })?;
     drop(password);
 
@@ -153,7 +156,7 @@ pub async fn run_backup(
             }
             return Err(BackupError::Dump {
                 source_name: sname,
-                err,
+                err: Box::new(err),
             });
         }
     };

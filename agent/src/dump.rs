@@ -210,7 +210,7 @@ fn classify(data_type: &str, charset: Option<&str>) -> ColKind {
         "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
         | "json" => match charset {
             None | Some("binary") => ColKind::Binary,
-            Some(cs) if matches!(cs, "utf8mb4" | "utf8mb3" | "utf8" | "ascii") => ColKind::Utf8Text,
+            Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii") => ColKind::Utf8Text,
             Some(cs) => ColKind::OtherText(cs.to_string()),
         },
         _ => ColKind::Quoted,

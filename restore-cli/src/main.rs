@@ -231,13 +231,11 @@ async fn run(cli: Cli) -> Result<()> {
         .await
         .context("listing databases on the target")?;
     let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
-    if !clash.is_empty() {
-        if !cli.force {
-            bail!(
+    if !clash.is_empty() && !cli.force {
+        bail!(
                 "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them",
                 clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
-        }
     }
     let map: u64 = conn
         .query_first("SELECT @@max_allowed_packet")
