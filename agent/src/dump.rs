@@ -25,9 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Endpoint, SourceConfig};
 use crate::digest::{definition_digest, TableDigest};
-use crate::format::{
-    self, push_bits, push_hex, push_quoted, qualified, quote_ident, quote_str, TableTrailer,
-};
+use crate::format::{self, push_hex, push_quoted, qualified, quote_ident, quote_str, TableTrailer};
 use crate::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +190,9 @@ enum ColKind {
     Utf8Text,
     /// Text in another charset: `_cs X'..'`, exact whatever the bytes.
     OtherText(String),
-    /// Binary strings and geometry.
+    /// Binary strings and geometry: `_binary '...'` with the six special bytes escaped.
+    /// Exact because the stream's client charset is utf8mb4, whose lexer never takes an
+    /// escaped byte as part of a multi-byte character; and smaller after gzip than hex.
     Binary,
     /// Temporal, INET, UUID and unknown types: an escaped string.
     Quoted,
@@ -217,6 +217,20 @@ fn classify(data_type: &str, charset: Option<&str>) -> ColKind {
     }
 }
 
+/// `0x..`: a hex literal, which in a BIT column's numeric context is the big-endian value.
+fn push_hex_number(out: &mut Vec<u8>, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if v.is_empty() {
+        out.push(b'0');
+        return;
+    }
+    out.extend_from_slice(b"0x");
+    for &b in v {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+}
+
 fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
     match kind {
         ColKind::Number => out.extend_from_slice(v),
@@ -227,7 +241,7 @@ fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
                 out.extend_from_slice(b"e0");
             }
         }
-        ColKind::Bits => push_bits(out, v),
+        ColKind::Bits => push_hex_number(out, v),
         ColKind::Utf8Text | ColKind::Quoted => push_quoted(out, v),
         ColKind::OtherText(cs) => {
             out.push(b'_');
@@ -235,7 +249,10 @@ fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
             out.push(b' ');
             push_hex(out, v);
         }
-        ColKind::Binary => push_hex(out, v),
+        ColKind::Binary => {
+            out.extend_from_slice(b"_binary ");
+            push_quoted(out, v);
+        }
     }
 }
 
@@ -395,6 +412,10 @@ pub async fn dump(
     out.write(format::header(description).as_bytes()).await?;
 
     let mut trailers: Vec<TableTrailer> = Vec::new();
+    // Objects in this dump that grants may name: (db, name) of tables, views, sequences,
+    // and (db, name) of routines.
+    let mut known_relations: HashSet<(String, String)> = HashSet::new();
+    let mut known_routines: HashSet<(String, String)> = HashSet::new();
     let mut routines: Vec<Object> = Vec::new();
     let mut views: Vec<Object> = Vec::new();
     let mut triggers: Vec<Object> = Vec::new();
@@ -431,6 +452,9 @@ pub async fn dump(
             })
             .filter(|t| t.kind != "TEMPORARY")
             .collect();
+        for t in &tables {
+            known_relations.insert((db.clone(), t.name.clone()));
+        }
 
         let cols = fetch(
             conn,
@@ -525,6 +549,7 @@ pub async fn dump(
         .await?;
         for r in &rs {
             let (name, kind) = (text(&r[0]), text(&r[1]));
+            known_routines.insert((db.clone(), name.clone()));
             if kind != "PROCEDURE" && kind != "FUNCTION" {
                 summary.warnings.push(format!(
                     "a stored {} was not dumped (not supported)",
@@ -655,7 +680,12 @@ pub async fn dump(
     }
 
     if source.users_and_grants {
-        dump_users(conn, out).await?;
+        let dropped = dump_users(conn, out, &known_relations, &known_routines).await?;
+        if dropped > 0 {
+            summary.warnings.push(format!(
+                "{dropped} grant(s) on tables or routines that are not in this backup were left out (they would not load)"
+            ));
+        }
     }
 
     // The snapshot ends here; nothing after this reads data.
@@ -845,7 +875,87 @@ fn is_system_account(user: &str, host: &str) -> bool {
         || (user == "mariadb.sys" && host == "localhost")
 }
 
-async fn dump_users(conn: &mut Conn, out: &mut SqlOutput) -> Result<(), DumpError> {
+/// What a GRANT statement from SHOW GRANTS applies to.
+#[derive(Debug, PartialEq, Eq)]
+enum GrantObject {
+    /// `*.*`, `db`.*, roles, proxies: loads whatever exists.
+    Unconditional,
+    /// A table, view or column grant: needs the relation.
+    Relation(String, String),
+    /// A routine grant: needs the routine.
+    Routine(String, String),
+}
+
+/// Reads the object of a GRANT statement: the part after the first ` ON ` outside quotes.
+fn grant_object(stmt: &str) -> GrantObject {
+    let b = stmt.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut on = None;
+    let mut i = 0;
+    while i < b.len() {
+        match quote {
+            Some(q) if b[i] == q => quote = None,
+            Some(_) => {}
+            None if matches!(b[i], b'`' | b'\'' | b'"') => quote = Some(b[i]),
+            None if stmt[i..].starts_with(" ON ") => {
+                on = Some(i + 4);
+                break;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    let Some(start) = on else {
+        return GrantObject::Unconditional;
+    };
+    let mut rest = &stmt[start..];
+    let mut routine = false;
+    for kw in ["PROCEDURE ", "FUNCTION ", "PACKAGE BODY ", "PACKAGE "] {
+        if let Some(r) = rest.strip_prefix(kw) {
+            rest = r;
+            routine = true;
+            break;
+        }
+    }
+    let Some((db, after)) = take_ident(rest) else {
+        return GrantObject::Unconditional;
+    };
+    let Some(after) = after.strip_prefix('.') else {
+        return GrantObject::Unconditional;
+    };
+    match take_ident(after) {
+        Some((name, _)) if routine => GrantObject::Routine(db, name),
+        Some((name, _)) => GrantObject::Relation(db, name),
+        None => GrantObject::Unconditional,
+    }
+}
+
+/// A backtick-quoted identifier at the start of `s`, and what follows it.
+fn take_ident(s: &str) -> Option<(String, &str)> {
+    let rest = s.strip_prefix('`')?;
+    let mut out = String::new();
+    let mut it = rest.char_indices().peekable();
+    while let Some((i, c)) = it.next() {
+        if c == '`' {
+            if let Some((_, '`')) = it.peek() {
+                it.next();
+                out.push('`');
+            } else {
+                return Some((out, &rest[i + 1..]));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    None
+}
+
+async fn dump_users(
+    conn: &mut Conn,
+    out: &mut SqlOutput,
+    relations: &HashSet<(String, String)>,
+    routines: &HashSet<(String, String)>,
+) -> Result<usize, DumpError> {
     let users = fetch(
         conn,
         "SELECT User, Host, is_role FROM mysql.user ORDER BY User, Host",
@@ -854,6 +964,7 @@ async fn dump_users(conn: &mut Conn, out: &mut SqlOutput) -> Result<(), DumpErro
     .await?;
     let mut creates = Vec::new();
     let mut grants = Vec::new();
+    let mut dropped = 0usize;
     let mut seen = HashSet::new();
     for u in &users {
         let (user, host, is_role) = (text(&u[0]), text(&u[1]), text(&u[2]) == "Y");
@@ -891,18 +1002,27 @@ async fn dump_users(conn: &mut Conn, out: &mut SqlOutput) -> Result<(), DumpErro
         .await?;
         for r in &g {
             let mut s = bytes(&r[0]);
+            let keep = match grant_object(&String::from_utf8_lossy(&s)) {
+                GrantObject::Unconditional => true,
+                GrantObject::Relation(d, n) => relations.contains(&(d, n)),
+                GrantObject::Routine(d, n) => routines.contains(&(d, n)),
+            };
+            if !keep {
+                dropped += 1;
+                continue;
+            }
             s.extend_from_slice(b";\n");
             grants.push(s);
         }
     }
     if creates.is_empty() {
-        return Ok(());
+        return Ok(dropped);
     }
     out.write(b"\n--\n-- Users and grants\n--\n").await?;
     for s in creates.iter().chain(grants.iter()) {
         out.write(s).await?;
     }
-    Ok(())
+    Ok(dropped)
 }
 
 /// Reads the rows of one table and digests them the way the dumper does; used by the
@@ -969,6 +1089,12 @@ mod tests {
         v.clear();
         push_value(&mut v, &ColKind::OtherText("latin1".into()), &[0xE9]);
         assert_eq!(v, b"_latin1 X'E9'");
+        v.clear();
+        push_value(&mut v, &ColKind::Bits, &[1, 0xFF]);
+        assert_eq!(v, b"0x01FF");
+        v.clear();
+        push_value(&mut v, &ColKind::Binary, b"a'\0");
+        assert_eq!(v, b"_binary 'a\\'\\0'");
     }
 
     fn obj(db: &str, name: &str, body: &str) -> Object {
@@ -981,6 +1107,36 @@ mod tests {
             collation_connection: None,
             time_zone: None,
         }
+    }
+
+    #[test]
+    fn grant_objects() {
+        use GrantObject::*;
+        assert_eq!(
+            grant_object("GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*AB'"),
+            Unconditional
+        );
+        assert_eq!(
+            grant_object("GRANT SELECT ON `d`.* TO `u`@`%`"),
+            Unconditional
+        );
+        assert_eq!(grant_object("GRANT `role` TO `u`@`%`"), Unconditional);
+        assert_eq!(
+            grant_object("GRANT PROXY ON ''@'%' TO 'u'@'%'"),
+            Unconditional
+        );
+        assert_eq!(
+            grant_object("GRANT SELECT (`a ON b`), UPDATE (`x`) ON `d`.`t``1` TO `u`@`%`"),
+            Relation("d".into(), "t`1".into())
+        );
+        assert_eq!(
+            grant_object("GRANT EXECUTE ON PROCEDURE `d`.`p` TO `u`@`%`"),
+            Routine("d".into(), "p".into())
+        );
+        assert_eq!(
+            grant_object("GRANT EXECUTE ON FUNCTION `d`.`f` TO `u`@`%`"),
+            Routine("d".into(), "f".into())
+        );
     }
 
     #[test]

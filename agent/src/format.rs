@@ -98,20 +98,6 @@ pub fn push_hex(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'\'');
 }
 
-/// Appends `b'0101...'` for a BIT value as the server sends it (big-endian bytes).
-pub fn push_bits(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(b"b'");
-    if s.is_empty() {
-        out.push(b'0');
-    }
-    for &b in s {
-        for i in (0..8).rev() {
-            out.push(if b >> i & 1 == 1 { b'1' } else { b'0' });
-        }
-    }
-    out.push(b'\'');
-}
-
 /// Session settings at the top of a dump: exact values (UTC, utf8mb4), fast load
 /// (no unique/foreign key/check constraint checks), zero dates and zero AUTO_INCREMENT
 /// values accepted. Every setting is restored by [`footer`].
@@ -487,9 +473,6 @@ mod tests {
         let mut h = Vec::new();
         push_hex(&mut h, &[0, 255, 16]);
         assert_eq!(h, b"X'00FF10'");
-        let mut b = Vec::new();
-        push_bits(&mut b, &[1, 128]);
-        assert_eq!(b, b"b'0000000110000000'");
         assert_eq!(quote_ident("a`b"), "`a``b`");
     }
 

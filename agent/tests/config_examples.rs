@@ -19,8 +19,10 @@ fn every_example_config_parses() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let text = std::fs::read_to_string(&p).unwrap();
-            let cfg = Config::parse(&p, &text, &NoEnv).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            cfg.require_backup_parts().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let cfg =
+                Config::parse(&p, &text, &NoEnv).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            cfg.require_backup_parts()
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
     }

@@ -275,8 +275,12 @@ pub fn open<R: Read + Send + Sync + 'static>(
         trusted: trusted.clone(),
         outcome: outcome.clone(),
     };
+    // A small buffer: sequoia would otherwise hold 25 MiB back until it has seen the
+    // signature. Nothing acts on pass-1 data, and pass 2 runs only after pass 1 proved the
+    // whole message, so releasing data early is safe here and keeps memory flat.
     let d = DecryptorBuilder::from_reader(r)
         .map_err(|e| anyhow!("not an OpenPGP message: {e}"))?
+        .buffer_size(256 * 1024)
         .with_policy(&*POLICY, None, helper)
         .map_err(|e| anyhow!("{e:#}"))?;
     Ok(Opened {

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Benchmark: backup-agent against the shell pipeline it replaces, on the same database,
+same machine, same run, commands alternating, median of N runs, raw figures kept.
+
+  backup:  backup-agent backup
+     vs    mariadb-dump --single-transaction --routines --triggers --events | gzip
+           | gpg --encrypt -r DPO | tee FILE | sha256sum
+  restore: restore --into scratch (verified: checksum, signature, MDC, completeness first)
+     vs    gpg -d FILE | gunzip | mariadb          (on the same backup file)
+
+Measured per run: wall time, CPU time (user+sys of the whole process tree, from wait4;
+the MariaDB server's own CPU is not included on either side), peak RSS (the largest
+process of the tree), output size. Writes docs/benchmarks.md (or --out).
+
+Usage: scripts/bench.py [--gib 1] [--runs 3] [--no-restore] [--out docs/benchmarks.md]
+Run by hand, not in CI; needs root (private MariaDB instances on 33081/33082).
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.environ.get("BA_BENCH_DIR", "/var/tmp/backup-agent-bench")
+SRC_PORT, DST_PORT = 33081, 33082
+AGENT = os.path.join(ROOT, "target/release/backup-agent")
+RESTORE = os.path.join(ROOT, "target/release/restore")
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=True, check=True, executable="/bin/bash", **kw)
+
+
+def lib(cmd):
+    sh(f". {ROOT}/scripts/lib/mariadb.sh; BA_LOG_TAG=bench; {cmd}")
+
+
+def sql(sock, q, db=""):
+    out = subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-N", "-B", db, "-e", q],
+                         check=True, capture_output=True, text=True)
+    return out.stdout
+
+
+def measure(cmd, env=None):
+    """Runs cmd under bash; returns wall s, cpu s (tree), peak RSS KiB (largest process)."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(["/bin/bash", "-o", "pipefail", "-c", cmd], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    err = p.stderr.read().decode(errors="replace")
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        sys.exit(f"command failed ({p.returncode}): {cmd}\n{err}")
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_kib": ru.ru_maxrss}
+
+
+WORDS = ("the order was shipped to customer from warehouse in region north south east west with priority "
+         "normal high low invoice payment received pending refund requested item quantity price total discount "
+         "delivery address street city postal code country phone email note support ticket opened closed "
+         "resolved product category electronics books garden tools clothing kitchen sports toys").split()
+DATA_VERSION = "v2"
+
+
+def text_expr(n_words):
+    """SQL for a sentence of n_words words, varied per row (like prose, not filler)."""
+    elts = ",".join(f"'{w}'" for w in WORDS)
+    parts = [f"ELT(1 + ((seq * {p} + {k}) % {len(WORDS)}), {elts})" for k, p in
+             enumerate([7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83][:n_words])]
+    return "CONCAT_WS(' ', " + ", ".join(parts) + ")"
+
+
+def build_database(sock, gib):
+    want = int(gib * (1 << 30))
+    have = sql(sock, "SELECT COALESCE(SUM(DATA_LENGTH),0) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip()
+    marker = sql(sock, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench' AND TABLE_NAME='meta'").strip()
+    if marker == "1" and sql(sock, "SELECT v FROM meta", "bench").strip() == f"{gib}-{DATA_VERSION}":
+        print(f"database bench exists ({int(have) / (1 << 30):.2f} GiB of InnoDB data)")
+        return
+    print(f"building database bench with >= {gib} GiB of row data ...", flush=True)
+    sql(sock, "DROP DATABASE IF EXISTS bench; CREATE DATABASE bench")
+    sql(sock, "CREATE TABLE meta (v VARCHAR(20))", "bench")
+    # A few big tables of mixed types, rows ~ 400-600 bytes, text that compresses like
+    # real data (hex digests, words, numbers), not like repeated filler.
+    sql(sock, """
+      CREATE TABLE orders (id BIGINT PRIMARY KEY, customer_id INT NOT NULL, created DATETIME(6) NOT NULL,
+        amount DECIMAL(12,2), currency CHAR(3), status ENUM('new','paid','shipped','returned'),
+        note VARCHAR(255), ref CHAR(64), ratio DOUBLE, flags BIT(8), KEY (customer_id)) ENGINE=InnoDB;
+      CREATE TABLE events (id BIGINT PRIMARY KEY, at TIMESTAMP(3) NOT NULL DEFAULT '2024-01-01 00:00:00',
+        kind VARCHAR(32), payload JSON, src INET6, digest VARBINARY(32)) ENGINE=InnoDB;
+      CREATE TABLE documents (id INT PRIMARY KEY, title VARCHAR(200), body MEDIUMTEXT, blob_part BLOB) ENGINE=InnoDB;
+    """, "bench")
+    for i in range(200):
+        sql(sock, f"CREATE TABLE small_{i:03d} (id INT PRIMARY KEY, name VARCHAR(64), v DECIMAL(10,3), d DATE); "
+                  f"INSERT INTO small_{i:03d} SELECT seq, CONCAT('item ', seq, ' ', SHA1(seq + {i})), seq / 7, '2020-01-01' + INTERVAL seq DAY FROM seq_1_to_1000", "bench")
+    step = 200_000
+    n = 0
+    while True:
+        size = int(sql(sock, "SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+        if size >= want:
+            break
+        a, b = n + 1, n + step
+        sql(sock, f"""
+          INSERT INTO orders SELECT seq, seq % 50000, '2020-01-01' + INTERVAL seq SECOND + INTERVAL (seq % 997) MICROSECOND,
+            (seq * 37 % 100000) / 100, ELT(1 + seq % 3, 'EUR', 'USD', 'CHF'), 1 + seq % 4,
+            CONCAT('order ', seq, ' for customer ', seq % 50000, ': ', {text_expr(8)}),
+            SHA2(seq, 256), seq / 3.0, seq % 256 FROM seq_{a}_to_{b};
+          INSERT INTO events SELECT seq, '2024-01-01' + INTERVAL seq SECOND, ELT(1 + seq % 4, 'login', 'logout', 'view', 'buy'),
+            JSON_OBJECT('user', seq % 9973, 'path', CONCAT('/shop/item/', seq % 5000), 'ms', seq % 1000),
+            INET6_ATON(CONCAT('2001:db8::', HEX(seq % 65535))), UNHEX(SHA2(seq, 256)) FROM seq_{a}_to_{b};
+          INSERT INTO documents SELECT seq, CONCAT('Document ', seq, ': ', {text_expr(6)}),
+            CONCAT_WS('\\n', {text_expr(20)}, CONCAT('Reference ', SHA1(seq), ' amount ', seq % 9973, '.', seq % 100), {text_expr(20)}, {text_expr(12)}),
+            UNHEX(CONCAT(MD5(seq), SHA2(seq, 256), SHA1(seq))) FROM seq_{a}_to_{a + step // 10 - 1};
+        """, "bench")
+        n = b
+        print(f"  {size / (1 << 30):.2f} GiB ...", flush=True)
+    sql(sock, f"INSERT INTO meta VALUES ('{gib}-{DATA_VERSION}')", "bench")
+    print("built:", sql(sock, "SELECT CONCAT(ROUND(SUM(DATA_LENGTH)/POW(1024,3),2), ' GiB data, ', SUM(TABLE_ROWS), ' rows (est.), ', COUNT(*), ' tables') FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-restore", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    args = ap.parse_args()
+
+    lib("ba_need_packages")
+    lib(f"ba_build {ROOT}")
+    src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
+    lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
+    lib(f"ba_start_instance {dst_dir} {DST_PORT} 2 0 bench-admin")
+    src_sock, dst_sock = f"{src_dir}/mysqld.sock", f"{dst_dir}/mysqld.sock"
+    build_database(src_sock, args.gib)
+    for h in ("127.0.0.1", "localhost"):
+        sql(src_sock, f"CREATE OR REPLACE USER 'bench'@'{h}' IDENTIFIED BY 'bench'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, RELOAD, BINLOG MONITOR ON *.* TO 'bench'@'{h}'")
+    data_bytes = int(sql(src_sock, "SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+
+    work = tempfile.mkdtemp(prefix="bench-", dir=BENCH_DIR)
+    gnupg = os.path.join(work, "gnupg")
+    os.makedirs(gnupg, mode=0o700)
+    env = dict(os.environ, GNUPGHOME=gnupg, BACKUP_AGENT_LOG_FORMAT="json")
+    sh(f"gpg --batch -q --import {ROOT}/testdata/dpo.sec.asc {ROOT}/testdata/agent.pub.asc", env=env)
+    with open(f"{work}/pw", "w") as f:
+        f.write("bench\n")
+    with open(f"{work}/config.toml", "w") as f:
+        f.write(f"""[agent]
+state_dir = "{work}/state"
+[[source]]
+name = "bench"
+socket = "{src_sock}"
+user = "bench"
+password_file = "{work}/pw"
+databases = {{ include = ["bench"] }}
+users_and_grants = false
+[encryption]
+dpo_certificates = ["{ROOT}/testdata/dpo.pub.asc"]
+signing_key_file = "{ROOT}/testdata/agent.sec.asc"
+[[store]]
+name = "local"
+kind = "local"
+path = "{work}/store"
+""")
+    # Warm the caches: read every table once.
+    print("warming caches ...", flush=True)
+    sh(f"mariadb-dump --socket={src_sock} -uroot --single-transaction bench > /dev/null")
+
+    shell_backup = (f"mariadb-dump --socket={src_sock} -ubench -pbench --single-transaction --routines --triggers --events --databases bench"
+                    f" | gzip | gpg --batch --trust-model always --encrypt -r dpo@backup-agent.invalid | tee {work}/shell.sql.gz.gpg | sha256sum > {work}/shell.sha256")
+    raw = {"agent backup": [], "shell backup": [], "agent restore": [], "shell restore": []}
+    agent_file = None
+    for i in range(args.runs):
+        shutil.rmtree(f"{work}/store", ignore_errors=True)
+        os.makedirs(f"{work}/store")
+        r = measure(f"{AGENT} --config {work}/config.toml backup", env)
+        files = [os.path.join(dp, fn) for dp, _, fns in os.walk(f"{work}/store") for fn in fns if fn.endswith(".sql.gz.gpg")]
+        r["size"] = os.path.getsize(files[0])
+        agent_file = f"{work}/agent-{i}.sql.gz.gpg"
+        for fsuffix in ("", ".sha256"):
+            shutil.copy(files[0] + fsuffix, agent_file + fsuffix)
+        raw["agent backup"].append(r)
+        print(f"run {i + 1}: agent backup {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB size {r['size']}", flush=True)
+        r = measure(shell_backup, env)
+        r["size"] = os.path.getsize(f"{work}/shell.sql.gz.gpg")
+        raw["shell backup"].append(r)
+        print(f"run {i + 1}: shell backup {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB size {r['size']}", flush=True)
+    # The .sha256 file names the original file name; rewrite it for the copy.
+    digest = open(agent_file + ".sha256").read().split()[0]
+    with open(agent_file + ".sha256", "w") as f:
+        f.write(f"{digest}  {os.path.basename(agent_file)}\n")
+
+    if not args.no_restore:
+        for i in range(args.runs):
+            sql(dst_sock, "DROP DATABASE IF EXISTS bench")
+            r = measure(f"{RESTORE} --into 'mysql://root@localhost/?socket={dst_sock}' --no-password --backup {agent_file}"
+                        f" --dpo-key {ROOT}/testdata/dpo.sec.asc --agent-cert {ROOT}/testdata/agent.pub.asc", env)
+            raw["agent restore"].append(r)
+            print(f"run {i + 1}: verified restore {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB", flush=True)
+            sql(dst_sock, "DROP DATABASE IF EXISTS bench")
+            r = measure(f"gpg --batch -q -d {agent_file} | gunzip | mariadb --socket={dst_sock} -uroot --max-allowed-packet=1G", env)
+            raw["shell restore"].append(r)
+            print(f"run {i + 1}: gpg|gunzip|mariadb {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB", flush=True)
+        sql(dst_sock, "DROP DATABASE IF EXISTS bench")
+
+    med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in raw.items() if v}
+    cpu = subprocess.run("lscpu | sed -n 's/^Model name: *//p'", shell=True, capture_output=True, text=True).stdout.strip()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    version = sql(src_sock, "SELECT VERSION()").strip()
+    gzip_v = subprocess.run("gzip --version | head -1", shell=True, capture_output=True, text=True).stdout.strip()
+    gpg_v = subprocess.run("gpg --version | head -1", shell=True, capture_output=True, text=True).stdout.strip()
+
+    def fmt_row(name, r):
+        size = f"{r['size'] / (1 << 20):.1f} MiB" if "size" in r else "-"
+        return f"| {name} | {r['wall']:.2f} s | {r['cpu']:.2f} s | {r['rss_kib'] / 1024:.1f} MiB | {size} |"
+
+    section = [f"## {args.gib:g} GiB database ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
+               f"Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; "
+               f"MariaDB {version}; {gzip_v}; {gpg_v}.",
+               f"Database `bench`: {data_bytes / (1 << 30):.2f} GiB of InnoDB row data (3 big tables of mixed types: "
+               "DATETIME(6), DECIMAL, ENUM, BIT, DOUBLE, JSON, INET6, VARBINARY, MEDIUMTEXT, BLOB; 200 small tables).",
+               f"Median of {args.runs} runs, the two commands alternating; caches warmed first.", "",
+               "| command | wall | CPU (process tree) | peak RSS (largest process) | output |", "|---|---|---|---|---|"]
+    section.append(fmt_row("backup-agent backup", med["agent backup"]))
+    section.append(fmt_row("mariadb-dump \\| gzip \\| gpg \\| tee \\| sha256sum", med["shell backup"]))
+    a, s = med["agent backup"], med["shell backup"]
+    ratios = [f"- backup wall time: agent / shell = **{a['wall'] / s['wall']:.2f}** (target <= 0.5)",
+              f"- backup CPU time: agent / shell = {a['cpu'] / s['cpu']:.2f}",
+              f"- output size: agent / shell = **{a['size'] / s['size']:.3f}** (target <= 1.02)",
+              f"- agent peak RSS: **{a['rss_kib'] / 1024:.1f} MiB** (target < 64 MiB)"]
+    if "agent restore" in med:
+        section.append(fmt_row("restore --into (verified, 2 passes)", med["agent restore"]))
+        section.append(fmt_row("gpg -d \\| gunzip \\| mariadb (unverified)", med["shell restore"]))
+        ar, sr = med["agent restore"], med["shell restore"]
+        ratios.append(f"- restore wall time: verified restore / stock pipeline = **{ar['wall'] / sr['wall']:.2f}** (target <= 1.0)")
+    section += ["", *ratios, "", "Raw figures (wall s, CPU s, peak RSS MiB, output bytes):", ""]
+    for k, v in raw.items():
+        for i, r in enumerate(v):
+            section.append(f"- {k} run {i + 1}: {r['wall']:.2f}, {r['cpu']:.2f}, {r['rss_kib'] / 1024:.1f}" + (f", {r['size']}" if "size" in r else ""))
+    section.append("")
+
+    header = "# Benchmarks\n\nProduced by `scripts/bench.py` (run by hand: `scripts/bench.py --gib 1`). Each run appends a section; the newest is last.\n\n"
+    old = open(args.out).read() if os.path.exists(args.out) else header
+    if not old.startswith("# Benchmarks"):
+        old = header + old
+    with open(args.out, "w") as f:
+        f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
+    print("\n".join(section))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
