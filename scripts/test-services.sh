@@ -23,11 +23,20 @@ case "${1:-up}" in
     mkdir -p "$BA_TEST_DIR"
     ba_start_instance "$BA_TEST_DIR/source" "$SRC_PORT" 1 1 "$ADMIN_PASSWORD"
     ba_start_instance "$BA_TEST_DIR/target" "$DST_PORT" 2 0 "$ADMIN_PASSWORD"
+    # Python venv for the SMTP sink (Debian's Python is externally managed).
+    if ! "$BA_TEST_DIR/venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+      ba_log "creating the Python venv with aiosmtpd"
+      command -v python3 >/dev/null 2>&1 || apt-get install -y -q python3 >/dev/null
+      python3 -m venv "$BA_TEST_DIR/venv" 2>/dev/null || { apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$BA_TEST_DIR/venv"; }
+      "$BA_TEST_DIR/venv/bin/pip" install -q aiosmtpd
+    fi
+    command -v openssl >/dev/null 2>&1 || apt-get install -y -q openssl >/dev/null
     cat >"$BA_TEST_DIR/env" <<ENV
 BA_SRC_PORT=$SRC_PORT
 BA_DST_PORT=$DST_PORT
 BA_ADMIN_USER=test_admin
 BA_ADMIN_PASSWORD=$ADMIN_PASSWORD
+BA_PYTHON=$BA_TEST_DIR/venv/bin/python
 ENV
     ba_log "ready (addresses in $BA_TEST_DIR/env)"
     ;;

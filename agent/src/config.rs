@@ -81,6 +81,7 @@ struct RawConfig {
     #[serde(default)]
     store: Vec<RawStore>,
     restore: Option<RawRestore>,
+    alerts: Option<RawAlerts>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -89,6 +90,14 @@ struct RawAgent {
     site: Option<String>,
     state_dir: Option<PathBuf>,
     http_bind: Option<String>,
+    /// How many backups may run at once (over all sources).
+    max_concurrent_backups: Option<usize>,
+    /// The healthcheck turns CRITICAL when a DPO certificate expires within this many days.
+    dpo_expiry_warning_days: Option<u32>,
+    /// The healthcheck turns CRITICAL when the last restore drill is older than this.
+    drill_max_age: Option<Spanned<String>>,
+    /// How often the daemon checks freshness (and so notices a dead schedule).
+    check_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +119,12 @@ struct RawSource {
     prefix: Option<Spanned<String>>,
     /// Connection and read timeout towards the server, in seconds.
     connect_timeout_secs: Option<u64>,
+    /// Cron schedule: 5 fields (minute hour day month weekday) or 6 with seconds first.
+    schedule: Option<Spanned<String>>,
+    /// IANA time zone the schedule is read in (default UTC).
+    timezone: Option<Spanned<String>>,
+    /// The newest complete backup may be at most this old (e.g. "26h").
+    max_age: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,6 +154,45 @@ struct RawStore {
     path: Option<Spanned<PathBuf>>,
     media: Option<String>,
     site: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    /// Events that alert; default: every event but backup_succeeded.
+    events: Option<Vec<Spanned<String>>>,
+    /// A condition that persists alerts again after this long (default 6h).
+    repeat_interval: Option<Spanned<String>>,
+    webhook: Option<RawWebhook>,
+    mail: Option<RawMail>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url_file: Option<Spanned<PathBuf>>,
+    url: Option<Spanned<toml::Value>>,
+    bearer_token_file: Option<Spanned<PathBuf>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    /// Extra CA certificate (PEM) to trust, for an internal receiver.
+    ca_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    host: String,
+    port: Option<u16>,
+    /// "starttls" (default), "tls" (implicit, port 465) or "none" (only to loopback).
+    tls: Option<Spanned<String>>,
+    user: Option<String>,
+    password_file: Option<Spanned<PathBuf>>,
+    password: Option<Spanned<toml::Value>>,
+    from: String,
+    to: Vec<String>,
+    timeout: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -182,6 +236,7 @@ pub struct Config {
     /// The file this came from, for messages.
     pub file: PathBuf,
     pub agent: AgentConfig,
+    pub alerts: AlertsConfig,
     pub sources: Vec<SourceConfig>,
     pub encryption: Option<EncryptionConfig>,
     pub stores: Vec<StoreConfig>,
@@ -193,7 +248,60 @@ pub struct AgentConfig {
     pub site: String,
     pub state_dir: PathBuf,
     pub http_bind: String,
+    pub max_concurrent_backups: usize,
+    pub dpo_expiry_warning_days: u32,
+    pub drill_max_age: Option<std::time::Duration>,
+    pub check_interval: std::time::Duration,
 }
+
+/// Alert channels and rules.
+#[derive(Debug, Clone, Default)]
+pub struct AlertsConfig {
+    pub events: Vec<String>,
+    pub repeat_interval: std::time::Duration,
+    pub webhook: Option<WebhookConfig>,
+    pub mail: Option<MailConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url_file: ConfigPath,
+    pub bearer_token_file: Option<ConfigPath>,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+    pub ca_file: Option<ConfigPath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailTls {
+    StartTls,
+    Implicit,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: MailTls,
+    pub user: Option<String>,
+    pub password_file: Option<ConfigPath>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub timeout: std::time::Duration,
+    pub ca_file: Option<ConfigPath>,
+}
+
+/// Every event the agent can alert on.
+pub const ALL_EVENTS: &[&str] = &[
+    "backup_failed",
+    "backup_succeeded",
+    "backup_stale",
+    "policy_degraded",
+    "drill_failed",
+    "drill_succeeded",
+    "recovered",
+];
 
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -206,6 +314,8 @@ pub struct SourceConfig {
     pub users_and_grants: bool,
     pub prefix: String,
     pub connect_timeout_secs: u64,
+    pub schedule: crate::schedule::Schedule,
+    pub max_age: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +383,7 @@ pub const ENV_DB_PASSWORD_FILE: &str = "BACKUP_DB_PASSWORD_FILE";
 const REFUSED_SECRET_ENV: &[(&str, &str)] = &[
     ("BACKUP_DB_PASSWORD", "BACKUP_DB_PASSWORD_FILE"),
     ("BACKUP_WEBHOOK_URL", "BACKUP_WEBHOOK_URL_FILE"),
+    ("BACKUP_WEBHOOK_TOKEN", "BACKUP_WEBHOOK_TOKEN_FILE"),
     ("BACKUP_SMTP_PASSWORD", "BACKUP_SMTP_PASSWORD_FILE"),
 ];
 
@@ -469,12 +580,23 @@ impl Validator<'_> {
         }
 
         let ra = raw.agent.unwrap_or_default();
+        let drill_max_age = ra
+            .drill_max_age
+            .and_then(|d| self.duration("agent.drill_max_age", d));
+        let check_interval = ra
+            .check_interval
+            .and_then(|d| self.duration("agent.check_interval", d))
+            .unwrap_or(std::time::Duration::from_secs(60));
         let agent = AgentConfig {
             site: ra.site.unwrap_or_else(|| "default".into()),
             state_dir: ra
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/backup-agent")),
             http_bind: ra.http_bind.unwrap_or_else(|| "127.0.0.1:9105".into()),
+            max_concurrent_backups: ra.max_concurrent_backups.unwrap_or(1).max(1),
+            dpo_expiry_warning_days: ra.dpo_expiry_warning_days.unwrap_or(30),
+            drill_max_age,
+            check_interval,
         };
 
         let env_pw = self.env.var(ENV_DB_PASSWORD_FILE);
@@ -596,6 +718,36 @@ impl Validator<'_> {
                     self.problem(k("databases.include"), Some(name_span.clone()), format!("{d:?} is a system database and is never dumped (users and grants are dumped as statements instead)"));
                 }
             }
+            let schedule = match s.schedule {
+                Some(sp) => {
+                    let span = sp.span();
+                    let tz = s
+                        .timezone
+                        .as_ref()
+                        .map(|t| t.get_ref().clone())
+                        .unwrap_or_else(|| "UTC".into());
+                    match crate::schedule::Schedule::parse(sp.get_ref(), &tz) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let (key, span) = if e.contains("time zone") {
+                                (
+                                    k("timezone"),
+                                    s.timezone.as_ref().map(|t| t.span()).unwrap_or(span),
+                                )
+                            } else {
+                                (k("schedule"), span)
+                            };
+                            self.problem(key, Some(span), e);
+                            crate::schedule::Schedule::default_daily()
+                        }
+                    }
+                }
+                None => crate::schedule::Schedule::default_daily(),
+            };
+            let max_age = s
+                .max_age
+                .and_then(|d| self.duration(&k("max_age"), d))
+                .unwrap_or(std::time::Duration::from_secs(26 * 3600));
             let user_span = s.user.span();
             let user = s.user.into_inner();
             if user.is_empty() {
@@ -611,6 +763,8 @@ impl Validator<'_> {
                 users_and_grants: s.users_and_grants.unwrap_or(true),
                 prefix,
                 connect_timeout_secs: s.connect_timeout_secs.unwrap_or(10),
+                schedule,
+                max_age,
             });
         }
 
@@ -740,6 +894,8 @@ impl Validator<'_> {
                 .map(|p| self.path("restore.target_password_file".into(), p)),
         };
 
+        let alerts = self.alerts(raw.alerts.unwrap_or_default());
+
         if !self.problems.is_empty() {
             return Err(ConfigError {
                 problems: self.problems,
@@ -748,11 +904,148 @@ impl Validator<'_> {
         Ok(Config {
             file: self.file.to_path_buf(),
             agent,
+            alerts,
             sources,
             encryption,
             stores,
             restore,
         })
+    }
+
+    fn duration(&mut self, key: &str, d: Spanned<String>) -> Option<std::time::Duration> {
+        let span = d.span();
+        match humantime::parse_duration(d.get_ref()) {
+            Ok(x) if !x.is_zero() => Some(x),
+            _ => {
+                self.problem(
+                    key,
+                    Some(span),
+                    format!(
+                        "{:?} is not a duration; write e.g. \"90s\", \"15m\", \"26h\", \"35d\"",
+                        d.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn file_or_env(
+        &mut self,
+        key: &str,
+        file: Option<Spanned<PathBuf>>,
+        env_name: &str,
+    ) -> Option<ConfigPath> {
+        match (file, self.env.var(env_name)) {
+            (Some(p), _) => Some(self.path(key.into(), p)),
+            (None, Some(e)) => Some(ConfigPath {
+                path: PathBuf::from(e),
+                key: format!("environment {env_name}"),
+                position: None,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    fn alerts(&mut self, ra: RawAlerts) -> AlertsConfig {
+        let events = match ra.events {
+            None => ALL_EVENTS
+                .iter()
+                .filter(|e| **e != "backup_succeeded")
+                .map(|e| e.to_string())
+                .collect(),
+            Some(list) => list
+                .into_iter()
+                .filter_map(|e| {
+                    if ALL_EVENTS.contains(&e.get_ref().as_str()) {
+                        Some(e.into_inner())
+                    } else {
+                        self.problem(
+                            "alerts.events",
+                            Some(e.span()),
+                            format!(
+                                "unknown event {:?}; known: {}",
+                                e.get_ref(),
+                                ALL_EVENTS.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+        };
+        let repeat_interval = ra
+            .repeat_interval
+            .and_then(|d| self.duration("alerts.repeat_interval", d))
+            .unwrap_or(std::time::Duration::from_secs(6 * 3600));
+        let raw_webhook = match ra.webhook {
+            Some(w) => Some(w),
+            None if self.env.var("BACKUP_WEBHOOK_URL_FILE").is_some() => {
+                Some(RawWebhook::default())
+            }
+            None => None,
+        };
+        let webhook = raw_webhook.and_then(|w| {
+            if let Some(u) = &w.url {
+                self.problem("alerts.webhook.url", Some(u.span()), "the webhook URL is a secret (it often holds a token); put it in a file and set url_file");
+            }
+            let url_file = self.file_or_env("alerts.webhook.url_file", w.url_file, "BACKUP_WEBHOOK_URL_FILE");
+            if url_file.is_none() {
+                self.problem("alerts.webhook.url_file", None, "a webhook needs url_file (or BACKUP_WEBHOOK_URL_FILE)");
+            }
+            let timeout = w.timeout.and_then(|d| self.duration("alerts.webhook.timeout", d)).unwrap_or(std::time::Duration::from_secs(10));
+            let bearer_token_file = self.file_or_env("alerts.webhook.bearer_token_file", w.bearer_token_file, "BACKUP_WEBHOOK_TOKEN_FILE");
+            let ca_file = w.ca_file.map(|p| self.path("alerts.webhook.ca_file".into(), p));
+            url_file.map(|url_file| WebhookConfig { url_file, bearer_token_file, timeout, retries: w.retries.unwrap_or(3), ca_file })
+        });
+        let mail = ra.mail.map(|m| {
+            if let Some(p) = &m.password {
+                self.problem("alerts.mail.password", Some(p.span()), "passwords are not accepted in the configuration; put it in a file and set password_file");
+            }
+            let tls_span = m.tls.as_ref().map(|t| t.span());
+            let tls = match m.tls.as_ref().map(|t| t.get_ref().as_str()) {
+                None | Some("starttls") => MailTls::StartTls,
+                Some("tls") => MailTls::Implicit,
+                Some("none") => MailTls::None,
+                Some(other) => {
+                    self.problem("alerts.mail.tls", tls_span.clone(), format!("unknown tls mode {other:?}; use \"starttls\", \"tls\" or \"none\""));
+                    MailTls::StartTls
+                }
+            };
+            if tls == MailTls::None && !matches!(m.host.as_str(), "127.0.0.1" | "::1" | "localhost") {
+                self.problem("alerts.mail.tls", tls_span, "tls = \"none\" is only allowed to a relay on loopback (127.0.0.1, ::1, localhost)");
+            }
+            if m.to.is_empty() {
+                self.problem("alerts.mail.to", None, "needs at least one recipient");
+            }
+            let password_file = self.file_or_env("alerts.mail.password_file", m.password_file, "BACKUP_SMTP_PASSWORD_FILE");
+            if m.user.is_some() != password_file.is_some() {
+                self.problem("alerts.mail.user", None, "SMTP AUTH needs both user and password_file (or neither)");
+            }
+            let timeout = m.timeout.and_then(|d| self.duration("alerts.mail.timeout", d)).unwrap_or(std::time::Duration::from_secs(20));
+            let ca_file = m.ca_file.map(|p| self.path("alerts.mail.ca_file".into(), p));
+            MailConfig {
+                port: m.port.unwrap_or(match tls {
+                    MailTls::Implicit => 465,
+                    MailTls::StartTls => 587,
+                    MailTls::None => 25,
+                }),
+                host: m.host,
+                tls,
+                user: m.user,
+                password_file,
+                from: m.from,
+                to: m.to,
+                timeout,
+                ca_file,
+            }
+        });
+        AlertsConfig {
+            events,
+            repeat_interval,
+            webhook,
+            mail,
+        }
     }
 }
 

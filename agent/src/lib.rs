@@ -3,15 +3,22 @@
 //! `restore` binary (restore-cli) uses the shared parts: config, dump format, digests,
 //! manifest, stores.
 
+pub mod alert;
 pub mod backup;
+pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod digest;
 pub mod dump;
 pub mod format;
+pub mod health;
 pub mod logging;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
+pub mod schedule;
 pub mod secret;
+pub mod state;
 pub mod store;

@@ -43,6 +43,8 @@ pub trait Store: Send + Sync {
     fn exists(&self, key: &str) -> Result<bool, StoreError>;
     /// Keys directly under `prefix` (file names only), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The size of an object, or None if it does not exist.
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Removes an object; removing one that does not exist is not an error.
     fn remove(&self, key: &str) -> Result<(), StoreError>;
     /// Where an object lives, for messages.
@@ -214,6 +216,14 @@ impl Store for LocalStore {
         Ok(v)
     }
 
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match fs::metadata(self.path(key)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("inspecting", key)(e)),
+        }
+    }
+
     fn remove(&self, key: &str) -> Result<(), StoreError> {
         match fs::remove_file(self.path(key)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.io("removing", key)(e)),
@@ -224,6 +234,35 @@ impl Store for LocalStore {
     fn describe(&self, key: &str) -> String {
         self.path(key).display().to_string()
     }
+}
+
+/// Removes temp files of writers whose process is gone (debris of a crash or kill -9).
+pub fn clean_local_debris(root: &Path) -> usize {
+    let mut removed = 0;
+    let Ok(dirs) = fs::read_dir(root) else {
+        return 0;
+    };
+    let mut todo: Vec<PathBuf> = vec![root.to_path_buf()];
+    todo.extend(dirs.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    for dir in todo {
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+                && fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Writes a small object in one go.

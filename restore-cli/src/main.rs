@@ -68,7 +68,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    backup_agent::logging::init();
+    backup_agent::logging::init(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,9 @@ ba_need_packages() {
   dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
   dpkg -s nettle-dev >/dev/null 2>&1 || missing+=(nettle-dev)
   dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -2,6 +2,8 @@
 //! the stock `mariadb` and `gpg` clients.
 #![allow(dead_code)]
 
+pub mod receivers;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -318,7 +320,12 @@ pub struct Setup {
     pub dpo_certs: Vec<PathBuf>,
     pub signing_key: PathBuf,
     pub signing_passphrase: Option<String>,
+    /// Extra lines in the [[source]] table.
     pub extra: String,
+    /// Extra lines in the [agent] table.
+    pub agent_extra: String,
+    /// Extra tables at the end (e.g. [alerts]).
+    pub tail: String,
 }
 
 impl Setup {
@@ -342,6 +349,8 @@ impl Setup {
             signing_key: testdata("agent.sec.asc"),
             signing_passphrase: None,
             extra: String::new(),
+            agent_extra: String::new(),
+            tail: String::new(),
         }
     }
 
@@ -374,6 +383,7 @@ impl Setup {
             r#"[agent]
 site = "dc1"
 state_dir = {state:?}
+{agent_extra}
 
 [[source]]
 name = "main"
@@ -392,6 +402,7 @@ name = "local"
 kind = "local"
 path = {store:?}
 media = "disk"
+{tail}
 "#,
             state = self.path("state"),
             port = src.port,
@@ -402,6 +413,8 @@ media = "disk"
             certs = certs.join(", "),
             key = self.signing_key,
             store = self.store(),
+            agent_extra = self.agent_extra,
+            tail = self.tail,
         );
         let p = self.path("config.toml");
         std::fs::write(&p, cfg).unwrap();

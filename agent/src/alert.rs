@@ -1,0 +1,375 @@
+//! Alerts: events go to a webhook (JSON, as the existing receivers expect) and by mail.
+//! A channel that fails does not stop the other; failures are logged and counted in the
+//! state (and so in `/metrics`). A condition (failing, stale) alerts once, then again
+//! after the repeat interval while it lasts, and "recovered" when it clears.
+//! Secrets (webhook URL, bearer token, SMTP password) are read from their files at send
+//! time and never appear in a log line, an error or an alert body.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{AlertsConfig, MailConfig, MailTls, WebhookConfig};
+use crate::secret::read_secret_file;
+use crate::state::{AlertMark, StateStore};
+
+/// One alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// "success" or "error", as in the existing payload.
+    pub status: &'static str,
+    pub message: String,
+    pub timestamp: String,
+    pub event: String,
+    pub source: String,
+    pub host: String,
+    pub backup: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl Alert {
+    pub fn new(event: &str, source: &str, ok: bool, message: String) -> Alert {
+        Alert {
+            status: if ok { "success" } else { "error" },
+            message,
+            timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            event: event.into(),
+            source: source.into(),
+            host: hostname(),
+            backup: None,
+            details: serde_json::json!({}),
+        }
+    }
+
+    pub fn subject(&self) -> String {
+        format!("[ALERT][Backup MariaDB] {}: {}", self.source, self.event)
+    }
+
+    fn mail_body(&self) -> String {
+        let mut b = format!(
+            "{}\n\nevent:     {}\nsource:    {}\nhost:      {}\nstatus:    {}\ntime:      {}\n",
+            self.message, self.event, self.source, self.host, self.status, self.timestamp
+        );
+        if let Some(id) = &self.backup {
+            b.push_str(&format!("backup:    {id}\n"));
+        }
+        if self.details.as_object().is_some_and(|o| !o.is_empty()) {
+            b.push_str(&format!("details:   {}\n", self.details));
+        }
+        b
+    }
+}
+
+pub fn hostname() -> String {
+    std::env::var("BACKUP_AGENT_HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What happened to one alert on each channel.
+#[derive(Debug, Default, Clone)]
+pub struct Delivery {
+    pub webhook: Option<Result<(), String>>,
+    pub mail: Option<Result<(), String>>,
+}
+
+pub struct Alerter {
+    cfg: AlertsConfig,
+    state: StateStore,
+}
+
+/// What a condition's new observation asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Send,
+    Recovered,
+    Nothing,
+}
+
+/// Pure rate limiting of a condition.
+pub fn step(mark: &mut AlertMark, active: bool, now: DateTime<Utc>, repeat: Duration) -> Step {
+    if active {
+        if mark.active_since.is_none() {
+            mark.active_since = Some(now);
+        }
+        let due = mark
+            .last_sent
+            .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= repeat);
+        if due {
+            mark.last_sent = Some(now);
+            Step::Send
+        } else {
+            Step::Nothing
+        }
+    } else if mark.active_since.is_some() {
+        let was_sent = mark.last_sent.is_some();
+        *mark = AlertMark::default();
+        if was_sent {
+            Step::Recovered
+        } else {
+            Step::Nothing
+        }
+    } else {
+        Step::Nothing
+    }
+}
+
+impl Alerter {
+    pub fn new(cfg: AlertsConfig, state: StateStore) -> Alerter {
+        Alerter { cfg, state }
+    }
+
+    fn wants(&self, event: &str) -> bool {
+        self.cfg.events.iter().any(|e| e == event)
+    }
+
+    /// Sends an alert on every channel, if its event is enabled.
+    pub async fn send(&self, a: &Alert) -> Delivery {
+        if !self.wants(&a.event) {
+            return Delivery::default();
+        }
+        let (w, m) = tokio::join!(
+            async {
+                match &self.cfg.webhook {
+                    Some(w) => Some(send_webhook(w, a).await),
+                    None => None,
+                }
+            },
+            async {
+                match &self.cfg.mail {
+                    Some(m) => Some(send_mail(m, a).await),
+                    None => None,
+                }
+            }
+        );
+        for (channel, r) in [("webhook", &w), ("mail", &m)] {
+            match r {
+                Some(Err(e)) => {
+                    tracing::error!(event = "alert_failed", channel, alert = %a.event, source = %a.source, error = %e);
+                    let _ = self
+                        .state
+                        .update(|s| *s.alert_failures.entry(channel.into()).or_default() += 1);
+                }
+                Some(Ok(())) => {
+                    tracing::info!(event = "alert_sent", channel, alert = %a.event, source = %a.source)
+                }
+                None => {}
+            }
+        }
+        Delivery {
+            webhook: w,
+            mail: m,
+        }
+    }
+
+    /// Marks a condition as cleared (sends "recovered" if it had alerted).
+    pub async fn clear(&self, key: &str, source: &str) {
+        self.condition(
+            key,
+            false,
+            || Alert::new("", source, true, String::new()),
+            source,
+        )
+        .await;
+    }
+
+    /// Observes a condition (`key` like "main/failed"): alerts when it starts and then
+    /// every repeat interval, and sends "recovered" when it clears after having alerted.
+    pub async fn condition(
+        &self,
+        key: &str,
+        active: bool,
+        alert: impl FnOnce() -> Alert,
+        source: &str,
+    ) {
+        let now = Utc::now();
+        let repeat = self.cfg.repeat_interval;
+        let action = self
+            .state
+            .update(|s| {
+                step(
+                    s.alerts.entry(key.to_string()).or_default(),
+                    active,
+                    now,
+                    repeat,
+                )
+            })
+            .unwrap_or(Step::Nothing);
+        match action {
+            Step::Send => {
+                self.send(&alert()).await;
+            }
+            Step::Recovered => {
+                let what = key.rsplit('/').next().unwrap_or(key);
+                let a = Alert::new(
+                    "recovered",
+                    source,
+                    true,
+                    format!("source {source}: recovered ({what} condition cleared)"),
+                );
+                self.send(&a).await;
+            }
+            Step::Nothing => {}
+        }
+    }
+}
+
+async fn send_webhook(w: &WebhookConfig, a: &Alert) -> Result<(), String> {
+    let url = read_secret_file(&w.url_file.path, &w.url_file.key).map_err(|e| e.to_string())?;
+    let token = match &w.bearer_token_file {
+        Some(t) => Some(read_secret_file(&t.path, &t.key).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut b = reqwest::Client::builder()
+        .timeout(w.timeout)
+        .connect_timeout(w.timeout);
+    if let Some(ca) = &w.ca_file {
+        let pem = std::fs::read(&ca.path)
+            .map_err(|e| format!("{}: {}: {e}", ca.key, ca.path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", ca.key))?;
+        b = b.add_root_certificate(cert);
+    }
+    let client = b
+        .build()
+        .map_err(|e| format!("webhook client: {}", e.without_url()))?;
+    let mut last = String::new();
+    for attempt in 0..=w.retries {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * (1 << (attempt - 1).min(6)))).await;
+        }
+        let mut req = client.post(url.expose()).json(a);
+        if let Some(t) = &token {
+            req = req.bearer_auth(t.expose());
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("receiver answered HTTP {}", r.status()),
+            // Never print the URL: it is a secret.
+            Err(e) => last = e.without_url().to_string(),
+        }
+    }
+    Err(format!(
+        "webhook delivery failed after {} attempt(s): {last}",
+        w.retries + 1
+    ))
+}
+
+async fn send_mail(m: &MailConfig, a: &Alert) -> Result<(), String> {
+    use lettre::message::{header::ContentType, Mailbox};
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let from: Mailbox = m
+        .from
+        .parse()
+        .map_err(|e| format!("mail from {:?}: {e}", m.from))?;
+    let mut msg = Message::builder()
+        .from(from)
+        .subject(a.subject())
+        .header(ContentType::TEXT_PLAIN);
+    for to in &m.to {
+        msg = msg.to(to.parse().map_err(|e| format!("mail to {to:?}: {e}"))?);
+    }
+    let msg = msg
+        .body(a.mail_body())
+        .map_err(|e| format!("building the mail: {e}"))?;
+    let tls = || -> Result<TlsParameters, String> {
+        let mut p = TlsParameters::builder(m.host.clone());
+        if let Some(ca) = &m.ca_file {
+            let pem = std::fs::read(&ca.path)
+                .map_err(|e| format!("{}: {}: {e}", ca.key, ca.path.display()))?;
+            p = p.add_root_certificate(
+                Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.key))?,
+            );
+        }
+        p.build_rustls()
+            .map_err(|e| format!("TLS setup for {}: {e}", m.host))
+    };
+    let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(m.host.clone())
+        .port(m.port)
+        .timeout(Some(m.timeout));
+    t = match m.tls {
+        MailTls::StartTls => t.tls(Tls::Required(tls()?)),
+        MailTls::Implicit => t.tls(Tls::Wrapper(tls()?)),
+        MailTls::None => t,
+    };
+    if let (Some(user), Some(pf)) = (&m.user, &m.password_file) {
+        let pw = read_secret_file(&pf.path, &pf.key).map_err(|e| e.to_string())?;
+        t = t.credentials(Credentials::new(user.clone(), pw.expose().to_string()));
+    }
+    t.build()
+        .send(msg)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("mail via {}:{} failed: {e}", m.host, m.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_condition_alerts_once_then_after_the_interval_then_recovers() {
+        let mut m = AlertMark::default();
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            step(&mut m, true, at("2026-01-01T00:00:00Z"), h),
+            Step::Send
+        );
+        assert_eq!(
+            step(&mut m, true, at("2026-01-01T00:10:00Z"), h),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&mut m, true, at("2026-01-01T00:59:59Z"), h),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(&mut m, true, at("2026-01-01T01:00:00Z"), h),
+            Step::Send
+        );
+        assert_eq!(
+            step(&mut m, false, at("2026-01-01T01:05:00Z"), h),
+            Step::Recovered
+        );
+        assert_eq!(
+            step(&mut m, false, at("2026-01-01T01:06:00Z"), h),
+            Step::Nothing
+        );
+        assert_eq!(m, AlertMark::default());
+    }
+
+    #[test]
+    fn subject_and_payload_shape() {
+        let mut a = Alert::new("backup_failed", "main", false, "boom".into());
+        a.backup = Some("mariadb_x".into());
+        assert_eq!(a.subject(), "[ALERT][Backup MariaDB] main: backup_failed");
+        let v = serde_json::to_value(&a).unwrap();
+        for k in [
+            "status",
+            "message",
+            "timestamp",
+            "event",
+            "source",
+            "host",
+            "backup",
+            "details",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing in {v}");
+        }
+        assert_eq!(v["status"], "error");
+    }
+}

@@ -1,0 +1,370 @@
+//! `backup-agent run`: the sidecar daemon. Per source a scheduler (cron, time zone, no
+//! overlapping runs, a missed slot caught up once), a limit on concurrent backups, a
+//! freshness timer that notices a dead schedule, HTTP `/healthz` and `/metrics`, alerts.
+//!
+//! Shutdown: the first SIGTERM/SIGINT stops new work and gives running backups a deadline;
+//! when it passes (or at a second signal) they are cancelled. A cancelled backup drops its
+//! uncommitted object, so nothing partial is ever visible; the process exits 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Semaphore};
+
+use crate::alert::{Alert, Alerter};
+use crate::backup::{self, BackupError, BackupReport};
+use crate::config::{Config, SourceConfig};
+use crate::crypto::SealingKeys;
+use crate::health;
+use crate::state::{NewestBackup, StateStore};
+use crate::store::{clean_local_debris, open_store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Stop starting backups; let running ones finish.
+    Draining,
+    /// Cancel running backups now.
+    Abort,
+}
+
+/// Runs one backup of `src` with the bookkeeping every run needs: state (attempt,
+/// success, failures), alerts (failed, succeeded, recovered), logs. Used by the daemon
+/// and by `backup-agent backup`.
+pub async fn backup_once(
+    cfg: &Config,
+    src: &SourceConfig,
+    keys: Arc<SealingKeys>,
+    state: &StateStore,
+    alerter: &Alerter,
+) -> Result<BackupReport, BackupError> {
+    let enc = cfg.encryption.as_ref().expect("checked at start");
+    let store = open_store(&cfg.stores[0]);
+    let started = Utc::now();
+    let _ = state
+        .update(|s| s.sources.entry(src.name.clone()).or_default().last_attempt = Some(started));
+    tracing::info!(event = "backup_started", source = %src.name, store = %store.name());
+    let result = backup::run_backup(src, enc, keys, store.as_ref()).await;
+    match &result {
+        Ok(r) => {
+            for t in &r.non_transactional {
+                tracing::warn!(event = "non_transactional_table", source = %src.name, table = %t, "dumped without snapshot consistency");
+            }
+            tracing::info!(
+                event = "backup_succeeded",
+                source = %src.name,
+                backup = %r.manifest.backup_id,
+                store = %store.name(),
+                bytes = r.manifest.data.size,
+                duration = r.duration_secs,
+                tables = r.manifest.tables,
+                rows = r.rows,
+            );
+            let finished = Utc::now();
+            let _ = state.update(|s| {
+                let e = s.sources.entry(src.name.clone()).or_default();
+                e.last_success = Some(finished);
+                e.last_duration_secs = Some(r.duration_secs);
+                e.last_size_bytes = Some(r.manifest.data.size);
+                e.last_backup_id = Some(r.manifest.backup_id.clone());
+                e.last_error = None;
+                e.newest_backup = Some(NewestBackup {
+                    id: r.manifest.backup_id.clone(),
+                    finished_at: finished,
+                    size: r.manifest.data.size,
+                    stores: r.stores.clone(),
+                });
+            });
+            alerter
+                .clear(&format!("{}/failed", src.name), &src.name)
+                .await;
+            let mut a = Alert::new(
+                "backup_succeeded",
+                &src.name,
+                true,
+                format!(
+                    "backup {} of source {} stored ({} bytes, {:.1}s)",
+                    r.manifest.backup_id, src.name, r.manifest.data.size, r.duration_secs
+                ),
+            );
+            a.backup = Some(r.manifest.backup_id.clone());
+            a.details = serde_json::json!({"bytes": r.manifest.data.size, "duration_seconds": r.duration_secs, "stores": r.stores});
+            alerter.send(&a).await;
+        }
+        Err(e) => {
+            tracing::error!(event = "backup_failed", source = %src.name, error = %e);
+            let msg = e.to_string();
+            let _ = state.update(|s| {
+                let e = s.sources.entry(src.name.clone()).or_default();
+                e.failures_total += 1;
+                e.last_error = Some(msg.clone());
+            });
+            let alert = || {
+                let mut a = Alert::new(
+                    "backup_failed",
+                    &src.name,
+                    false,
+                    format!("backup of source {} failed: {msg}", src.name),
+                );
+                a.details = serde_json::json!({"error": msg, "started_at": started.to_rfc3339()});
+                a
+            };
+            alerter
+                .condition(&format!("{}/failed", src.name), true, alert, &src.name)
+                .await;
+        }
+    }
+    result
+}
+
+struct Daemon {
+    cfg: Arc<Config>,
+    keys: Arc<SealingKeys>,
+    state: StateStore,
+    alerter: Arc<Alerter>,
+    sem: Arc<Semaphore>,
+    started: DateTime<Utc>,
+}
+
+pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> {
+    let enc = cfg
+        .require_backup_parts()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .clone();
+    let keys = Arc::new(SealingKeys::load(&enc)?);
+    let state = StateStore::new(&cfg.agent.state_dir);
+    state.update(|_| ())?;
+    for st in &cfg.stores {
+        let crate::config::StoreKind::Local { path } = &st.kind;
+        let n = clean_local_debris(&path.path);
+        if n > 0 {
+            tracing::warn!(event = "debris_removed", store = %st.name, files = n, "removed temp files of an interrupted run");
+        }
+    }
+    let cfg = Arc::new(cfg);
+    let d = Arc::new(Daemon {
+        alerter: Arc::new(Alerter::new(cfg.alerts.clone(), state.clone())),
+        sem: Arc::new(Semaphore::new(cfg.agent.max_concurrent_backups)),
+        cfg: cfg.clone(),
+        keys,
+        state,
+        started: Utc::now(),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+
+    let listener = tokio::net::TcpListener::bind(&cfg.agent.http_bind)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (agent.http_bind): {e}",
+                cfg.agent.http_bind
+            )
+        })?;
+    tracing::info!(event = "daemon_started", http = %cfg.agent.http_bind, sources = cfg.sources.len(), max_concurrent = cfg.agent.max_concurrent_backups);
+    let http = tokio::spawn(serve_http(listener, cfg.clone()));
+    let checker = tokio::spawn(freshness_loop(d.clone(), phase_rx.clone()));
+    let mut loops = Vec::new();
+    for i in 0..cfg.sources.len() {
+        loops.push(tokio::spawn(source_loop(d.clone(), i, phase_rx.clone())));
+    }
+
+    // Signals: first drains with a deadline, second (or the deadline) aborts.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let all_done = async {
+        for l in loops.iter_mut() {
+            let _ = l.await;
+        }
+    };
+    tokio::pin!(all_done);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = &mut all_done => {}
+    }
+    tracing::info!(
+        event = "shutdown_requested",
+        deadline_secs = shutdown_timeout.as_secs_f64(),
+        "no new backups; running ones get the deadline"
+    );
+    let _ = phase_tx.send(Phase::Draining);
+    tokio::select! {
+        _ = &mut all_done => {}
+        _ = tokio::time::sleep(shutdown_timeout) => {
+            tracing::warn!(event = "shutdown_deadline", "cancelling running backups");
+            let _ = phase_tx.send(Phase::Abort);
+            all_done.as_mut().await;
+        }
+        _ = term.recv() => {
+            tracing::warn!(event = "shutdown_abort", "second signal: cancelling running backups");
+            let _ = phase_tx.send(Phase::Abort);
+            all_done.as_mut().await;
+        }
+        _ = int.recv() => {
+            tracing::warn!(event = "shutdown_abort", "second signal: cancelling running backups");
+            let _ = phase_tx.send(Phase::Abort);
+            all_done.as_mut().await;
+        }
+    }
+    checker.abort();
+    http.abort();
+    tracing::info!(event = "daemon_stopped");
+    Ok(())
+}
+
+/// Resolves when the phase reaches at least `want`.
+async fn reached(rx: &mut watch::Receiver<Phase>, want: Phase) {
+    let rank = |p: Phase| match p {
+        Phase::Running => 0,
+        Phase::Draining => 1,
+        Phase::Abort => 2,
+    };
+    let _ = rx.wait_for(|p| rank(*p) >= rank(want)).await;
+}
+
+async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>) {
+    let src = &d.cfg.sources[i];
+    let now = Utc::now();
+    let last_slot = d
+        .state
+        .load()
+        .ok()
+        .and_then(|s| s.sources.get(&src.name).and_then(|x| x.last_slot));
+    // A slot missed while the daemon was down is run once, now; older ones are not.
+    let mut owed = last_slot.and_then(|ls| src.schedule.missed_slot(ls, now));
+    if let Some(s) = owed {
+        tracing::info!(event = "catch_up", source = %src.name, slot = %s, "running a slot missed while the agent was down");
+    }
+    loop {
+        let slot = match owed.take() {
+            Some(s) => s,
+            None => {
+                let Some(next) = src.schedule.next_after(Utc::now()) else {
+                    return;
+                };
+                let wait = (next - Utc::now()).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = reached(&mut phase, Phase::Draining) => return,
+                }
+                next
+            }
+        };
+        let permit = tokio::select! {
+            p = d.sem.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = reached(&mut phase, Phase::Draining) => return,
+        };
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        let _ = d
+            .state
+            .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
+        let run = backup_once(&d.cfg, src, d.keys.clone(), &d.state, &d.alerter);
+        tokio::select! {
+            _ = run => {}
+            _ = reached(&mut phase, Phase::Abort) => {
+                tracing::warn!(event = "backup_cancelled", source = %src.name, "cancelled at shutdown; nothing partial was kept");
+            }
+        }
+        drop(permit);
+    }
+}
+
+async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
+    loop {
+        let cfg = d.cfg.clone();
+        let state = d.state.load().unwrap_or_default();
+        let facts =
+            tokio::task::spawn_blocking(move || health::gather(&cfg, &state, Utc::now())).await;
+        if let Ok(facts) = facts {
+            for s in &facts.sources {
+                if let Some((id, t)) = &s.newest {
+                    let stores = s.stores_with_newest.clone();
+                    let _ = d.state.update(|st| {
+                        let e = st.sources.entry(s.name.clone()).or_default();
+                        if e.newest_backup.as_ref().is_none_or(|n| n.id < *id) {
+                            e.newest_backup = Some(NewestBackup {
+                                id: id.clone(),
+                                finished_at: *t,
+                                size: 0,
+                                stores,
+                            });
+                        }
+                    });
+                }
+                let src_max_age = s.max_age;
+                // With no backup at all, staleness counts from the daemon's start.
+                let stale = match &s.newest {
+                    Some(_) => health::is_stale(s, facts.now),
+                    None => (facts.now - d.started).to_std().unwrap_or_default() > src_max_age,
+                };
+                let alert = || {
+                    let msg = match &s.newest {
+                        Some((id, t)) => format!(
+                            "source {}: no complete backup within max age {}; newest is {id} from {}",
+                            s.name,
+                            humantime::format_duration(src_max_age),
+                            t.to_rfc3339()
+                        ),
+                        None => format!("source {}: no complete backup within max age {}", s.name, humantime::format_duration(src_max_age)),
+                    };
+                    let mut a = Alert::new("backup_stale", &s.name, false, msg);
+                    a.backup = s.newest.as_ref().map(|(id, _)| id.clone());
+                    a
+                };
+                d.alerter
+                    .condition(&format!("{}/stale", s.name), stale, alert, &s.name)
+                    .await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d.cfg.agent.check_interval) => {}
+            _ = reached(&mut phase, Phase::Draining) => return,
+        }
+    }
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, cfg: Arc<Config>) {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let c1 = cfg.clone();
+    let c2 = cfg.clone();
+    let app = axum::Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let cfg = c1.clone();
+                async move {
+                    let (v, _, _) = tokio::task::spawn_blocking(move || health::check(&cfg))
+                        .await
+                        .expect("healthcheck task");
+                    let code = if v.code == health::OK {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, format!("{}\n", v.line))
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let cfg = c2.clone();
+                async move {
+                    let body = tokio::task::spawn_blocking(move || {
+                        let (v, facts, state) = health::check(&cfg);
+                        crate::metrics::render(&state, &facts, v.code)
+                    })
+                    .await
+                    .expect("metrics task");
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(event = "http_failed", error = %e);
+    }
+}

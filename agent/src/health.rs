@@ -1,0 +1,274 @@
+//! Freshness and health: the verdict behind `backup-agent healthcheck`, `/healthz` and the
+//! stale alert, as a pure function of facts gathered from the state, the stores, the DPO
+//! certificates and the drill record. Codes are the ones operators already use:
+//! 0 OK, 1 CRITICAL, 2 no complete backup found.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog;
+use crate::config::Config;
+use crate::crypto;
+use crate::state::{load_drill, DrillRecord, State, StateStore};
+use crate::store::open_store;
+
+pub const OK: u8 = 0;
+pub const CRITICAL: u8 = 1;
+pub const NONE: u8 = 2;
+
+#[derive(Debug, Clone)]
+pub struct SourceFacts {
+    pub name: String,
+    pub max_age: Duration,
+    /// Newest complete backup: id and finish time.
+    pub newest: Option<(String, DateTime<Utc>)>,
+    /// Which configured stores hold the newest backup.
+    pub stores_with_newest: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub now: DateTime<Utc>,
+    pub sources: Vec<SourceFacts>,
+    pub all_stores: Vec<String>,
+    /// Per DPO certificate: fingerprint and expiry, or the reason it is unusable.
+    pub dpo: Vec<Result<(String, Option<DateTime<Utc>>), String>>,
+    pub dpo_warning_days: u32,
+    pub drill: Option<DrillRecord>,
+    pub drill_max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub code: u8,
+    pub line: String,
+}
+
+fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
+    (now - t).to_std().unwrap_or_default()
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// Whether a source is stale: no complete backup, or the newest is older than max age.
+pub fn is_stale(s: &SourceFacts, now: DateTime<Utc>) -> bool {
+    match &s.newest {
+        None => true,
+        Some((_, t)) => age(now, *t) > s.max_age,
+    }
+}
+
+pub fn verdict(f: &Facts) -> Verdict {
+    let mut critical = Vec::new();
+    let mut none = Vec::new();
+    let mut ok = Vec::new();
+    for s in &f.sources {
+        match &s.newest {
+            None => none.push(format!("no complete backup of source {}", s.name)),
+            Some((id, t)) if age(f.now, *t) > s.max_age => critical.push(format!(
+                "source {}: newest backup {id} is {} old (max age {})",
+                s.name,
+                human(age(f.now, *t)),
+                human(s.max_age)
+            )),
+            Some((id, t)) => ok.push(format!("{}: {id} ({} old)", s.name, human(age(f.now, *t)))),
+        }
+    }
+    for d in &f.dpo {
+        match d {
+            Err(e) => critical.push(format!("DPO certificate unusable: {e}")),
+            Ok((fpr, Some(exp))) => {
+                let left = (*exp - f.now).num_seconds();
+                if left < i64::from(f.dpo_warning_days) * 86400 {
+                    critical.push(format!(
+                        "DPO certificate {fpr} expires {} ({} days); ask the DPO for a renewed certificate",
+                        exp.format("%Y-%m-%d"),
+                        left.max(0) / 86400
+                    ));
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    if let Some(max) = f.drill_max_age {
+        match &f.drill {
+            None => critical.push("no restore drill on record; run restore --verify".into()),
+            Some(d) if age(f.now, d.finished_at) > max => critical.push(format!(
+                "last restore drill was {} ago (max {}); run restore --verify",
+                human(age(f.now, d.finished_at)),
+                human(max)
+            )),
+            Some(d) if !d.success => critical.push("the last restore drill failed".into()),
+            Some(_) => {}
+        }
+    }
+    if !critical.is_empty() {
+        Verdict {
+            code: CRITICAL,
+            line: format!("CRITICAL: {}", critical.join("; ")),
+        }
+    } else if !none.is_empty() {
+        Verdict {
+            code: NONE,
+            line: format!("NONE: {}", none.join("; ")),
+        }
+    } else {
+        Verdict {
+            code: OK,
+            line: format!("OK: {}", ok.join("; ")),
+        }
+    }
+}
+
+/// Gathers the facts: the state (including what the daemon cached from the stores), a
+/// fresh listing of the local stores, the DPO certificates, the drill record.
+pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
+    let stores: Vec<_> = cfg.stores.iter().map(open_store).collect();
+    let mut sources = Vec::new();
+    for src in &cfg.sources {
+        let mut newest: Option<(String, DateTime<Utc>)> = None;
+        let mut with = Vec::new();
+        let mut per_store = Vec::new();
+        for st in &stores {
+            if let Ok(list) = catalog::complete_backups(st.as_ref(), &src.prefix) {
+                if let Some(m) = list.last() {
+                    per_store.push((st.name().to_string(), m.backup_id.clone()));
+                    if let Some(t) = catalog::finished_at(m) {
+                        if newest.as_ref().is_none_or(|(id, _)| m.backup_id > *id) {
+                            newest = Some((m.backup_id.clone(), t));
+                        }
+                    }
+                }
+            }
+        }
+        // Backups another agent made, as the daemon's listing cached them.
+        if let Some(nb) = state
+            .sources
+            .get(&src.name)
+            .and_then(|s| s.newest_backup.as_ref())
+        {
+            if newest.as_ref().is_none_or(|(id, _)| nb.id > *id) {
+                newest = Some((nb.id.clone(), nb.finished_at));
+            }
+        }
+        if let Some((id, _)) = &newest {
+            with = per_store
+                .iter()
+                .filter(|(_, b)| b == id)
+                .map(|(s, _)| s.clone())
+                .collect();
+        }
+        sources.push(SourceFacts {
+            name: src.name.clone(),
+            max_age: src.max_age,
+            newest,
+            stores_with_newest: with,
+        });
+    }
+    let dpo = match &cfg.encryption {
+        Some(enc) => enc
+            .dpo_certificates
+            .iter()
+            .map(|cp| match crypto::check_dpo_certificate(cp) {
+                Ok((_, info)) => Ok((info.fingerprint, info.expires_at.map(DateTime::<Utc>::from))),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Facts {
+        now,
+        sources,
+        all_stores: cfg.stores.iter().map(|s| s.name.clone()).collect(),
+        dpo,
+        dpo_warning_days: cfg.agent.dpo_expiry_warning_days,
+        drill: load_drill(&cfg.agent.state_dir),
+        drill_max_age: cfg.agent.drill_max_age,
+    }
+}
+
+/// The whole healthcheck: state + stores + certificates -> verdict.
+pub fn check(cfg: &Config) -> (Verdict, Facts, State) {
+    let state = StateStore::new(&cfg.agent.state_dir)
+        .load()
+        .unwrap_or_default();
+    let facts = gather(cfg, &state, Utc::now());
+    (verdict(&facts), facts, state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn facts(newest: Option<&str>) -> Facts {
+        Facts {
+            now: at("2026-11-21T12:00:00Z"),
+            sources: vec![SourceFacts {
+                name: "main".into(),
+                max_age: Duration::from_secs(26 * 3600),
+                newest: newest.map(|t| ("mariadb_x".to_string(), at(t))),
+                stores_with_newest: vec![],
+            }],
+            all_stores: vec![],
+            dpo: vec![Ok(("FPR".into(), None))],
+            dpo_warning_days: 30,
+            drill: None,
+            drill_max_age: None,
+        }
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(verdict(&facts(None)).code, NONE);
+        assert_eq!(verdict(&facts(Some("2026-11-21T02:00:00Z"))).code, OK);
+        let v = verdict(&facts(Some("2026-11-19T02:00:00Z")));
+        assert_eq!(v.code, CRITICAL);
+        assert!(
+            v.line.contains("source main") && v.line.contains("2d old"),
+            "{}",
+            v.line
+        );
+    }
+
+    #[test]
+    fn expiring_certificate_and_old_drill_are_critical() {
+        let mut f = facts(Some("2026-11-21T02:00:00Z"));
+        f.dpo = vec![Ok(("FPR".into(), Some(at("2026-12-01T00:00:00Z"))))];
+        let v = verdict(&f);
+        assert_eq!(v.code, CRITICAL);
+        assert!(v.line.contains("expires 2026-12-01"), "{}", v.line);
+        f.dpo = vec![Ok(("FPR".into(), Some(at("2027-06-01T00:00:00Z"))))];
+        assert_eq!(verdict(&f).code, OK);
+        f.drill_max_age = Some(Duration::from_secs(35 * 86400));
+        assert_eq!(verdict(&f).code, CRITICAL);
+        f.drill = Some(DrillRecord {
+            finished_at: at("2026-11-01T00:00:00Z"),
+            success: true,
+            backup_id: None,
+            source: None,
+            message: None,
+        });
+        assert_eq!(verdict(&f).code, OK);
+        f.drill = Some(DrillRecord {
+            finished_at: at("2026-10-01T00:00:00Z"),
+            success: true,
+            backup_id: None,
+            source: None,
+            message: None,
+        });
+        assert_eq!(verdict(&f).code, CRITICAL);
+    }
+}

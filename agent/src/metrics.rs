@@ -1,0 +1,193 @@
+//! `/metrics`: Prometheus text exposition format, from the state and the health facts.
+
+use std::fmt::Write;
+
+use crate::health::Facts;
+use crate::state::State;
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
+        let _ = writeln!(self.0, "{name}{{{}}} {value}", l.join(","));
+    }
+}
+
+fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> f64 {
+    t.map(|t| t.timestamp_millis() as f64 / 1000.0)
+        .unwrap_or(0.0)
+}
+
+pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
+    let mut o = Out(String::new());
+    let src_state = |name: &str| state.sources.get(name).cloned().unwrap_or_default();
+
+    o.family(
+        "backup_last_success_timestamp_seconds",
+        "gauge",
+        "Finish time of the newest complete backup (any agent), Unix seconds; 0 if none.",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_last_success_timestamp_seconds",
+            &[("source", &s.name)],
+            ts(s.newest.as_ref().map(|(_, t)| *t)),
+        );
+    }
+    o.family(
+        "backup_last_attempt_timestamp_seconds",
+        "gauge",
+        "Start time of this agent's last backup attempt, Unix seconds.",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_last_attempt_timestamp_seconds",
+            &[("source", &s.name)],
+            ts(src_state(&s.name).last_attempt),
+        );
+    }
+    o.family(
+        "backup_last_duration_seconds",
+        "gauge",
+        "Duration of this agent's last successful backup.",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_last_duration_seconds",
+            &[("source", &s.name)],
+            src_state(&s.name).last_duration_secs.unwrap_or(0.0),
+        );
+    }
+    o.family(
+        "backup_last_size_bytes",
+        "gauge",
+        "Size of the data object of this agent's last successful backup.",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_last_size_bytes",
+            &[("source", &s.name)],
+            src_state(&s.name).last_size_bytes.unwrap_or(0) as f64,
+        );
+    }
+    o.family(
+        "backup_failures_total",
+        "counter",
+        "Failed backup attempts of this agent.",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_failures_total",
+            &[("source", &s.name)],
+            src_state(&s.name).failures_total as f64,
+        );
+    }
+    o.family(
+        "backup_store_copies",
+        "gauge",
+        "Copies of the newest backup on each store (0 or 1).",
+    );
+    for s in &facts.sources {
+        for st in &facts.all_stores {
+            let n = if s.stores_with_newest.contains(st) {
+                1.0
+            } else {
+                0.0
+            };
+            o.sample(
+                "backup_store_copies",
+                &[("source", &s.name), ("store", st)],
+                n,
+            );
+        }
+    }
+    o.family("backup_policy_compliant", "gauge", "1 if the newest backup is on every configured store (the 3-2-1 policy replaces this rule when it lands).");
+    for s in &facts.sources {
+        let ok = s.newest.is_some()
+            && facts
+                .all_stores
+                .iter()
+                .all(|st| s.stores_with_newest.contains(st));
+        o.sample(
+            "backup_policy_compliant",
+            &[("source", &s.name)],
+            if ok { 1.0 } else { 0.0 },
+        );
+    }
+    o.family(
+        "backup_stale",
+        "gauge",
+        "1 if the newest complete backup is older than the source's max age (or missing).",
+    );
+    for s in &facts.sources {
+        o.sample(
+            "backup_stale",
+            &[("source", &s.name)],
+            if crate::health::is_stale(s, facts.now) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+    }
+    o.family(
+        "backup_restore_drill_last_success_timestamp_seconds",
+        "gauge",
+        "Finish time of the last successful restore drill; 0 if none.",
+    );
+    let drill = facts
+        .drill
+        .as_ref()
+        .filter(|d| d.success)
+        .map(|d| d.finished_at);
+    o.sample(
+        "backup_restore_drill_last_success_timestamp_seconds",
+        &[],
+        ts(drill),
+    );
+    o.family(
+        "backup_dpo_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "Expiry of each DPO certificate; 0 if it never expires.",
+    );
+    for (fpr, exp) in facts.dpo.iter().flatten() {
+        o.sample(
+            "backup_dpo_certificate_expiry_timestamp_seconds",
+            &[("fingerprint", fpr)],
+            ts(*exp),
+        );
+    }
+    o.family(
+        "backup_alerts_failed_total",
+        "counter",
+        "Alert deliveries that failed, by channel.",
+    );
+    for ch in ["webhook", "mail"] {
+        o.sample(
+            "backup_alerts_failed_total",
+            &[("channel", ch)],
+            *state.alert_failures.get(ch).unwrap_or(&0) as f64,
+        );
+    }
+    o.family(
+        "backup_health_status",
+        "gauge",
+        "The healthcheck verdict: 0 OK, 1 CRITICAL, 2 no backup.",
+    );
+    o.sample("backup_health_status", &[], f64::from(verdict_code));
+    // Samples without labels print as name{} value; Prometheus accepts that, but strip it.
+    o.0.replace("{} ", " ")
+}

@@ -1,0 +1,173 @@
+//! The agent's state: one JSON file in the state dir, read by the healthcheck and
+//! `/metrics`, written by backups (CLI or daemon) and the daemon's timers. Updates take an
+//! exclusive lock and replace the file atomically (temp file, fsync, rename), so readers
+//! never see half a file and two processes never lose each other's updates.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceState>,
+    /// Alert conditions by key (`<source>/<condition>`).
+    #[serde(default)]
+    pub alerts: BTreeMap<String, AlertMark>,
+    /// Alert deliveries that failed, by channel.
+    #[serde(default)]
+    pub alert_failures: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceState {
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_duration_secs: Option<f64>,
+    pub last_size_bytes: Option<u64>,
+    #[serde(default)]
+    pub failures_total: u64,
+    pub last_error: Option<String>,
+    pub last_backup_id: Option<String>,
+    /// The newest complete backup found in the stores (by any agent), cached by the
+    /// daemon's listing timer.
+    pub newest_backup: Option<NewestBackup>,
+    /// The schedule slot the last scheduled run belonged to (for catching up once).
+    pub last_slot: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewestBackup {
+    pub id: String,
+    pub finished_at: DateTime<Utc>,
+    pub size: u64,
+    pub stores: Vec<String>,
+}
+
+/// An alert condition: when it began, when it was last sent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AlertMark {
+    pub active_since: Option<DateTime<Utc>>,
+    pub last_sent: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {source}; check the state_dir exists and is writable by the agent")]
+pub struct StateError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+/// The state file of a state dir.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(dir: &Path) -> StateStore {
+        StateStore {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn err(&self, source: std::io::Error) -> StateError {
+        StateError {
+            path: self.path().display().to_string(),
+            source,
+        }
+    }
+
+    /// Reads the state; a missing file is the empty state. Never blocks on the lock:
+    /// the file is only ever replaced whole.
+    pub fn load(&self) -> Result<State, StateError> {
+        match fs::read(self.path()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| self.err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Applies `f` to the state under an exclusive lock and writes the result.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+        fs::create_dir_all(&self.dir).map_err(|e| self.err(e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("state.lock"))
+            .map_err(|e| self.err(e))?;
+        lock.lock().map_err(|e| self.err(e))?;
+        let mut st = self.load()?;
+        let out = f(&mut st);
+        let tmp = self
+            .dir
+            .join(format!(".state.json.tmp.{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut t = File::create(&tmp)?;
+            t.write_all(&serde_json::to_vec_pretty(&st).expect("serializable"))?;
+            t.sync_all()?;
+            fs::rename(&tmp, self.path())
+        };
+        let r = write();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r.map_err(|e| self.err(e))?;
+        drop(lock);
+        Ok(out)
+    }
+}
+
+/// A restore drill's record, as `restore --verify` writes it (drill.json in the state dir).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillRecord {
+    pub finished_at: DateTime<Utc>,
+    pub success: bool,
+    pub backup_id: Option<String>,
+    pub source: Option<String>,
+    pub message: Option<String>,
+}
+
+pub fn load_drill(dir: &Path) -> Option<DrillRecord> {
+    let b = fs::read(dir.join("drill.json")).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_round_trips_and_survives_concurrency() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::new(d.path());
+        assert_eq!(s.load().unwrap(), State::default());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        s.update(|st| {
+                            st.sources.entry("a".into()).or_default().failures_total += 1
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.load().unwrap().sources["a"].failures_total, 160);
+    }
+}

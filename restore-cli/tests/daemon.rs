@@ -1,0 +1,493 @@
+//! The sidecar daemon against real receivers: schedule, healthcheck, metrics, webhook and
+//! mail alerts (failed, stale, recovered), shutdown, concurrency, catch-up, canaries.
+
+mod common;
+use common::receivers::*;
+use common::*;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn small_db(src: &Server, rows: u32) -> String {
+    let db = unique("dm");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(&db, &format!("CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 256) FROM seq_1_to_{rows}"));
+    db
+}
+
+fn start_daemon(setup: &Setup, src: &Server, args: &[&str]) -> Child {
+    let cfg = setup.config(src);
+    let log = std::fs::File::create(setup.path("daemon.log")).unwrap();
+    Command::new(agent_bin())
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .args(args)
+        .env("BACKUP_AGENT_LOG_FORMAT", "json")
+        .stdout(log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn healthcheck(setup: &Setup, src: &Server) -> (i32, String) {
+    let cfg = setup.config(src);
+    let t0 = Instant::now();
+    let o = Command::new(agent_bin())
+        .args(["--config", cfg.to_str().unwrap(), "healthcheck"])
+        .output()
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "healthcheck took {:?}",
+        t0.elapsed()
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.lines().count(), 1, "one line: {out:?}");
+    (o.status.code().unwrap(), out)
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = r
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Parses Prometheus text into (name{labels}, value).
+fn metrics(port: u16) -> Vec<(String, f64)> {
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (
+                k.to_string(),
+                v.parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad sample {l}")),
+            )
+        })
+        .collect()
+}
+
+fn metric(m: &[(String, f64)], key: &str) -> f64 {
+    m.iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no {key} in {m:?}"))
+        .1
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sigterm(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+fn backups(setup: &Setup) -> usize {
+    setup
+        .store_files()
+        .iter()
+        .filter(|f| f.ends_with(".manifest.json"))
+        .count()
+}
+
+#[test]
+fn schedule_health_metrics_and_alerts_end_to_end() {
+    let src = source();
+    let db = small_db(&src, 2000);
+    let mut setup = Setup::new(&src, &db);
+    let hook = Receiver::start(Mode::Ok);
+    let sink = SmtpSink::start(&setup.path("mail"), None, None);
+    let http = free_port();
+    let url_canary = format!("CANARY-URL-{}", unique("u"));
+    std::fs::write(
+        setup.path("webhook.url"),
+        format!("http://127.0.0.1:{}/hook/{url_canary}\n", hook.port),
+    )
+    .unwrap();
+    setup.extra = "schedule = \"*/3 * * * * *\"\nmax_age = \"9s\"\n".into();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
+    setup.tail = format!(
+        "[alerts]\nrepeat_interval = \"1h\"\n[alerts.webhook]\nurl_file = {:?}\ntimeout = \"2s\"\nretries = 1\n\
+         [alerts.mail]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"backup-agent@test.invalid\"\nto = [\"dpo@test.invalid\", \"ops@test.invalid\"]\n",
+        setup.path("webhook.url"),
+        sink.port
+    );
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 2, "{line}");
+
+    let mut d = start_daemon(&setup, &src, &["--shutdown-timeout", "30s"]);
+    wait_for(
+        "the first scheduled backup",
+        Duration::from_secs(20),
+        || backups(&setup) >= 1,
+    );
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 0, "{line}");
+    let (hc, body) = http_get(http, "/healthz");
+    assert_eq!(hc, 200, "{body}");
+    let m = metrics(http);
+    assert!(metric(&m, "backup_last_success_timestamp_seconds{source=\"main\"}") > 1.7e9);
+    assert_eq!(
+        metric(&m, "backup_store_copies{source=\"main\",store=\"local\"}"),
+        1.0
+    );
+    assert_eq!(metric(&m, "backup_failures_total{source=\"main\"}"), 0.0);
+    assert!(metric(&m, "backup_last_size_bytes{source=\"main\"}") > 0.0);
+    assert_eq!(metric(&m, "backup_policy_compliant{source=\"main\"}"), 1.0);
+    assert_eq!(metric(&m, "backup_health_status"), 0.0);
+
+    // Backups stop working (wrong password): failure alert on both channels.
+    let pw_canary = format!("CANARY-DBPW-{}", unique("p"));
+    std::fs::write(setup.path("db.password"), &pw_canary).unwrap();
+    setup.dump_password = pw_canary.clone();
+    let failed = hook.wait_event("backup_failed", Duration::from_secs(15));
+    assert_eq!(failed["status"], "error");
+    assert_eq!(failed["source"], "main");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{failed}"
+    );
+    for k in ["timestamp", "host", "details"] {
+        assert!(failed.get(k).is_some(), "{k} missing: {failed}");
+    }
+    let mail = sink.wait_mail(
+        "[ALERT][Backup MariaDB] main: backup_failed",
+        Duration::from_secs(10),
+    );
+    assert!(mail.contains("cannot connect"), "{mail}");
+    // Repeated failures within the repeat interval alert once.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        hook.events()
+            .iter()
+            .filter(|e| *e == "backup_failed")
+            .count(),
+        1,
+        "{:?}",
+        hook.events()
+    );
+
+    // After max age without a backup: stale alert and CRITICAL.
+    let stale = hook.wait_event("backup_stale", Duration::from_secs(20));
+    assert_eq!(stale["status"], "error");
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.starts_with("CRITICAL: source main"), "{line}");
+    let (hc, _) = http_get(http, "/healthz");
+    assert_eq!(hc, 503);
+    assert!(metric(&metrics(http), "backup_failures_total{source=\"main\"}") >= 1.0);
+
+    // Fixed: the next backup succeeds, "recovered" goes out, healthcheck is OK again.
+    setup.dump_password = format!("good-{}", unique("p"));
+    src.dump_user(&setup.dump_user, &setup.dump_password);
+    std::fs::write(setup.path("db.password"), &setup.dump_password).unwrap();
+    let rec = hook.wait_event("recovered", Duration::from_secs(20));
+    assert_eq!(rec["status"], "success");
+    sink.wait_mail(
+        "[ALERT][Backup MariaDB] main: recovered",
+        Duration::from_secs(10),
+    );
+    wait_for("healthcheck OK", Duration::from_secs(10), || {
+        healthcheck(&setup, &src).0 == 0
+    });
+
+    sigterm(&d);
+    let status = d.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut err = String::new();
+    d.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+
+    // Logs are JSON lines with the stable fields; no canary anywhere.
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    for l in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
+        assert!(
+            v.get("timestamp").is_some() && v.get("level").is_some(),
+            "{l}"
+        );
+    }
+    assert!(
+        log.contains("\"event\":\"backup_succeeded\"")
+            && log.contains("\"event\":\"backup_failed\"")
+    );
+    let mut everything = log + &err;
+    everything.push_str(&http_get(http, "/metrics").1);
+    for b in hook.requests.lock().unwrap().iter() {
+        everything.push_str(&b.body);
+    }
+    for m in sink.mails() {
+        everything.push_str(&m);
+    }
+    for c in [&url_canary, &pw_canary] {
+        assert!(!everything.contains(c.as_str()), "{c} leaked");
+    }
+    src.drop_db(&db);
+}
+
+#[test]
+fn mail_over_starttls_with_auth_webhook_retries_and_channel_failures() {
+    let src = source();
+    let db = small_db(&src, 100);
+    let mut setup = Setup::new(&src, &db);
+    let (cert, key) = test_cert(setup.dir.path());
+    let smtp_canary = format!("CANARY-SMTP-{}", unique("s"));
+    std::fs::write(setup.path("smtp.password"), &smtp_canary).unwrap();
+    let sink = SmtpSink::start(
+        &setup.path("mail"),
+        Some((&cert, &key)),
+        Some(("alerts", &setup.path("smtp.password"))),
+    );
+    let hook = Receiver::start(Mode::Fail500);
+    std::fs::write(
+        setup.path("webhook.url"),
+        format!("http://127.0.0.1:{}/hook", hook.port),
+    )
+    .unwrap();
+    std::fs::write(setup.path("webhook.token"), "token-value").unwrap();
+    let alerts = |pwfile: &Path| {
+        format!(
+            "[alerts]\nrepeat_interval = \"1s\"\n[alerts.webhook]\nurl_file = {:?}\nbearer_token_file = {:?}\ntimeout = \"2s\"\nretries = 2\n\
+             [alerts.mail]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"alerts\"\npassword_file = {:?}\nca_file = {:?}\n\
+             from = \"backup-agent@test.invalid\"\nto = [\"dpo@test.invalid\"]\n",
+            setup.path("webhook.url"),
+            setup.path("webhook.token"),
+            sink.port,
+            pwfile,
+            cert
+        )
+    };
+    setup.tail = alerts(&setup.path("smtp.password"));
+    // A failing backup (wrong database password) alerts.
+    setup.dump_password = "wrong".into();
+    let o = setup.agent(&src, &["backup"]);
+    assert_eq!(o.status.code(), Some(1));
+    let mail = sink.wait_mail(
+        "[ALERT][Backup MariaDB] main: backup_failed",
+        Duration::from_secs(10),
+    );
+    assert!(mail.contains("backup of source main failed"), "{mail}");
+    // The webhook answered 500: 1 + 2 retries, then counted as a channel failure.
+    assert_eq!(hook.requests.lock().unwrap().len(), 3, "retries");
+    assert!(hook.requests.lock().unwrap()[0]
+        .headers
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case("authorization: Bearer token-value")));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("state/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["alert_failures"]["webhook"], 1, "{state}");
+    assert!(state["alert_failures"].get("mail").is_none(), "{state}");
+
+    // A refused SMTP password is a channel failure, reported and counted; nothing leaks.
+    std::fs::write(setup.path("smtp.wrong"), "CANARY-WRONG-SMTP").unwrap();
+    setup.tail = alerts(&setup.path("smtp.wrong"));
+    *hook.mode.lock().unwrap() = Mode::Ok;
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = sink.mails().len();
+    let o = setup.agent(&src, &["backup"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("alert_failed") && err.contains("mail"),
+        "{err}"
+    );
+    assert_eq!(sink.mails().len(), before);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("state/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["alert_failures"]["mail"], 1, "{state}");
+    // The webhook still went.
+    assert_eq!(
+        hook.events()
+            .iter()
+            .filter(|e| *e == "backup_failed")
+            .count(),
+        4
+    );
+    for c in [smtp_canary.as_str(), "CANARY-WRONG-SMTP"] {
+        assert!(
+            !err.contains(c) && !String::from_utf8_lossy(&o.stdout).contains(c),
+            "{c} leaked"
+        );
+        assert!(!sink.mails().iter().any(|m| m.contains(c)), "{c} in a mail");
+    }
+
+    // A hanging webhook times out; mail still goes.
+    *hook.mode.lock().unwrap() = Mode::Hang;
+    setup.tail = alerts(&setup.path("smtp.password"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = sink.mails().len();
+    let t0 = Instant::now();
+    let o = setup.agent(&src, &["backup"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "timeouts bound the run: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(sink.mails().len(), before + 1);
+    src.drop_db(&db);
+}
+
+#[test]
+fn sigterm_during_a_backup_leaves_nothing_and_exits_0() {
+    let src = source();
+    let db = small_db(&src, 400_000);
+    let mut setup = Setup::new(&src, &db);
+    // Daily schedule with a slot owed from yesterday: the daemon starts with a catch-up run.
+    setup.extra = "schedule = \"0 0 * * *\"\n".into();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{}\"\n", free_port());
+    std::fs::create_dir_all(setup.path("state")).unwrap();
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    std::fs::write(
+        setup.path("state/state.json"),
+        format!("{{\"sources\": {{\"main\": {{\"last_slot\": \"{yesterday}\"}}}}}}"),
+    )
+    .unwrap();
+    let mut d = start_daemon(&setup, &src, &["--shutdown-timeout", "0s"]);
+    wait_for(
+        "the dump to read the table",
+        Duration::from_secs(20),
+        || {
+            !src.sql(&format!("SELECT ID FROM information_schema.PROCESSLIST WHERE USER='{}' AND INFO LIKE 'SELECT %'", setup.dump_user))
+            .trim()
+            .is_empty()
+        },
+    );
+    sigterm(&d);
+    let t0 = Instant::now();
+    let status = d.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(setup.store_files().is_empty(), "{:?}", setup.store_files());
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    assert!(log.contains("backup_cancelled"), "{log}");
+
+    // The next start is clean: no debris, no second catch-up, clean exit.
+    let d = start_daemon(&setup, &src, &["--shutdown-timeout", "0s"]);
+    std::thread::sleep(Duration::from_secs(2));
+    sigterm(&d);
+    let o = d.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(setup.store_files().is_empty(), "{:?}", setup.store_files());
+    src.drop_db(&db);
+}
+
+#[test]
+fn two_sources_with_limit_one_never_overlap_and_catch_up_once() {
+    let src = source();
+    let (d1, d2) = (small_db(&src, 200_000), small_db(&src, 200_000));
+    let mut setup = Setup::new(&src, &d1);
+    let http = free_port();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\nmax_concurrent_backups = 1\n");
+    setup.extra = format!(
+        "schedule = \"0 0 * * *\"\n\n[[source]]\nname = \"second\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\npassword_file = {:?}\n\
+         databases = {{ include = [\"{d2}\"] }}\nschedule = \"0 0 * * *\"\n",
+        src.port,
+        setup.dump_user,
+        setup.path("db.password")
+    );
+    std::fs::create_dir_all(setup.path("state")).unwrap();
+    let old = (chrono::Utc::now() - chrono::Duration::days(5)).to_rfc3339();
+    std::fs::write(
+        setup.path("state/state.json"),
+        format!("{{\"sources\": {{\"main\": {{\"last_slot\": \"{old}\"}}, \"second\": {{\"last_slot\": \"{old}\"}}}}}}"),
+    )
+    .unwrap();
+    let mut d = start_daemon(&setup, &src, &["--shutdown-timeout", "60s"]);
+    wait_for("both catch-up backups", Duration::from_secs(60), || {
+        backups(&setup) >= 2
+    });
+    // Both slots were owed for days: each is caught up exactly once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(backups(&setup), 2, "{:?}", setup.store_files());
+    assert!(
+        setup.store_files().iter().any(|f| f.starts_with("main/"))
+            && setup.store_files().iter().any(|f| f.starts_with("second/"))
+    );
+    sigterm(&d);
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    // From the log: the two runs never overlapped.
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    let mut spans: Vec<(String, String, String)> = Vec::new();
+    let mut open: std::collections::HashMap<String, String> = Default::default();
+    for l in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let (ev, s, t) = (
+            v["event"].as_str().unwrap_or(""),
+            v["source"].as_str().unwrap_or("").to_string(),
+            v["timestamp"].as_str().unwrap_or("").to_string(),
+        );
+        match ev {
+            "backup_started" => {
+                open.insert(s, t);
+            }
+            "backup_succeeded" | "backup_failed" => {
+                let start = open.remove(&s).expect("start before end");
+                spans.push((s, start, t));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(spans.len(), 2, "{log}");
+    spans.sort_by(|a, b| a.1.cmp(&b.1));
+    assert!(spans[0].2 <= spans[1].1, "runs overlapped: {spans:?}");
+    src.drop_db(&d1);
+    src.drop_db(&d2);
+}
+
+#[test]
+fn expiring_dpo_certificate_turns_the_healthcheck_critical() {
+    use openpgp::serialize::SerializeInto;
+    use sequoia_openpgp as openpgp;
+    let src = source();
+    let db = small_db(&src, 10);
+    let mut setup = Setup::new(&src, &db);
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    assert_eq!(healthcheck(&setup, &src).0, 0);
+    let (cert, _) = openpgp::cert::CertBuilder::new()
+        .add_userid("dpo expiring soon")
+        .add_storage_encryption_subkey()
+        .set_validity_period(Duration::from_secs(10 * 86400))
+        .generate()
+        .unwrap();
+    std::fs::write(setup.path("soon.asc"), cert.armored().to_vec().unwrap()).unwrap();
+    setup.dpo_certs = vec![setup.path("soon.asc")];
+    setup.agent_extra = "dpo_expiry_warning_days = 30\n".into();
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains("expires") && line.contains(&cert.fingerprint().to_hex()),
+        "{line}"
+    );
+    setup.agent_extra = "dpo_expiry_warning_days = 5\n".into();
+    assert_eq!(healthcheck(&setup, &src).0, 0);
+    src.drop_db(&db);
+}
