@@ -27,13 +27,16 @@ pub struct SourceFacts {
     pub stores_with_newest: Vec<String>,
 }
 
+/// A DPO certificate's fingerprint and expiry, or why it is unusable.
+pub type DpoFact = Result<(String, Option<DateTime<Utc>>), String>;
+
 #[derive(Debug, Clone)]
 pub struct Facts {
     pub now: DateTime<Utc>,
     pub sources: Vec<SourceFacts>,
     pub all_stores: Vec<String>,
     /// Per DPO certificate: fingerprint and expiry, or the reason it is unusable.
-    pub dpo: Vec<Result<(String, Option<DateTime<Utc>>), String>>,
+    pub dpo: Vec<DpoFact>,
     pub dpo_warning_days: u32,
     pub drill: Option<DrillRecord>,
     pub drill_max_age: Option<Duration>,

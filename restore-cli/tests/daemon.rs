@@ -7,7 +7,7 @@ use common::*;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn small_db(src: &Server, rows: u32) -> String {
@@ -26,7 +26,7 @@ fn start_daemon(setup: &Setup, src: &Server, args: &[&str]) -> Child {
         .args(args)
         .env("BACKUP_AGENT_LOG_FORMAT", "json")
         .stdout(log)
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(setup.path("daemon.err")).unwrap())
         .spawn()
         .unwrap()
 }
@@ -50,7 +50,8 @@ fn healthcheck(setup: &Setup, src: &Server) -> (i32, String) {
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("GET {path} on 127.0.0.1:{port}: {e}"));
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -199,6 +200,7 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
     let (code, line) = healthcheck(&setup, &src);
     assert_eq!(code, 1, "{line}");
     assert!(line.starts_with("CRITICAL: source main"), "{line}");
+
     let (hc, _) = http_get(http, "/healthz");
     assert_eq!(hc, 503);
     assert!(metric(&metrics(http), "backup_failures_total{source=\"main\"}") >= 1.0);
@@ -217,11 +219,11 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
         healthcheck(&setup, &src).0 == 0
     });
 
+    let final_metrics = http_get(http, "/metrics").1;
     sigterm(&d);
     let status = d.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    let mut err = String::new();
-    d.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = std::fs::read_to_string(setup.path("daemon.err")).unwrap();
 
     // Logs are JSON lines with the stable fields; no canary anywhere.
     let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
@@ -238,7 +240,7 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
             && log.contains("\"event\":\"backup_failed\"")
     );
     let mut everything = log + &err;
-    everything.push_str(&http_get(http, "/metrics").1);
+    everything.push_str(&final_metrics);
     for b in hook.requests.lock().unwrap().iter() {
         everything.push_str(&b.body);
     }
@@ -256,7 +258,7 @@ fn mail_over_starttls_with_auth_webhook_retries_and_channel_failures() {
     let src = source();
     let db = small_db(&src, 100);
     let mut setup = Setup::new(&src, &db);
-    let (cert, key) = test_cert(setup.dir.path());
+    let (ca, cert, key) = test_cert(setup.dir.path());
     let smtp_canary = format!("CANARY-SMTP-{}", unique("s"));
     std::fs::write(setup.path("smtp.password"), &smtp_canary).unwrap();
     let sink = SmtpSink::start(
@@ -271,16 +273,17 @@ fn mail_over_starttls_with_auth_webhook_retries_and_channel_failures() {
     )
     .unwrap();
     std::fs::write(setup.path("webhook.token"), "token-value").unwrap();
+    let (url_path, token_path) = (setup.path("webhook.url"), setup.path("webhook.token"));
     let alerts = |pwfile: &Path| {
         format!(
             "[alerts]\nrepeat_interval = \"1s\"\n[alerts.webhook]\nurl_file = {:?}\nbearer_token_file = {:?}\ntimeout = \"2s\"\nretries = 2\n\
              [alerts.mail]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nuser = \"alerts\"\npassword_file = {:?}\nca_file = {:?}\n\
              from = \"backup-agent@test.invalid\"\nto = [\"dpo@test.invalid\"]\n",
-            setup.path("webhook.url"),
-            setup.path("webhook.token"),
+            url_path,
+            token_path,
             sink.port,
             pwfile,
-            cert
+            ca
         )
     };
     setup.tail = alerts(&setup.path("smtp.password"));
