@@ -314,6 +314,8 @@ struct TableInfo {
 /// One SHOW CREATE result for a stored object, with the session settings it was made in.
 struct Object {
     db: String,
+    /// VIEW, PROCEDURE, FUNCTION, TRIGGER or EVENT.
+    kind: &'static str,
     name: String,
     create: Vec<u8>,
     sql_mode: Option<String>,
@@ -409,9 +411,18 @@ pub async fn dump(
     }
     summary.databases = databases.clone();
 
+    let accounts = if source.users_and_grants {
+        Some(read_accounts(conn).await?)
+    } else {
+        None
+    };
     out.write(format::header(description).as_bytes()).await?;
+    if let Some(a) = &accounts {
+        write_accounts(out, a).await?;
+    }
 
     let mut trailers: Vec<TableTrailer> = Vec::new();
+    let mut objects: Vec<format::ObjectTrailer> = Vec::new();
     // Objects in this dump that grants may name: (db, name) of tables, views, sequences,
     // and (db, name) of routines.
     let mut known_relations: HashSet<(String, String)> = HashSet::new();
@@ -469,6 +480,11 @@ pub async fn dump(
 
         // Sequences first: a table may take its DEFAULT from one.
         for t in tables.iter().filter(|t| t.kind == "SEQUENCE") {
+            objects.push(format::ObjectTrailer {
+                db: db.clone(),
+                kind: "SEQUENCE".into(),
+                name: t.name.clone(),
+            });
             let q = qualified(db, &t.name);
             let c = fetch(
                 conn,
@@ -570,6 +586,11 @@ pub async fn dump(
                 ))
             })?;
             routines.push(Object {
+                kind: if kind == "PROCEDURE" {
+                    "PROCEDURE"
+                } else {
+                    "FUNCTION"
+                },
                 db: db.clone(),
                 name,
                 create,
@@ -594,6 +615,7 @@ pub async fn dump(
             )
             .await?;
             views.push(Object {
+                kind: "VIEW",
                 db: db.clone(),
                 name,
                 create: bytes(&c[0][1]),
@@ -618,6 +640,7 @@ pub async fn dump(
             )
             .await?;
             triggers.push(Object {
+                kind: "TRIGGER",
                 db: db.clone(),
                 name,
                 create: bytes(&c[0][2]),
@@ -642,6 +665,7 @@ pub async fn dump(
             )
             .await?;
             events.push(Object {
+                kind: "EVENT",
                 db: db.clone(),
                 name,
                 create: bytes(&c[0][3]),
@@ -660,11 +684,29 @@ pub async fn dump(
         write_object(out, o, true).await?;
     }
     let views = order_views(views);
+    // Grants before views (a view's definer needs e.g. EXECUTE on the functions it calls
+    // when the view is created), except grants on the views themselves, which come after.
+    let view_keys: HashSet<(String, String)> = views
+        .iter()
+        .map(|v| (v.db.clone(), v.name.clone()))
+        .collect();
+    let mut dropped = 0;
+    if let Some(a) = &accounts {
+        dropped += write_grants(out, a, GRANTS_SECTION, &known_relations, &known_routines, |o| !matches!(o, GrantObject::Relation(d, n) if view_keys.contains(&(d.clone(), n.clone())))).await?;
+    }
     if !views.is_empty() {
         out.write(b"\n--\n-- Views\n--\n").await?;
     }
     for o in &views {
         write_object(out, o, false).await?;
+    }
+    if let Some(a) = &accounts {
+        write_grants(out, a, "-- Grants on views", &known_relations, &known_routines, |o| matches!(o, GrantObject::Relation(d, n) if view_keys.contains(&(d.clone(), n.clone())))).await?;
+    }
+    if dropped > 0 {
+        summary.warnings.push(format!(
+            "{dropped} grant(s) on tables or routines that are not in this backup were left out (they would not load)"
+        ));
     }
     if !triggers.is_empty() {
         out.write(b"\n--\n-- Triggers\n--\n").await?;
@@ -677,15 +719,6 @@ pub async fn dump(
     }
     for o in &events {
         write_object(out, o, true).await?;
-    }
-
-    if source.users_and_grants {
-        let dropped = dump_users(conn, out, &known_relations, &known_routines).await?;
-        if dropped > 0 {
-            summary.warnings.push(format!(
-                "{dropped} grant(s) on tables or routines that are not in this backup were left out (they would not load)"
-            ));
-        }
     }
 
     // The snapshot ends here; nothing after this reads data.
@@ -707,6 +740,21 @@ pub async fn dump(
     }
     for t in &trailers {
         tr.push_str(&t.to_line());
+    }
+    for o in routines
+        .iter()
+        .chain(views.iter())
+        .chain(triggers.iter())
+        .chain(events.iter())
+    {
+        objects.push(format::ObjectTrailer {
+            db: o.db.clone(),
+            kind: o.kind.into(),
+            name: o.name.clone(),
+        });
+    }
+    for o in &objects {
+        tr.push_str(&o.to_line());
     }
     tr.push_str(&format!(
         "{}{}\n",
@@ -824,7 +872,6 @@ async fn write_object(
         restore.push("TIME_ZONE=@saved_time_zone");
     }
     s.extend_from_slice(format!("SET {};\n", restore.join(", ")).as_bytes());
-    let _ = &o.name;
     out.write(&s).await
 }
 
@@ -950,12 +997,16 @@ fn take_ident(s: &str) -> Option<(String, &str)> {
     None
 }
 
-async fn dump_users(
-    conn: &mut Conn,
-    out: &mut SqlOutput,
-    relations: &HashSet<(String, String)>,
-    routines: &HashSet<(String, String)>,
-) -> Result<usize, DumpError> {
+/// Accounts and roles of the server, read before the databases are dumped.
+struct Accounts {
+    /// CREATE USER / CREATE ROLE statements: written first, so that every DEFINER exists
+    /// before the views, routines, triggers and events that name it are created.
+    creates: Vec<Vec<u8>>,
+    /// SHOW GRANTS output: written last, once the objects they name exist.
+    grants: Vec<Vec<u8>>,
+}
+
+async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError> {
     let users = fetch(
         conn,
         "SELECT User, Host, is_role FROM mysql.user ORDER BY User, Host",
@@ -964,7 +1015,6 @@ async fn dump_users(
     .await?;
     let mut creates = Vec::new();
     let mut grants = Vec::new();
-    let mut dropped = 0usize;
     let mut seen = HashSet::new();
     for u in &users {
         let (user, host, is_role) = (text(&u[0]), text(&u[1]), text(&u[2]) == "Y");
@@ -986,11 +1036,10 @@ async fn dump_users(
             )
             .await?;
             let stmt = bytes(&c[0][0]);
-            let stmt = match stmt.strip_prefix(b"CREATE USER ") {
+            let mut s = match stmt.strip_prefix(b"CREATE USER ") {
                 Some(rest) => [b"CREATE USER IF NOT EXISTS ".as_slice(), rest].concat(),
                 None => stmt,
             };
-            let mut s = stmt;
             s.extend_from_slice(b";\n");
             creates.push(s);
         }
@@ -1000,27 +1049,61 @@ async fn dump_users(
             &format!("reading grants of {user}@{host}"),
         )
         .await?;
-        for r in &g {
-            let mut s = bytes(&r[0]);
-            let keep = match grant_object(&String::from_utf8_lossy(&s)) {
-                GrantObject::Unconditional => true,
-                GrantObject::Relation(d, n) => relations.contains(&(d, n)),
-                GrantObject::Routine(d, n) => routines.contains(&(d, n)),
-            };
-            if !keep {
-                dropped += 1;
-                continue;
-            }
-            s.extend_from_slice(b";\n");
-            grants.push(s);
+        grants.extend(g.iter().map(|r| bytes(&r[0])));
+    }
+    Ok(Accounts { creates, grants })
+}
+
+/// Marks the sections a `--database` restore skips.
+pub const USERS_SECTION: &str = "-- Users and roles";
+pub const GRANTS_SECTION: &str = "-- Grants";
+
+async fn write_accounts(out: &mut SqlOutput, a: &Accounts) -> Result<(), DumpError> {
+    if a.creates.is_empty() {
+        return Ok(());
+    }
+    out.write(format!("\n--\n{USERS_SECTION}\n--\n").as_bytes())
+        .await?;
+    for s in &a.creates {
+        out.write(s).await?;
+    }
+    Ok(())
+}
+
+/// Writes the grants whose objects are in this dump; returns how many were left out.
+async fn write_grants(
+    out: &mut SqlOutput,
+    a: &Accounts,
+    title: &str,
+    relations: &HashSet<(String, String)>,
+    routines: &HashSet<(String, String)>,
+    select: impl Fn(&GrantObject) -> bool,
+) -> Result<usize, DumpError> {
+    let mut dropped = 0;
+    let mut keep = Vec::new();
+    for g in &a.grants {
+        let obj = grant_object(&String::from_utf8_lossy(g));
+        if !select(&obj) {
+            continue;
+        }
+        let ok = match obj {
+            GrantObject::Unconditional => true,
+            GrantObject::Relation(d, n) => relations.contains(&(d, n)),
+            GrantObject::Routine(d, n) => routines.contains(&(d, n)),
+        };
+        if ok {
+            keep.push(g);
+        } else {
+            dropped += 1;
         }
     }
-    if creates.is_empty() {
-        return Ok(dropped);
-    }
-    out.write(b"\n--\n-- Users and grants\n--\n").await?;
-    for s in creates.iter().chain(grants.iter()) {
-        out.write(s).await?;
+    if !keep.is_empty() {
+        out.write(format!("\n--\n{title}\n--\n").as_bytes()).await?;
+        for g in keep {
+            let mut s = g.clone();
+            s.extend_from_slice(b";\n");
+            out.write(&s).await?;
+        }
     }
     Ok(dropped)
 }
@@ -1100,6 +1183,7 @@ mod tests {
     fn obj(db: &str, name: &str, body: &str) -> Object {
         Object {
             db: db.into(),
+            kind: "VIEW",
             name: name.into(),
             create: body.as_bytes().to_vec(),
             sql_mode: None,

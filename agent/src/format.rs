@@ -16,6 +16,8 @@ pub const COMPLETION_PREFIX: &str = "-- Dump completed ";
 pub const TABLE_TRAILER_PREFIX: &str = "-- trailer table ";
 /// Prefix of a trailer line naming one dumped database.
 pub const DATABASE_TRAILER_PREFIX: &str = "-- trailer database ";
+/// Prefix of a trailer line naming one view, routine, trigger, event or sequence.
+pub const OBJECT_TRAILER_PREFIX: &str = "-- trailer object ";
 /// The line that starts the trailer; trailer lines before it are not trailer lines.
 pub const TRAILER_START: &str = "-- Trailer: backup-agent dump format 1";
 pub const FORMAT_VERSION: u32 = 1;
@@ -150,6 +152,25 @@ impl TableTrailer {
         format!(
             "{}{}\n",
             TABLE_TRAILER_PREFIX,
+            serde_json::to_string(self).expect("serializable")
+        )
+    }
+}
+
+/// One stored object in the trailer (not a base table: those have `TableTrailer`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectTrailer {
+    pub db: String,
+    /// VIEW, PROCEDURE, FUNCTION, TRIGGER, EVENT or SEQUENCE.
+    pub kind: String,
+    pub name: String,
+}
+
+impl ObjectTrailer {
+    pub fn to_line(&self) -> String {
+        format!(
+            "{}{}\n",
+            OBJECT_TRAILER_PREFIX,
             serde_json::to_string(self).expect("serializable")
         )
     }
@@ -390,6 +411,7 @@ pub struct Trailer {
     pub started: bool,
     pub databases: Vec<String>,
     pub tables: Vec<TableTrailer>,
+    pub objects: Vec<ObjectTrailer>,
     pub completed: Option<String>,
 }
 
@@ -411,6 +433,10 @@ impl Trailer {
             let t: TableTrailer = serde_json::from_str(rest)
                 .map_err(|e| format!("malformed table trailer line: {e}"))?;
             self.tables.push(t);
+        } else if let Some(rest) = comment.strip_prefix(OBJECT_TRAILER_PREFIX) {
+            let o: ObjectTrailer = serde_json::from_str(rest)
+                .map_err(|e| format!("malformed object trailer line: {e}"))?;
+            self.objects.push(o);
         } else if let Some(rest) = comment.strip_prefix(DATABASE_TRAILER_PREFIX) {
             let d: String = serde_json::from_str(rest)
                 .map_err(|e| format!("malformed database trailer line: {e}"))?;

@@ -2,6 +2,7 @@
 //! DPO secret key is (the DPO's workstation, or a one-shot drill container).
 
 mod crypto;
+mod drill;
 mod restore;
 mod target;
 
@@ -23,7 +24,7 @@ use backup_agent::secret::{read_secret_file, Secret};
     version,
     about = "Verify, decrypt and replay backup-agent backups"
 )]
-#[command(group(ArgGroup::new("mode").required(true).args(["decrypt", "into"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["decrypt", "into", "verify", "list"])))]
 struct Cli {
     /// Configuration file (the agent's TOML format; its [restore] section is used).
     #[arg(long)]
@@ -37,9 +38,33 @@ struct Cli {
     /// Restore into this server: mysql://user@host:port/ or mysql://user@localhost/?socket=PATH
     #[arg(long, value_name = "URL", requires = "backup")]
     into: Option<String>,
-    /// The backup to restore (the .sql.gz.gpg file; its .sha256 file must be beside it).
-    #[arg(long, value_name = "FILE")]
+    /// The drill: verify the newest (or the given) backup by restoring it into a scratch
+    /// server and comparing every table with the dump's digests.
+    #[arg(long)]
+    verify: bool,
+    /// List the complete backups in the configured stores.
+    #[arg(long)]
+    list: bool,
+    /// The backup: a .sql.gz.gpg file (its .sha256 file beside it), or with --verify and
+    /// --config also a backup id or "latest".
+    #[arg(long, value_name = "FILE|ID")]
     backup: Option<PathBuf>,
+    /// With --verify/--list: the source (from --config).
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+    /// With --verify: only this store.
+    #[arg(long, value_name = "NAME")]
+    store: Option<String>,
+    /// With --verify: replay into this server instead of an ephemeral one; it must not hold
+    /// any of the dumped databases.
+    #[arg(long, value_name = "URL")]
+    scratch: Option<String>,
+    /// Password file for --scratch.
+    #[arg(long, value_name = "FILE")]
+    scratch_password_file: Option<PathBuf>,
+    /// Machine-readable output (--verify, --list).
+    #[arg(long)]
+    json: bool,
     /// Restore only this database (repeatable).
     #[arg(long = "database", value_name = "NAME")]
     databases: Vec<String>,
@@ -161,6 +186,12 @@ async fn run(cli: Cli) -> Result<()> {
         Some(p) => Some(Config::load(p).map_err(|e| usage(e.to_string()))?),
         None => None,
     };
+    if cli.list {
+        return list(&cli, cfg.as_ref());
+    }
+    if cli.verify {
+        return verify(&cli, cfg.as_ref()).await;
+    }
     let file = cli
         .decrypt
         .clone()
@@ -272,4 +303,165 @@ async fn run(cli: Cli) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
+    let cfg = cfg.ok_or_else(|| usage("--list needs --config (the stores and sources)"))?;
+    let mut rows = Vec::new();
+    for src in cfg
+        .sources
+        .iter()
+        .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
+    {
+        for st in &cfg.stores {
+            let store = backup_agent::store::open_store(st);
+            let list = backup_agent::catalog::complete_backups(store.as_ref(), &src.prefix)
+                .map_err(|e| anyhow!("{e}"))?;
+            for m in list {
+                rows.push(serde_json::json!({
+                    "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
+                    "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,
+                    "file": store.describe(&format!("{}/{}", src.prefix, m.data.name)),
+                }));
+            }
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<14} {:<12} {:<28} {:<22} {:>14}",
+            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES"
+        );
+        for r in &rows {
+            println!(
+                "{:<14} {:<12} {:<28} {:<22} {:>14}",
+                r["source"].as_str().unwrap_or(""),
+                r["store"].as_str().unwrap_or(""),
+                r["backup_id"].as_str().unwrap_or(""),
+                r["finished_at"].as_str().unwrap_or(""),
+                r["size"]
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
+    let started = chrono::Utc::now();
+    let mut report = drill::DrillReport {
+        started_at: started.to_rfc3339(),
+        ..Default::default()
+    };
+    let keys = load_keys(cli, cfg)?;
+    let scratch_password = match &cli.scratch_password_file {
+        Some(f) => Some(read_secret_file(f, "--scratch-password-file")?),
+        None => None,
+    };
+    let backup = cli.backup.as_ref().map(|b| b.display().to_string());
+    let args = drill::DrillArgs {
+        source: cli.source.as_deref(),
+        backup: backup.as_deref(),
+        store: cli.store.as_deref(),
+        scratch: cli.scratch.as_deref(),
+        scratch_password,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let outcome = tokio::select! {
+        r = drill::run(cfg, &args, &keys.dpo, &keys.trusted, &mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the scratch server was removed")),
+        _ = term.recv() => Err(anyhow!("terminated; the scratch server was removed")),
+    };
+    if let Err(e) = &outcome {
+        report.error = Some(format!("{e:#}"));
+    }
+    report.success =
+        outcome.is_ok() && report.mismatches.is_empty() && report.checks.iter().all(|c| c.ok);
+    report.finished_at = Some(chrono::Utc::now().to_rfc3339());
+    let notes = drill::record(cfg, &report);
+    if let Some(cfg) = cfg {
+        let alerter = backup_agent::alert::Alerter::new(
+            cfg.alerts.clone(),
+            backup_agent::state::StateStore::new(&cfg.agent.state_dir),
+        );
+        let src = report.source.clone().unwrap_or_else(|| "-".into());
+        let (event, msg) = if report.success {
+            (
+                "drill_succeeded",
+                format!(
+                    "restore drill of {} passed: {} tables identical",
+                    report.backup_id.clone().unwrap_or_default(),
+                    report.tables_compared
+                ),
+            )
+        } else {
+            (
+                "drill_failed",
+                format!(
+                    "restore drill of {} FAILED: {}",
+                    report.backup_id.clone().unwrap_or_else(|| "?".into()),
+                    report
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| report.mismatches.join("; "))
+                ),
+            )
+        };
+        let mut a = backup_agent::alert::Alert::new(event, &src, report.success, msg);
+        a.backup = report.backup_id.clone();
+        a.details = serde_json::json!({"tables_compared": report.tables_compared, "restore_seconds": report.restore_seconds, "mismatches": report.mismatches});
+        alerter.send(&a).await;
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restore drill of {} (source {}, store {})",
+            report.backup_id.as_deref().unwrap_or("?"),
+            report.source.as_deref().unwrap_or("?"),
+            report.store.as_deref().unwrap_or("-")
+        );
+        if let Some(age) = report.backup_age_seconds {
+            println!(
+                "  backup finished {} ({}h old), {} bytes",
+                report.backup_finished_at.as_deref().unwrap_or("?"),
+                age / 3600,
+                report.data_bytes.unwrap_or(0)
+            );
+        }
+        println!("  scratch: {}", report.scratch);
+        for c in &report.checks {
+            println!(
+                "  [{}] {}: {}",
+                if c.ok { "ok" } else { "FAILED" },
+                c.name,
+                c.detail
+            );
+        }
+        if let Some(t) = report.restore_seconds {
+            println!("  time to restore (RTO for this size): {t:.1}s");
+        }
+        for n in &notes {
+            println!("  {n}");
+        }
+        println!(
+            "{}",
+            if report.success {
+                "DRILL PASSED"
+            } else {
+                "DRILL FAILED"
+            }
+        );
+    }
+    if report.success {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the drill failed: {}",
+            report
+                .error
+                .clone()
+                .unwrap_or_else(|| report.mismatches.join("; "))
+        ))
+    }
 }

@@ -234,10 +234,17 @@ impl Selection {
         }
     }
 
+    /// Section titles (`-- Title` between `--` lines) switch the account sections on and off.
     pub fn comment(&mut self, c: &str) {
-        if c.starts_with("-- Users and grants") {
-            self.in_users = true;
+        if c == "--"
+            || c.starts_with("-- trailer")
+            || c.starts_with("-- Trailer")
+            || c.starts_with("-- Dump completed")
+        {
+            return;
         }
+        self.in_users = c.starts_with(backup_agent::dump::USERS_SECTION)
+            || c.starts_with(backup_agent::dump::GRANTS_SECTION);
     }
 
     pub fn wants(&mut self, stmt: &[u8]) -> bool {
@@ -362,9 +369,14 @@ mod tests {
         assert!(s.wants(b"CREATE DATABASE `a``b`"));
         assert!(s.wants(b"USE `a``b`"));
         assert!(s.wants(b"INSERT INTO t VALUES (1)"));
-        s.comment("-- Users and grants");
-        assert!(!s.wants(b"CREATE USER IF NOT EXISTS `x`@`%`"));
+        s.comment("-- Grants");
+        assert!(!s.wants(b"GRANT SELECT ON `a``b`.* TO `x`@`%`"));
         assert!(s.wants(b"SET SQL_MODE=@OLD_SQL_MODE"));
+        s.comment("--");
+        s.comment("-- Views");
+        assert!(s.wants(b"CREATE VIEW v AS SELECT 1"));
+        s.comment("-- Users and roles");
+        assert!(!s.wants(b"CREATE USER IF NOT EXISTS `x`@`%`"));
         let mut all = Selection::new(None);
         assert!(all.wants(b"anything"));
         assert_eq!(leading_ident(" `x``y` rest"), Some("x`y".into()));

@@ -1,0 +1,651 @@
+//! `restore --verify`: the monthly drill. Picks a backup, runs every check of a restore
+//! (checksum, decryption, MDC, signature, completeness) before any byte reaches a server,
+//! replays into a scratch server (an ephemeral socket-only MariaDB that it starts and
+//! removes, or `--scratch URL`), recomputes every table's row count, content digest and
+//! definition digest there and compares them with the dump's trailer, checks every view,
+//! routine, trigger, event and sequence exists, and records the result: a JSON report,
+//! drill.json in the agent's state dir, a copy beside the backups in the store, and the
+//! drill_succeeded / drill_failed alert.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use mysql_async::prelude::*;
+use serde::Serialize;
+
+use backup_agent::config::{Config, Endpoint, StoreKind};
+use backup_agent::digest::definition_digest;
+use backup_agent::format::{qualified, quote_str, Trailer};
+use backup_agent::manifest::{self, Manifest, DATA_SUFFIX};
+use backup_agent::store::{open_store, put_bytes};
+use backup_agent::{catalog, dump};
+
+use crate::crypto::{DpoKey, TrustedSigners};
+use crate::restore;
+use crate::target::{self, Target};
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct DrillReport {
+    pub success: bool,
+    pub backup_id: Option<String>,
+    pub source: Option<String>,
+    pub store: Option<String>,
+    pub file: Option<String>,
+    pub backup_finished_at: Option<String>,
+    pub backup_age_seconds: Option<i64>,
+    pub data_bytes: Option<u64>,
+    pub sql_bytes: Option<u64>,
+    pub scratch: String,
+    pub checks: Vec<Check>,
+    pub tables_compared: usize,
+    pub objects_checked: usize,
+    pub mismatches: Vec<String>,
+    /// Replay time: the measured RTO for this size.
+    pub restore_seconds: Option<f64>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl DrillReport {
+    fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+}
+
+pub struct DrillArgs<'a> {
+    pub source: Option<&'a str>,
+    pub backup: Option<&'a str>,
+    pub store: Option<&'a str>,
+    pub scratch: Option<&'a str>,
+    pub scratch_password: Option<backup_agent::secret::Secret>,
+}
+
+/// Where the backup to drill is.
+struct Chosen {
+    file: PathBuf,
+    store: Option<String>,
+    source: Option<String>,
+    prefix: Option<String>,
+    manifest: Option<Manifest>,
+}
+
+fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
+    if let Some(b) = a.backup {
+        let p = Path::new(b);
+        if p.is_file() {
+            return Ok(Chosen {
+                file: p.to_path_buf(),
+                store: None,
+                source: None,
+                prefix: None,
+                manifest: None,
+            });
+        }
+    }
+    let cfg = cfg.ok_or_else(|| anyhow!("give --config (stores and sources) or --backup FILE"))?;
+    let sources: Vec<_> = match a.source {
+        Some(n) => vec![cfg
+            .sources
+            .iter()
+            .find(|s| s.name == n)
+            .ok_or_else(|| anyhow!("no source named {n:?} in {}", cfg.file.display()))?],
+        None if cfg.sources.len() == 1 => vec![&cfg.sources[0]],
+        None => bail!("several sources are configured; choose one with --source NAME"),
+    };
+    let src = sources[0];
+    let stores: Vec<_> = cfg
+        .stores
+        .iter()
+        .filter(|s| a.store.is_none_or(|n| s.name == n))
+        .collect();
+    if stores.is_empty() {
+        bail!(
+            "no store named {:?} in {}",
+            a.store.unwrap_or(""),
+            cfg.file.display()
+        );
+    }
+    let want = a.backup.filter(|b| *b != "latest");
+    for st in stores {
+        let store = open_store(st);
+        let list =
+            catalog::complete_backups(store.as_ref(), &src.prefix).map_err(|e| anyhow!("{e}"))?;
+        let pick = match want {
+            Some(id) => list.into_iter().find(|m| m.backup_id == id),
+            None => list.into_iter().last(),
+        };
+        if let Some(m) = pick {
+            let StoreKind::Local { path } = &st.kind;
+            let file = path
+                .path
+                .join(&src.prefix)
+                .join(format!("{}{DATA_SUFFIX}", m.backup_id));
+            return Ok(Chosen {
+                file,
+                store: Some(st.name.clone()),
+                source: Some(src.name.clone()),
+                prefix: Some(src.prefix.clone()),
+                manifest: Some(m),
+            });
+        }
+    }
+    bail!(
+        "no complete backup {}of source {} in the configured stores",
+        want.map(|w| format!("{w} ")).unwrap_or_default(),
+        src.name
+    )
+}
+
+/// An ephemeral MariaDB: its own datadir in a temp dir, a socket, no TCP; removed on drop
+/// (also after a failure or an interrupt).
+pub struct Ephemeral {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Ephemeral {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
+    pub fn start() -> Result<Ephemeral> {
+        let base = std::env::var_os("TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        clean_stale(&base);
+        let dir = base.join(format!(
+            "restore-drill-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_millis()
+        ));
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut eph = Ephemeral {
+            dir: dir.clone(),
+            child: None,
+        };
+        let as_root = is_root();
+        if as_root {
+            let st = Command::new("chown")
+                .args(["-R", "mysql:mysql"])
+                .arg(&dir)
+                .status()?;
+            if !st.success() {
+                bail!("cannot hand {} to the mysql user", dir.display());
+            }
+        }
+        let find = |name: &str| -> Result<PathBuf> {
+            for d in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+                let p = Path::new(d).join(name);
+                if p.exists() {
+                    return Ok(p);
+                }
+            }
+            bail!("{name} is not installed; the drill's scratch server needs MariaDB (apt-get install mariadb-server), or give --scratch URL")
+        };
+        let mut install = Command::new(find("mariadb-install-db")?);
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ]);
+        if as_root {
+            install.arg("--user=mysql");
+        }
+        // mariadbd writes temp files to TMPDIR: its own directory, which it owns.
+        install.env("TMPDIR", &dir);
+        let o = install
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running mariadb-install-db")?;
+        if !o.status.success() {
+            bail!(
+                "mariadb-install-db failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+        let mut server = Command::new(find("mariadbd")?);
+        server
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", eph.socket().display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
+            .args([
+                "--skip-networking",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=128M",
+                "--innodb-log-file-size=64M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--max-allowed-packet=1G",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
+                "--event-scheduler=OFF",
+                "--skip-name-resolve",
+            ]);
+        if as_root {
+            server.arg("--user=mysql");
+        }
+        eph.child = Some(
+            server
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting mariadbd")?,
+        );
+        let t0 = Instant::now();
+        while !eph.socket().exists() {
+            if let Some(Ok(Some(st))) = eph.child.as_mut().map(|c| c.try_wait()) {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                bail!(
+                    "the scratch MariaDB exited ({st}): {}; if it cannot reach {} (as the mysql user), set TMPDIR to a directory it can reach, or give --scratch URL",
+                    log.lines().rev().take(3).collect::<Vec<_>>().join(" | "),
+                    dir.display()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("the scratch MariaDB did not start within 60s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(eph)
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            user: "root".into(),
+            host: "localhost".into(),
+            port: 0,
+            socket: Some(self.socket()),
+        }
+    }
+}
+
+impl Drop for Ephemeral {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Removes scratch servers of drills that were killed (their process is gone).
+fn clean_stale(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("restore-drill-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(p) = std::fs::read_to_string(e.path().join("mysqld.pid")) {
+            let _ = Command::new("kill").args(["-KILL", p.trim()]).status();
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+/// Compares the restored databases on `conn` with the trailer.
+async fn compare(
+    conn: &mut mysql_async::Conn,
+    trailer: &Trailer,
+    report: &mut DrillReport,
+) -> Result<()> {
+    conn.query_drop("SET SESSION sql_mode='', time_zone='+00:00', character_set_client=utf8mb4, collation_connection=utf8mb4_general_ci, character_set_results=binary")
+        .await?;
+    for t in &trailer.tables {
+        let name = format!("{}.{}", t.db, t.table);
+        let d = match dump::table_digest(conn, &t.db, &t.table).await {
+            Ok(d) => d,
+            Err(e) => {
+                report.mismatches.push(format!(
+                    "table {name}: cannot be read on the scratch server: {e}"
+                ));
+                continue;
+            }
+        };
+        if d.rows() != t.rows {
+            report.mismatches.push(format!(
+                "table {name}: {} rows restored, {} dumped",
+                d.rows(),
+                t.rows
+            ));
+        } else if d.hex() != t.content {
+            report.mismatches.push(format!(
+                "table {name}: content digest differs from the dump's ({} rows)",
+                t.rows
+            ));
+        }
+        let rows: Vec<mysql_async::Row> = conn
+            .query(format!("SHOW CREATE TABLE {}", qualified(&t.db, &t.table)))
+            .await?;
+        let def = rows
+            .into_iter()
+            .next()
+            .and_then(|mut r| r.take::<Vec<u8>, _>(1))
+            .unwrap_or_default();
+        if definition_digest(&String::from_utf8_lossy(&def)) != t.definition {
+            report
+                .mismatches
+                .push(format!("table {name}: definition differs from the dump's"));
+        }
+        report.tables_compared += 1;
+    }
+    for o in &trailer.objects {
+        let (db, n) = (quote_str(&o.db), quote_str(&o.name));
+        let q = match o.kind.as_str() {
+            "VIEW" => format!("SELECT COUNT(*) FROM information_schema.VIEWS WHERE TABLE_SCHEMA={db} AND TABLE_NAME={n}"),
+            "PROCEDURE" | "FUNCTION" => format!(
+                "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA={db} AND ROUTINE_NAME={n} AND ROUTINE_TYPE={}",
+                quote_str(&o.kind)
+            ),
+            "TRIGGER" => format!("SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={db} AND TRIGGER_NAME={n}"),
+            "EVENT" => format!("SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA={db} AND EVENT_NAME={n}"),
+            "SEQUENCE" => format!("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA={db} AND TABLE_NAME={n} AND TABLE_TYPE='SEQUENCE'"),
+            other => {
+                report.mismatches.push(format!("unknown object kind {other} in the trailer"));
+                continue;
+            }
+        };
+        let n: Option<Vec<u8>> = conn.query_first(q).await?;
+        let n: u64 = n
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if n != 1 {
+            report.mismatches.push(format!(
+                "{} {}.{}: missing on the scratch server",
+                o.kind.to_lowercase(),
+                o.db,
+                o.name
+            ));
+        }
+        report.objects_checked += 1;
+    }
+    Ok(())
+}
+
+/// Runs the drill; every outcome is in the report (Err only for usage problems).
+pub async fn run(
+    cfg: Option<&Config>,
+    a: &DrillArgs<'_>,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+    report: &mut DrillReport,
+) -> Result<()> {
+    let chosen = choose(cfg, a)?;
+    report.file = Some(chosen.file.display().to_string());
+    report.store = chosen.store.clone();
+    report.source = chosen.source.clone();
+    report.backup_id = manifest::backup_id_of(
+        &chosen
+            .file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
+    )
+    .map(String::from);
+    if let Some(m) = &chosen.manifest {
+        report.backup_finished_at = Some(m.finished_at.clone());
+        report.backup_age_seconds = catalog::finished_at(m).map(|t| (Utc::now() - t).num_seconds());
+        report.data_bytes = Some(m.data.size);
+    }
+    let _ = &chosen.prefix;
+
+    // Every check before any byte reaches any server.
+    let located = match restore::check_checksums(&chosen.file) {
+        Ok(l) => {
+            report.check(
+                "sha256",
+                true,
+                format!(
+                    "{} ({} bytes) matches its .sha256 file{}",
+                    l.expected_sha256,
+                    l.size,
+                    if l.manifest.is_some() {
+                        " and the manifest"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            l
+        }
+        Err(e) => {
+            report.check("sha256", false, format!("{e:#}"));
+            bail!("{e:#}");
+        }
+    };
+    report.data_bytes = Some(located.size);
+    if report.source.is_none() {
+        report.source = located.manifest.as_ref().map(|m| m.source.clone());
+    }
+    let v = match restore::verify_pass(&chosen.file, dpo, trusted) {
+        Ok(v) => v,
+        Err(e) => {
+            report.check(
+                "decrypt, MDC, signature, completeness",
+                false,
+                format!("{e:#}"),
+            );
+            bail!("{e:#}");
+        }
+    };
+    report.check(
+        "decryption and MDC",
+        true,
+        format!(
+            "{} with DPO subkey {}",
+            v.outcome.sym_algo.clone().unwrap_or_default(),
+            v.outcome.decrypted_with.clone().unwrap_or_default()
+        ),
+    );
+    report.check(
+        "signature",
+        true,
+        format!(
+            "good signature by trusted agent key {}",
+            v.outcome.signer.clone().unwrap_or_default()
+        ),
+    );
+    report.check(
+        "completeness",
+        true,
+        format!(
+            "{} statements, completion line {}",
+            v.statements,
+            v.trailer.completed.clone().unwrap_or_default()
+        ),
+    );
+    report.sql_bytes = Some(v.sql_bytes);
+
+    // The scratch server.
+    let eph;
+    let (tgt, password) = match a.scratch {
+        None => {
+            eph = Ephemeral::start()?;
+            report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
+            (eph.target(), None)
+        }
+        Some(url) => {
+            let t = target::parse(url)?;
+            if let Some(cfg) = cfg {
+                for s in &cfg.sources {
+                    let same = match (&s.endpoint, &t.socket) {
+                        (Endpoint::Tcp { host, port }, None) => *host == t.host && *port == t.port,
+                        (Endpoint::Socket(p), Some(q)) => p == q,
+                        _ => false,
+                    };
+                    if same {
+                        bail!("--scratch {t} is the production server of source {}; the drill never replays into it", s.name);
+                    }
+                }
+            }
+            report.scratch = t.to_string();
+            (t, a.scratch_password.clone())
+        }
+    };
+    let mut conn = target::connect(&tgt, password.as_ref()).await?;
+    let wsrep: Option<String> = conn
+        .query_first("SELECT @@GLOBAL.wsrep_on")
+        .await
+        .unwrap_or(None);
+    if wsrep.as_deref() == Some("1") {
+        bail!("the scratch server {tgt} is a Galera node (wsrep_on=ON): replayed data would replicate to the cluster; use a standalone server");
+    }
+    let existing: Vec<String> = conn.query("SHOW DATABASES").await?;
+    let clash: Vec<&String> = v
+        .trailer
+        .databases
+        .iter()
+        .filter(|d| existing.contains(d))
+        .collect();
+    if !clash.is_empty() {
+        bail!(
+            "the scratch server {tgt} already holds {}; a drill needs a server without the dumped databases",
+            clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let t0 = Instant::now();
+    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None).await?;
+    report.restore_seconds = Some(t0.elapsed().as_secs_f64());
+    report.check(
+        "replay",
+        true,
+        format!("{n} statements in {:.1}s", t0.elapsed().as_secs_f64()),
+    );
+    compare(&mut conn, &v.trailer, report).await?;
+    let ok = report.mismatches.is_empty();
+    report.check(
+        "tables and objects",
+        ok,
+        if ok {
+            format!(
+                "{} tables identical (rows, content, definition), {} objects present",
+                report.tables_compared, report.objects_checked
+            )
+        } else {
+            report.mismatches.join("; ")
+        },
+    );
+    // Drop what the drill created on a given scratch server.
+    if a.scratch.is_some() {
+        for d in &v.trailer.databases {
+            let _ = conn
+                .query_drop(format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    backup_agent::format::quote_ident(d)
+                ))
+                .await;
+        }
+    }
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+/// Writes the drill record where the agents read it: drill.json in the state dir, and a
+/// copy beside the backups in the store.
+pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(cfg) = cfg else { return notes };
+    let rec = backup_agent::state::DrillRecord {
+        finished_at: Utc::now(),
+        success: report.success,
+        backup_id: report.backup_id.clone(),
+        source: report.source.clone(),
+        message: report
+            .error
+            .clone()
+            .or_else(|| report.mismatches.first().cloned()),
+    };
+    let json = serde_json::to_vec_pretty(&rec).expect("serializable");
+    let dir = &cfg.agent.state_dir;
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(".drill.json.tmp");
+        std::fs::write(&tmp, &json)?;
+        std::fs::rename(&tmp, dir.join("drill.json"))
+    };
+    match write() {
+        Ok(()) => notes.push(format!(
+            "drill record written to {}",
+            dir.join("drill.json").display()
+        )),
+        Err(e) => notes.push(format!(
+            "could not write the drill record to {}: {e}",
+            dir.display()
+        )),
+    }
+    if let (Some(store_name), Some(src)) = (&report.store, &report.source) {
+        if let (Some(st), Some(s)) = (
+            cfg.stores.iter().find(|s| &s.name == store_name),
+            cfg.sources.iter().find(|s| &s.name == src),
+        ) {
+            let store = open_store(st);
+            let key = format!(
+                "{}/drills/drill_{}.json",
+                s.prefix,
+                Utc::now().format("%Y-%m-%d_%H%M%S")
+            );
+            let full = serde_json::to_vec_pretty(report).expect("serializable");
+            match put_bytes(store.as_ref(), &key, &full) {
+                Ok(()) => notes.push(format!("drill report stored as {}", store.describe(&key))),
+                Err(e) => notes.push(format!("could not store the drill report: {e}")),
+            }
+        }
+    }
+    notes
+}
