@@ -188,15 +188,51 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
             .collect(),
         None => Vec::new(),
     };
+    // The newest drill record: the local one (drill.json) or one the drill wrote into a
+    // store beside the backups (that is how agents on other hosts learn of it).
+    let mut drill = load_drill(&cfg.agent.state_dir);
+    for src in &cfg.sources {
+        for st in &stores {
+            if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix) {
+                if drill.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
+                    drill = Some(r);
+                }
+            }
+        }
+    }
     Facts {
         now,
         sources,
         all_stores: cfg.stores.iter().map(|s| s.name.clone()).collect(),
         dpo,
         dpo_warning_days: cfg.agent.dpo_expiry_warning_days,
-        drill: load_drill(&cfg.agent.state_dir),
+        drill,
         drill_max_age: cfg.agent.drill_max_age,
     }
+}
+
+/// The newest `drills/drill_*.json` report under a source's prefix in a store.
+fn newest_drill_in_store(store: &dyn crate::store::Store, prefix: &str) -> Option<DrillRecord> {
+    let dir = format!("{prefix}/drills");
+    let name = store
+        .list(&dir)
+        .ok()?
+        .into_iter()
+        .filter(|n| n.starts_with("drill_") && n.ends_with(".json"))
+        .max()?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut store.open(&format!("{dir}/{name}")).ok()?, &mut text).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let finished_at = DateTime::parse_from_rfc3339(v["finished_at"].as_str()?)
+        .ok()?
+        .with_timezone(&Utc);
+    Some(DrillRecord {
+        finished_at,
+        success: v["success"].as_bool()?,
+        backup_id: v["backup_id"].as_str().map(String::from),
+        source: v["source"].as_str().map(String::from),
+        message: v["error"].as_str().map(String::from),
+    })
 }
 
 /// The whole healthcheck: state + stores + certificates -> verdict.

@@ -560,7 +560,7 @@ pub async fn run(
         );
     }
     let t0 = Instant::now();
-    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None).await?;
+    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None, v.sql_bytes).await?;
     report.restore_seconds = Some(t0.elapsed().as_secs_f64());
     report.check(
         "replay",

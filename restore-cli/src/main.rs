@@ -268,6 +268,20 @@ async fn run(cli: Cli) -> Result<()> {
                 clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
     }
+    // On a Galera target each statement is one writeset (autocommit, at most 1 MiB unless a
+    // single row is larger): it must fit wsrep_max_ws_size, or the cluster refuses it midway.
+    let wsrep: Option<(String, u64)> = conn
+        .query_first("SELECT @@GLOBAL.wsrep_on, @@GLOBAL.wsrep_max_ws_size")
+        .await
+        .unwrap_or(None);
+    if let Some((on, ws)) = wsrep {
+        if on == "1" && (ws as usize) < v.largest_statement {
+            bail!(
+                "the target is a Galera node whose wsrep_max_ws_size is {ws} bytes, but the largest statement in this backup is {} bytes; raise wsrep_max_ws_size and retry",
+                v.largest_statement
+            );
+        }
+    }
     let map: u64 = conn
         .query_first("SELECT @@max_allowed_packet")
         .await?
@@ -288,14 +302,21 @@ async fn run(cli: Cli) -> Result<()> {
         .await?;
     }
     // Pass 2: replay.
-    let n = restore::replay(&file, &keys.dpo, &keys.trusted, &mut conn, only)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
-                wanted.join(", ")
-            )
-        })?;
+    let n = restore::replay(
+        &file,
+        &keys.dpo,
+        &keys.trusted,
+        &mut conn,
+        only,
+        v.sql_bytes,
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
+            wanted.join(", ")
+        )
+    })?;
     let _ = conn.disconnect().await;
     eprintln!(
         "restore: restored {} into {target}: {n} statements in {:.1}s",

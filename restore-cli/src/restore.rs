@@ -292,8 +292,64 @@ fn leading_ident(s: &str) -> Option<String> {
 }
 
 enum Msg {
-    Stmt(Vec<u8>),
+    /// A statement, and how many SQL bytes were read up to its end.
+    Stmt(Vec<u8>, u64),
     Comment(String),
+}
+
+/// Progress on a terminal: bytes, tables, rate, ETA (total from the verification pass).
+struct Progress {
+    total: u64,
+    started: std::time::Instant,
+    last: std::time::Instant,
+    tables: u64,
+    on: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Progress {
+            total,
+            started: now,
+            last: now,
+            tables: 0,
+            on: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, stmt: &[u8], done: u64) {
+        if stmt.starts_with(b"CREATE TABLE") {
+            self.tables += 1;
+        }
+        if !self.on || self.last.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 {
+            (self.total.saturating_sub(done)) as f64 / rate
+        } else {
+            0.0
+        };
+        eprint!(
+            "\rrestore: {:.0} / {:.0} MiB ({:.0}%), {} tables, {:.1} MiB/s, ETA {:.0}s   ",
+            done as f64 / 1048576.0,
+            self.total as f64 / 1048576.0,
+            100.0 * done as f64 / self.total.max(1) as f64,
+            self.tables,
+            rate / 1048576.0,
+            eta
+        );
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
 }
 
 /// Pass 2 for `--into`: replays the verified file over one connection.
@@ -303,6 +359,7 @@ pub async fn replay(
     trusted: &TrustedSigners,
     conn: &mut mysql_async::Conn,
     only: Option<Vec<String>>,
+    total_sql_bytes: u64,
 ) -> Result<u64> {
     let reader = open_sql(path, dpo, trusted)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
@@ -310,7 +367,7 @@ pub async fn replay(
         let mut sp = Splitter::new(reader);
         while let Some(item) = sp.next_item()? {
             let m = match item {
-                Item::Statement(s) => Msg::Stmt(s),
+                Item::Statement(s) => Msg::Stmt(s, sp.bytes_read),
                 Item::Comment(c) => Msg::Comment(c),
             };
             if tx.blocking_send(m).is_err() {
@@ -320,12 +377,14 @@ pub async fn replay(
         finish_sql(sp.into_inner())
     });
     let mut sel = Selection::new(only);
+    let mut progress = Progress::new(total_sql_bytes);
     let mut executed = 0u64;
     let mut failure = None;
     while let Some(m) = rx.recv().await {
         match m {
             Msg::Comment(c) => sel.comment(&c),
-            Msg::Stmt(s) => {
+            Msg::Stmt(s, done) => {
+                progress.update(&s, done);
                 if !sel.wants(&s) {
                     continue;
                 }
@@ -342,6 +401,7 @@ pub async fn replay(
         }
     }
     drop(rx);
+    progress.finish();
     if let Some(f) = failure {
         let _ = producer.await;
         return Err(f);
