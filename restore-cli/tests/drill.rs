@@ -102,6 +102,68 @@ fn drill_passes_on_the_round_trip_schema_with_ephemeral_and_given_scratch() {
         "success"
     );
 
+    // A failing drill alerts too: the newest backup's data object is damaged in the store.
+    let data = setup.only_backup();
+    let good = std::fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 3] ^= 0x04;
+    std::fs::write(&data, &bad).unwrap();
+    let o = Command::new(restore_bin())
+        .args(&args)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let failed = hook.wait_event("drill_failed", Duration::from_secs(5));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum mismatch"),
+        "{failed}"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(setup.path("state/drill.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["success"], false);
+    std::fs::write(&data, &good).unwrap();
+    ok(
+        &Command::new(restore_bin())
+            .args(&args)
+            .env("TMPDIR", &tmp)
+            .output()
+            .unwrap(),
+        "drill after repair",
+    );
+
+    // Another agent (its own state dir, no drill.json) learns of the drill from the store.
+    setup.agent_extra = "drill_max_age = \"35d\"\n".into();
+    std::fs::remove_file(setup.path("state/drill.json")).unwrap();
+    let hc = setup.agent(&src, &["healthcheck"]);
+    assert_eq!(
+        hc.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&hc.stdout)
+    );
+    for f in setup
+        .store_files()
+        .iter()
+        .filter(|f| f.contains("/drills/"))
+    {
+        std::fs::remove_file(setup.store().join(f)).unwrap();
+    }
+    let hc = setup.agent(&src, &["healthcheck"]);
+    assert_eq!(
+        hc.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&hc.stdout)
+    );
+    assert!(String::from_utf8_lossy(&hc.stdout).contains("no restore drill on record"));
+    setup.agent_extra.clear();
+
     // The same drill into a given scratch server, which must not hold the databases.
     let pw = setup.path("scratch.pw");
     std::fs::write(&pw, &dst.password).unwrap();

@@ -80,32 +80,23 @@ impl Server {
 
     /// Runs SQL; panics with the server's message on failure.
     pub fn sql(&self, sql: &str) -> String {
-        let o = self
-            .client()
-            .arg("-e")
-            .arg(sql)
-            .output()
-            .expect("run mariadb client");
-        assert!(
-            o.status.success(),
-            "SQL failed on port {}: {sql}\n{}",
-            self.port,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        self.run_sql(None, sql)
     }
 
+    /// Runs SQL with `db` as the default database.
     pub fn sql_db(&self, db: &str, sql: &str) -> String {
-        let o = self
-            .client()
-            .arg(db)
-            .arg("-e")
-            .arg(sql)
-            .output()
-            .expect("run mariadb client");
+        self.run_sql(Some(db), sql)
+    }
+
+    fn run_sql(&self, db: Option<&str>, sql: &str) -> String {
+        let mut c = self.client();
+        if let Some(d) = db {
+            c.arg(d);
+        }
+        let o = c.arg("-e").arg(sql).output().expect("run mariadb client");
         assert!(
             o.status.success(),
-            "SQL failed on port {} db {db}: {sql}\n{}",
+            "SQL failed on port {} db {db:?}: {sql}\n{}",
             self.port,
             String::from_utf8_lossy(&o.stderr)
         );
