@@ -638,7 +638,7 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
             let key = format!(
                 "{}/drills/drill_{}.json",
                 s.prefix,
-                Utc::now().format("%Y-%m-%d_%H%M%S")
+                Utc::now().format("%Y-%m-%d_%H%M%S_%3f")
             );
             let full = serde_json::to_vec_pretty(report).expect("serializable");
             match put_bytes(store.as_ref(), &key, &full) {
