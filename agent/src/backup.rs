@@ -11,7 +11,7 @@ use crate::config::{EncryptionConfig, SourceConfig};
 use crate::crypto::SealingKeys;
 use crate::dump::{self, DumpError, SqlOutput};
 use crate::manifest::{self, DataObject, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use crate::pipeline::{self, PipelineError, Sealed};
+use crate::pipeline::{self, PipelineError};
 use crate::secret::read_secret_file;
 use crate::store::{put_bytes, Store, StoreError};
 
@@ -162,9 +162,10 @@ pub async fn run_backup(
     };
     let _ = conn.disconnect().await;
 
-    // From here on the data object is visible; remove it again if anything fails.
-    let finish = || -> Result<(Sealed, Manifest), BackupError> {
-        let written = store
+    // From here on the data object is visible: read it back, then write the .sha256 file
+    // and the manifest; if anything fails, remove this backup's objects again.
+    let publish = || -> Result<Manifest, BackupError> {
+        let read_back = store
             .open(&key(DATA_SUFFIX))
             .and_then(|r| {
                 pipeline::hash_stream(r).map_err(|source| StoreError::Io {
@@ -175,42 +176,6 @@ pub async fn run_backup(
                 })
             })
             .map_err(st)?;
-        Ok((
-            written,
-            Manifest {
-                format_version: manifest::MANIFEST_VERSION,
-                backup_id: id.clone(),
-                source: source.name.clone(),
-                host: summary.host.clone(),
-                server_version: summary.server_version.clone(),
-                started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                binlog: summary.binlog.clone(),
-                galera: None,
-                databases: summary.databases.clone(),
-                data: DataObject {
-                    name: data_name.clone(),
-                    size: 0,
-                    sha256: String::new(),
-                    compression: "gzip".into(),
-                    encryption: "openpgp-seipdv1-aes256".into(),
-                },
-                dpo_recipients: keys.recipient_fingerprints(),
-                signer: keys.signer_fingerprint().to_string(),
-                tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
-                largest_statement_bytes: summary.largest_statement as u64,
-                tables: summary.tables as u64,
-                warnings: summary.warnings.clone(),
-            },
-        ))
-    };
-    let cleanup = |store: &dyn Store| {
-        for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
-            let _ = store.remove(&key(suffix));
-        }
-    };
-    let result = (|| {
-        let (read_back, mut m) = finish()?;
         if read_back != sealed {
             return Err(BackupError::Verify {
                 source_name: sname.clone(),
@@ -220,25 +185,50 @@ pub async fn run_backup(
                 read: format!("{} bytes sha256 {}", read_back.size, read_back.sha256),
             });
         }
-        m.data.size = read_back.size;
-        m.data.sha256 = read_back.sha256.clone();
+        let m = Manifest {
+            format_version: manifest::MANIFEST_VERSION,
+            backup_id: id.clone(),
+            source: source.name.clone(),
+            host: summary.host.clone(),
+            server_version: summary.server_version.clone(),
+            started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            binlog: summary.binlog.clone(),
+            galera: None,
+            databases: summary.databases.clone(),
+            data: DataObject {
+                name: data_name.clone(),
+                size: read_back.size,
+                sha256: read_back.sha256.clone(),
+                compression: "gzip".into(),
+                encryption: "openpgp-seipdv1-aes256".into(),
+            },
+            dpo_recipients: keys.recipient_fingerprints(),
+            signer: keys.signer_fingerprint().to_string(),
+            tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
+            largest_statement_bytes: summary.largest_statement as u64,
+            tables: summary.tables as u64,
+            warnings: summary.warnings.clone(),
+        };
         put_bytes(
             store,
             &key(SHA256_SUFFIX),
             manifest::sha256_line(&read_back.sha256, &data_name).as_bytes(),
         )
         .map_err(st)?;
-        let json = serde_json::to_vec_pretty(&m).expect("manifest serializes");
-        put_bytes(store, &key(MANIFEST_SUFFIX), &json).map_err(st)?;
-        Ok::<_, BackupError>((read_back, m))
-    })();
-    let manifest = match result {
-        Ok((_, m)) => m,
-        Err(e) => {
-            cleanup(store);
-            return Err(e);
-        }
+        put_bytes(
+            store,
+            &key(MANIFEST_SUFFIX),
+            &serde_json::to_vec_pretty(&m).expect("manifest serializes"),
+        )
+        .map_err(st)?;
+        Ok(m)
     };
+    let manifest = publish().inspect_err(|_| {
+        for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
+            let _ = store.remove(&key(suffix));
+        }
+    })?;
     Ok(BackupReport {
         manifest,
         stores: vec![store.name().to_string()],
