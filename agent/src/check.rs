@@ -27,25 +27,27 @@ pub fn check(cfg: &Config) -> CheckReport {
     }
     if let Some(enc) = &cfg.encryption {
         for cp in &enc.dpo_certificates {
-            match crypto::check_dpo_certificate(cp) {
-                Ok((_, info)) => {
-                    let exp = info
-                        .expires_at
-                        .map(|t| {
-                            chrono::DateTime::<chrono::Utc>::from(t)
-                                .format("%Y-%m-%d")
-                                .to_string()
-                        })
-                        .unwrap_or_else(|| "never".into());
-                    r.notes.push(format!(
-                        "DPO certificate {} ({}): {} encryption subkey(s), expires {exp}",
-                        info.fingerprint,
-                        info.user_ids
-                            .first()
-                            .map(String::as_str)
-                            .unwrap_or("no user id"),
-                        info.encryption_subkeys.len()
-                    ));
+            match crypto::check_dpo_certificates(cp) {
+                Ok(certs) => {
+                    for (_, info) in certs {
+                        let exp = info
+                            .expires_at
+                            .map(|t| {
+                                chrono::DateTime::<chrono::Utc>::from(t)
+                                    .format("%Y-%m-%d")
+                                    .to_string()
+                            })
+                            .unwrap_or_else(|| "never".into());
+                        r.notes.push(format!(
+                            "DPO certificate {} ({}): {} encryption subkey(s), expires {exp}",
+                            info.fingerprint,
+                            info.user_ids
+                                .first()
+                                .map(String::as_str)
+                                .unwrap_or("no user id"),
+                            info.encryption_subkeys.len()
+                        ));
+                    }
                 }
                 Err(e) => r
                     .problems

@@ -52,13 +52,26 @@ pub struct DpoCertInfo {
     pub user_ids: Vec<String>,
 }
 
-/// Reads and checks one DPO certificate file: public only, valid under the standard policy
-/// now, not expired or revoked, at least one encryption subkey, v4 (GnuPG 2.2 reads v4).
-pub fn check_dpo_certificate(cp: &ConfigPath) -> Result<(Cert, DpoCertInfo), CryptoError> {
-    let policy = StandardPolicy::new();
-    let cert = Cert::from_file(&cp.path).map_err(|e| {
+/// Reads and checks a DPO certificate file, which may hold several certificates (a
+/// keyring, e.g. two DPOs exported together): each must be public only, valid under the
+/// standard policy now, not expired or revoked, with at least one encryption subkey, v4
+/// (GnuPG 2.2 reads v4).
+pub fn check_dpo_certificates(cp: &ConfigPath) -> Result<Vec<(Cert, DpoCertInfo)>, CryptoError> {
+    let read_err = |e: anyhow::Error| {
         key_err(cp, format!("cannot read an OpenPGP certificate: {e}; export it with `gpg --export --armor FINGERPRINT`"))
-    })?;
+    };
+    let certs: Vec<Cert> = CertParser::from_file(&cp.path)
+        .map_err(read_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    if certs.is_empty() {
+        return Err(key_err(cp, "the file holds no OpenPGP certificate; export it with `gpg --export --armor FINGERPRINT`"));
+    }
+    certs.into_iter().map(|c| check_one(cp, c)).collect()
+}
+
+fn check_one(cp: &ConfigPath, cert: Cert) -> Result<(Cert, DpoCertInfo), CryptoError> {
+    let policy = StandardPolicy::new();
     if cert.is_tsk() {
         return Err(key_err(
             cp,
@@ -238,9 +251,10 @@ impl SealingKeys {
         let mut dpo = Vec::new();
         let mut dpo_info = Vec::new();
         for cp in &enc.dpo_certificates {
-            let (c, i) = check_dpo_certificate(cp)?;
-            dpo.push(c);
-            dpo_info.push(i);
+            for (c, i) in check_dpo_certificates(cp)? {
+                dpo.push(c);
+                dpo_info.push(i);
+            }
         }
         let signer = load_signing_key(
             &enc.signing_key_file,

@@ -181,9 +181,12 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         Some(enc) => enc
             .dpo_certificates
             .iter()
-            .map(|cp| match crypto::check_dpo_certificate(cp) {
-                Ok((_, info)) => Ok((info.fingerprint, info.expires_at.map(DateTime::<Utc>::from))),
-                Err(e) => Err(e.to_string()),
+            .flat_map(|cp| match crypto::check_dpo_certificates(cp) {
+                Ok(certs) => certs
+                    .into_iter()
+                    .map(|(_, i)| Ok((i.fingerprint, i.expires_at.map(DateTime::<Utc>::from))))
+                    .collect(),
+                Err(e) => vec![Err(e.to_string())],
             })
             .collect(),
         None => Vec::new(),

@@ -102,9 +102,17 @@ impl TrustedSigners {
     pub fn load(files: &[&Path], pins: &[String]) -> Result<TrustedSigners> {
         let mut certs = Vec::new();
         for f in files {
-            let c = Cert::from_file(f)
+            // A file may hold several certificates (both datacenters' agents, say).
+            let parsed: Vec<Cert> = CertParser::from_file(f)
+                .and_then(|p| p.collect::<openpgp::Result<Vec<_>>>())
                 .with_context(|| format!("agent certificate {}: cannot read", f.display()))?;
-            certs.push(c);
+            if parsed.is_empty() {
+                bail!(
+                    "agent certificate {}: the file holds no certificate",
+                    f.display()
+                );
+            }
+            certs.extend(parsed);
         }
         if certs.is_empty() {
             bail!("no trusted agent certificate: give --agent-cert FILE (or restore.agent_certificates in the config) so the signature can be checked");
