@@ -1006,6 +1006,16 @@ struct Accounts {
     grants: Vec<Vec<u8>>,
 }
 
+/// Server errors that mean an account disappeared while the dump read it.
+fn account_vanished(e: &DumpError) -> bool {
+    // 1133 no such user, 1141 no such grant, 1449 definer does not exist, 1959 invalid role.
+    matches!(e, DumpError::Server { source: mysql_async::Error::Server(se), .. } if matches!(se.code, 1133 | 1141 | 1449 | 1959))
+}
+
+/// Accounts are not transactional: one created or dropped while the dump reads them must
+/// not fail the backup or produce statements that do not load. An account that vanished
+/// between the listing and its SHOW statements is skipped; a role grant naming a role that
+/// is not in the listing is left out (and counted).
 async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError> {
     let users = fetch(
         conn,
@@ -1013,6 +1023,11 @@ async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError> {
         "listing users (grant the dump user SELECT on mysql.user, or set users_and_grants = false)",
     )
     .await?;
+    let roles: HashSet<String> = users
+        .iter()
+        .filter(|u| text(&u[2]) == "Y")
+        .map(|u| text(&u[0]))
+        .collect();
     let mut creates = Vec::new();
     let mut grants = Vec::new();
     let mut seen = HashSet::new();
@@ -1026,32 +1041,62 @@ async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError> {
         } else {
             format!("{}@{}", quote_ident(&user), quote_ident(&host))
         };
-        if is_role {
-            creates.push(format!("CREATE ROLE IF NOT EXISTS {account};\n").into_bytes());
+        let create = if is_role {
+            format!("CREATE ROLE IF NOT EXISTS {account};\n").into_bytes()
         } else {
-            let c = fetch(
+            match fetch(
                 conn,
                 &format!("SHOW CREATE USER {account}"),
                 &format!("reading account {user}@{host}"),
             )
-            .await?;
-            let stmt = bytes(&c[0][0]);
-            let mut s = match stmt.strip_prefix(b"CREATE USER ") {
-                Some(rest) => [b"CREATE USER IF NOT EXISTS ".as_slice(), rest].concat(),
-                None => stmt,
-            };
-            s.extend_from_slice(b";\n");
-            creates.push(s);
-        }
-        let g = fetch(
+            .await
+            {
+                Ok(c) => {
+                    let stmt = bytes(&c[0][0]);
+                    let mut s = match stmt.strip_prefix(b"CREATE USER ") {
+                        Some(rest) => [b"CREATE USER IF NOT EXISTS ".as_slice(), rest].concat(),
+                        None => stmt,
+                    };
+                    s.extend_from_slice(b";\n");
+                    s
+                }
+                Err(e) if account_vanished(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let g = match fetch(
             conn,
             &format!("SHOW GRANTS FOR {account}"),
             &format!("reading grants of {user}@{host}"),
         )
-        .await?;
-        grants.extend(g.iter().map(|r| bytes(&r[0])));
+        .await
+        {
+            Ok(g) => g,
+            Err(e) if account_vanished(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        creates.push(create);
+        for r in &g {
+            let stmt = bytes(&r[0]);
+            if let Some(role) = granted_role(&String::from_utf8_lossy(&stmt)) {
+                if !roles.contains(&role) {
+                    continue;
+                }
+            }
+            grants.push(stmt);
+        }
     }
     Ok(Accounts { creates, grants })
+}
+
+/// The role of a `GRANT `role` TO ...` statement (a grant with no ON clause).
+fn granted_role(stmt: &str) -> Option<String> {
+    let rest = stmt.strip_prefix("GRANT ")?;
+    if grant_object(stmt) != GrantObject::Unconditional || stmt.contains(" ON ") {
+        return None;
+    }
+    let (role, after) = take_ident(rest)?;
+    after.trim_start().starts_with("TO ").then_some(role)
 }
 
 /// Marks the sections a `--database` restore skips.
@@ -1221,6 +1266,12 @@ mod tests {
             grant_object("GRANT EXECUTE ON FUNCTION `d`.`f` TO `u`@`%`"),
             Routine("d".into(), "f".into())
         );
+        assert_eq!(
+            granted_role("GRANT `r``1` TO `u`@`%` WITH ADMIN OPTION"),
+            Some("r`1".into())
+        );
+        assert_eq!(granted_role("GRANT SELECT ON `d`.* TO `u`@`%`"), None);
+        assert_eq!(granted_role("GRANT USAGE ON *.* TO `u`@`%`"), None);
     }
 
     #[test]

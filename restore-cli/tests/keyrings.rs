@@ -10,7 +10,10 @@ fn keyring_files_for_dpo_and_agent_certificates() {
     let db = unique("ring");
     src.drop_db(&db);
     src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(&db, "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1),(2)");
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1),(2)",
+    );
     let g = Gpg::new();
     g.gen_key("second-dpo@test.invalid", "ed25519", None, "0");
     g.gen_key("other-agent@test.invalid", "ed25519", None, "0");
@@ -18,16 +21,31 @@ fn keyring_files_for_dpo_and_agent_certificates() {
     let second_pub = setup.path("second.pub.asc");
     g.export_public("second-dpo@test.invalid", &second_pub);
     let ring = setup.path("dpos.asc");
-    let both = [std::fs::read(testdata("dpo.pub.asc")).unwrap(), std::fs::read(&second_pub).unwrap()].concat();
+    let both = [
+        std::fs::read(testdata("dpo.pub.asc")).unwrap(),
+        std::fs::read(&second_pub).unwrap(),
+    ]
+    .concat();
     std::fs::write(&ring, both).unwrap();
     setup.dpo_certs = vec![ring];
     let o = setup.agent(&src, &["check-config"]);
     ok(&o, "check-config");
-    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("ok: DPO certificate").count(), 2);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("ok: DPO certificate")
+            .count(),
+        2
+    );
     ok(&setup.agent(&src, &["backup"]), "backup");
     let data = setup.only_backup();
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.to_string_lossy().replace(".sql.gz.gpg", ".manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            data.to_string_lossy()
+                .replace(".sql.gz.gpg", ".manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     assert_eq!(m["dpo_recipients"].as_array().unwrap().len(), 2, "{m}");
 
     // Either DPO decrypts; the agent certificates come from one keyring file.
@@ -36,7 +54,15 @@ fn keyring_files_for_dpo_and_agent_certificates() {
     let agents = setup.path("agents.asc");
     let other_pub = setup.path("other-agent.pub.asc");
     g.export_public("other-agent@test.invalid", &other_pub);
-    std::fs::write(&agents, [std::fs::read(&other_pub).unwrap(), std::fs::read(testdata("agent.pub.asc")).unwrap()].concat()).unwrap();
+    std::fs::write(
+        &agents,
+        [
+            std::fs::read(&other_pub).unwrap(),
+            std::fs::read(testdata("agent.pub.asc")).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     for key in [testdata("dpo.sec.asc"), second_sec] {
         let out = setup.path("out.sql");
         let _ = std::fs::remove_file(&out);
@@ -51,7 +77,13 @@ fn keyring_files_for_dpo_and_agent_certificates() {
             agents.display().to_string(),
         ]);
         ok(&o, "restore --decrypt with a keyring of agent certificates");
-        assert!(std::fs::read_to_string(&out).unwrap().trim_end().lines().last().unwrap().starts_with("-- Dump completed"));
+        assert!(std::fs::read_to_string(&out)
+            .unwrap()
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("-- Dump completed"));
     }
     src.drop_db(&db);
 }
