@@ -852,6 +852,15 @@ impl Validator<'_> {
             });
         }
 
+        if stores.len() > 1 {
+            // Copies on several stores, verified and repaired, come with the stores work;
+            // until then a second store would silently get nothing.
+            self.problem(
+                "store[1]",
+                None,
+                "only one [[store]] is supported in this version (backups would not reach the others); configure a single store",
+            );
+        }
         let rr = raw.restore.unwrap_or_default();
         let restore = RestoreConfig {
             dpo_secret_key_file: rr
@@ -1182,6 +1191,15 @@ path = "/var/backups"
         let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
         assert_eq!(e.problems.len(), 3, "{e}");
         assert!(e.problems.iter().all(|p| p.position.is_some()), "{e}");
+    }
+
+    #[test]
+    fn a_second_store_is_refused_until_replication_exists() {
+        let text = format!(
+            "{GOOD}\n[[store]]\nname = \"offsite\"\nkind = \"local\"\npath = \"/mnt/offsite\"\n"
+        );
+        let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("only one [[store]]"), "{e}");
     }
 
     #[test]
