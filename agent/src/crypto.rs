@@ -7,7 +7,6 @@
 //! signature inside the encryption, binary literal data.
 
 use std::io::{self, Write};
-use std::path::Path;
 use std::time::SystemTime;
 
 use openpgp::cert::prelude::*;
@@ -371,9 +370,4 @@ impl Write for Sealer<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-/// Reads a certificate file and returns its primary fingerprint (for check-config output).
-pub fn fingerprint_of(path: &Path) -> Option<String> {
-    Cert::from_file(path).ok().map(|c| c.fingerprint().to_hex())
 }

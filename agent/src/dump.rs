@@ -17,7 +17,7 @@
 //! database, its sequences, tables and data; then all routines; then all views in
 //! dependency order; then triggers and events; then users and grants; then the trailer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
@@ -1185,15 +1185,6 @@ pub async fn table_digest(
         d.add_row(v.iter().map(|x| x.as_deref()));
     }
     Ok(d)
-}
-
-/// Groups trailer entries by database (for reports).
-pub fn tables_by_db(t: &[TableTrailer]) -> BTreeMap<&str, Vec<&TableTrailer>> {
-    let mut m: BTreeMap<&str, Vec<&TableTrailer>> = BTreeMap::new();
-    for x in t {
-        m.entry(x.db.as_str()).or_default().push(x);
-    }
-    m
 }
 
 #[cfg(test)]

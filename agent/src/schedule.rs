@@ -9,7 +9,6 @@ use chrono_tz::Tz;
 
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    expr: String,
     cron: cron::Schedule,
     tz: Tz,
 }
@@ -39,20 +38,12 @@ impl Schedule {
         if cron.after(&Utc::now().with_timezone(&tz)).next().is_none() {
             return Err(format!("{expr:?} never fires"));
         }
-        Ok(Schedule {
-            expr: expr.to_string(),
-            cron,
-            tz,
-        })
+        Ok(Schedule { cron, tz })
     }
 
     /// 02:00 UTC every day.
     pub fn default_daily() -> Schedule {
         Schedule::parse("0 2 * * *", "UTC").expect("valid")
-    }
-
-    pub fn expr(&self) -> &str {
-        &self.expr
     }
 
     /// The first slot strictly after `t`.

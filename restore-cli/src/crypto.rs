@@ -263,10 +263,9 @@ impl DecryptionHelper for Helper {
 
 /// A reader of the decrypted literal data. Reading it to the end checks the MDC and the
 /// signature; an error at any point means the message must not be used.
-pub struct Opened<R: Read + Send + Sync> {
+pub struct Opened {
     inner: openpgp::parse::stream::Decryptor<'static, Helper>,
     outcome: Arc<Mutex<Outcome>>,
-    _r: std::marker::PhantomData<R>,
 }
 
 static POLICY: std::sync::LazyLock<StandardPolicy<'static>> =
@@ -276,7 +275,7 @@ pub fn open<R: Read + Send + Sync + 'static>(
     r: R,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
-) -> Result<Opened<R>> {
+) -> Result<Opened> {
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let helper = Helper {
         dpo: Arc::new(Mutex::new(dpo.pairs.clone())),
@@ -291,14 +290,10 @@ pub fn open<R: Read + Send + Sync + 'static>(
         .buffer_size(256 * 1024)
         .with_policy(&*POLICY, None, helper)
         .map_err(|e| anyhow!("{e:#}"))?;
-    Ok(Opened {
-        inner: d,
-        outcome,
-        _r: std::marker::PhantomData,
-    })
+    Ok(Opened { inner: d, outcome })
 }
 
-impl<R: Read + Send + Sync> Opened<R> {
+impl Opened {
     /// After the end of the data: the outcome, or an error if the message was not fully
     /// processed and checked.
     pub fn finish(mut self) -> Result<Outcome> {
@@ -320,7 +315,7 @@ impl<R: Read + Send + Sync> Opened<R> {
     }
 }
 
-impl<R: Read + Send + Sync> Read for Opened<R> {
+impl Read for Opened {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf)
     }

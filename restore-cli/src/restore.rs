@@ -102,7 +102,7 @@ pub struct Verified {
     pub sql_bytes: u64,
 }
 
-type SqlReader = BufReader<MultiGzDecoder<crypto::Opened<BufReader<File>>>>;
+type SqlReader = BufReader<MultiGzDecoder<crypto::Opened>>;
 
 fn open_sql(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<SqlReader> {
     let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
