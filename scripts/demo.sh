@@ -59,7 +59,7 @@ for who in dpo agent; do
 done
 agent_fpr=$(gpg --batch --with-colons --list-keys agent@demo.invalid | awk -F: '/^fpr/ {print $10; exit}')
 
-mkdir -p "$work/store" "$work/state"
+mkdir -p "$work/store" "$work/offsite" "$work/state"
 cat >"$work/config.toml" <<EOF
 [agent]
 site = "dc1"
@@ -82,6 +82,15 @@ kind = "local"
 path = "$work/store"
 media = "disk"
 
+# In the demo, a second directory stands in for the offsite copy (another site, another
+# medium): with it the backup meets the default 3-2-1 policy (2 copies, 2 media, 1 offsite).
+[[store]]
+name = "offsite"
+kind = "local"
+path = "$work/offsite"
+media = "removable-disk"
+site = "offsite"
+
 [restore]
 dpo_secret_key_file = "$work/dpo.sec.asc"
 agent_certificates = ["$work/agent.pub.asc"]
@@ -94,6 +103,8 @@ step "backup-agent check-config"
 step "backup-agent backup (the agent holds only the DPO's public certificate)"
 BACKUP_AGENT_LOG_FORMAT=text "$agent" --config "$work/config.toml" backup
 ls -l "$work/store/demo"
+step "backup-agent list: every backup across the stores, verified copies, 3-2-1 verdict"
+"$agent" --config "$work/config.toml" list
 (cd "$work/store/demo" && sha256sum -c ./*.sha256)
 data=$(ls "$work/store/demo"/*.sql.gz.gpg)
 

@@ -4,6 +4,11 @@
 #   source  127.0.0.1:${BA_SRC_PORT:-33061}  binlog on, server-id 1  (what gets backed up)
 #   target  127.0.0.1:${BA_DST_PORT:-33062}  binlog off              (where restores go)
 # Both: max_allowed_packet=64M, an admin account test_admin/test (TCP) for the tests.
+# S3 servers:
+#   moto    127.0.0.1:${BA_MOTO_PORT:-33090}    (Object Lock semantics; never checks checksums)
+#   Garage  127.0.0.1:${BA_GARAGE_PORT:-33091}  (a real store: checks checksums; bucket
+#           "backups", key in $BA_TEST_DIR/garage-key-id / garage-secret; the garage binary
+#           is built once with cargo install and cached under $BA_TEST_DIR/garage)
 # Writes the addresses to $BA_TEST_DIR/env, which the tests read.
 #
 # Usage: scripts/test-services.sh [up|down|status]
@@ -16,6 +21,67 @@ BA_TEST_DIR=${BA_TEST_DIR:-/var/tmp/backup-agent-test}
 SRC_PORT=${BA_SRC_PORT:-33061}
 DST_PORT=${BA_DST_PORT:-33062}
 ADMIN_PASSWORD=test
+
+MOTO_PORT=${BA_MOTO_PORT:-33090}
+GARAGE_PORT=${BA_GARAGE_PORT:-33091}
+GARAGE_VERSION=2.5.0
+GARAGE_BIN=$BA_TEST_DIR/garage/bin/garage
+GARAGE_CFG=$BA_TEST_DIR/garage.toml
+
+garage() { "$GARAGE_BIN" -c "$GARAGE_CFG" "$@"; }
+
+start_garage() {
+  if [ ! -x "$GARAGE_BIN" ] || ! "$GARAGE_BIN" --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+    ba_log "building garage $GARAGE_VERSION once (cargo install, ~10 min on 2 cores; cached in $BA_TEST_DIR/garage)"
+    CARGO_TARGET_DIR=$BA_TEST_DIR/garage-build cargo install garage --version "$GARAGE_VERSION" --locked \
+      --root "$BA_TEST_DIR/garage" >"$BA_TEST_DIR/garage-build.log" 2>&1 \
+      || { tail -20 "$BA_TEST_DIR/garage-build.log" >&2; exit 1; }
+    rm -rf "$BA_TEST_DIR/garage-build"
+  fi
+  if [ ! -f "$GARAGE_CFG" ]; then
+    mkdir -p "$BA_TEST_DIR/garage-data/meta" "$BA_TEST_DIR/garage-data/data"
+    cat >"$GARAGE_CFG" <<TOML
+metadata_dir = "$BA_TEST_DIR/garage-data/meta"
+data_dir = "$BA_TEST_DIR/garage-data/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$((GARAGE_PORT + 1))"
+rpc_public_addr = "127.0.0.1:$((GARAGE_PORT + 1))"
+rpc_secret = "$(openssl rand -hex 32)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$GARAGE_PORT"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$((GARAGE_PORT + 2))"
+TOML
+  fi
+  if ! curl -s -o /dev/null "http://127.0.0.1:$GARAGE_PORT/" 2>/dev/null; then
+    ba_log "starting garage on 127.0.0.1:$GARAGE_PORT"
+    setsid nohup "$GARAGE_BIN" -c "$GARAGE_CFG" server >"$BA_TEST_DIR/garage.log" 2>&1 </dev/null &
+    for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$GARAGE_PORT/" 2>/dev/null && break; sleep 0.1; done
+  fi
+  # Layout, key and bucket (idempotent).
+  for _ in $(seq 1 50); do garage status >/dev/null 2>&1 && break; sleep 0.2; done
+  if garage layout show 2>/dev/null | grep -q "No nodes currently have a role"; then
+    local node
+    node=$(garage node id -q 2>/dev/null | cut -d@ -f1)
+    garage layout assign -z dc1 -c 1G "$node" >/dev/null
+    garage layout apply --version 1 >/dev/null
+  fi
+  if [ ! -s "$BA_TEST_DIR/garage-secret" ]; then
+    local out
+    out=$(garage key create test-key)
+    echo "$out" | sed -n 's/^Key ID: *//p' | tr -d ' \n' >"$BA_TEST_DIR/garage-key-id"
+    echo "$out" | sed -n 's/^Secret key: *//p' | tr -d ' \n' >"$BA_TEST_DIR/garage-secret"
+    chmod 600 "$BA_TEST_DIR/garage-secret"
+  fi
+  garage bucket info backups >/dev/null 2>&1 || garage bucket create backups >/dev/null
+  garage bucket allow --read --write --owner backups --key "$(cat "$BA_TEST_DIR/garage-key-id")" >/dev/null
+  [ -s "$BA_TEST_DIR/garage-key-id" ] || { ba_log "garage key setup failed; see $BA_TEST_DIR/garage.log"; exit 1; }
+}
 
 case "${1:-up}" in
   up)
@@ -31,16 +97,37 @@ case "${1:-up}" in
       "$BA_TEST_DIR/venv/bin/pip" install -q aiosmtpd
     fi
     command -v openssl >/dev/null 2>&1 || apt-get install -y -q openssl >/dev/null
+    # moto server (S3 with Object Lock), in the same venv.
+    if [ ! -x "$BA_TEST_DIR/venv/bin/moto_server" ]; then
+      ba_log "installing moto into the venv"
+      "$BA_TEST_DIR/venv/bin/pip" install -q 'moto[s3,server]' flask flask-cors
+    fi
+    if ! curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/" 2>/dev/null; then
+      ba_log "starting moto on 127.0.0.1:$MOTO_PORT"
+      setsid nohup "$BA_TEST_DIR/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \
+        >"$BA_TEST_DIR/moto.log" 2>&1 </dev/null &
+      for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/" 2>/dev/null && break; sleep 0.1; done
+      curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/" || { ba_log "moto did not start; see $BA_TEST_DIR/moto.log"; exit 1; }
+    fi
+    start_garage
     cat >"$BA_TEST_DIR/env" <<ENV
 BA_SRC_PORT=$SRC_PORT
 BA_DST_PORT=$DST_PORT
 BA_ADMIN_USER=test_admin
 BA_ADMIN_PASSWORD=$ADMIN_PASSWORD
 BA_PYTHON=$BA_TEST_DIR/venv/bin/python
+BA_MOTO_SERVER=$BA_TEST_DIR/venv/bin/moto_server
+BA_MOTO_URL=http://127.0.0.1:$MOTO_PORT
+BA_GARAGE_URL=http://127.0.0.1:$GARAGE_PORT
+BA_GARAGE_BUCKET=backups
+BA_GARAGE_KEY_ID_FILE=$BA_TEST_DIR/garage-key-id
+BA_GARAGE_SECRET_FILE=$BA_TEST_DIR/garage-secret
 ENV
     ba_log "ready (addresses in $BA_TEST_DIR/env)"
     ;;
   down)
+    pkill -f "moto_server -H 127.0.0.1 -p $MOTO_PORT" || true
+    pkill -f "$GARAGE_BIN -c $GARAGE_CFG server" || true
     ba_stop_instance "$BA_TEST_DIR/source"
     ba_stop_instance "$BA_TEST_DIR/target"
     ;;

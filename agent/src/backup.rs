@@ -1,19 +1,22 @@
-//! One backup of one source: dump -> seal -> store, then the `.sha256` file, a read-back
-//! check of the stored object, and the manifest last. Any failure leaves no object under
-//! a final name (the data object is committed only after the whole stream was sealed; if
-//! a later step fails, what was committed for this backup is removed again, so nothing
-//! without a manifest stays behind).
+//! One backup of one source: dump -> seal -> every store at once (one stream, teed), then
+//! per store a verification of the stored object (read back and hashed, or HEAD-only
+//! where the store asks for it), the `.sha256` file, and the manifest last. A store that
+//! fails drops out without stopping the others; what it wrote for this backup is removed
+//! again. The backup is made when at least one copy is verified.
 
-use std::sync::Arc;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::{EncryptionConfig, SourceConfig};
+use crate::config::{EncryptionConfig, SourceConfig, StoreConfig};
+use crate::copies;
 use crate::crypto::SealingKeys;
 use crate::dump::{self, DumpError, SqlOutput};
 use crate::manifest::{self, DataObject, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
 use crate::pipeline::{self, PipelineError};
 use crate::secret::read_secret_file;
-use crate::store::{put_bytes, Store, StoreError};
+use crate::state::CopyMark;
+use crate::store::{ObjectWriter, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -37,13 +40,10 @@ pub enum BackupError {
         source_name: String,
         err: StoreError,
     },
-    #[error("source {source_name}: store {store}: read-back of {key} does not match what was written (wrote {wrote}, read {read}); the copy was removed")]
-    Verify {
+    #[error("source {source_name}: no store holds a verified copy, so there is no backup: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
+    NoCopy {
         source_name: String,
-        store: String,
-        key: String,
-        wrote: String,
-        read: String,
+        failures: Vec<(String, String)>,
     },
 }
 
@@ -51,29 +51,122 @@ pub enum BackupError {
 #[derive(Debug, Clone)]
 pub struct BackupReport {
     pub manifest: Manifest,
+    /// Stores that hold a verified copy, with the verification.
     pub stores: Vec<String>,
+    pub marks: Vec<(String, CopyMark)>,
+    /// Stores that failed, with the reason (the policy verdict says what that costs).
+    pub failed_stores: Vec<(String, String)>,
     pub duration_secs: f64,
     pub non_transactional: Vec<String>,
     pub rows: u64,
 }
 
-/// Runs one backup of `source` into `store`.
+/// One store's part of a backup.
+pub struct Target<'a> {
+    pub cfg: &'a StoreConfig,
+    pub store: Result<&'a dyn Store, String>,
+}
+
+/// A store's name and how its write ended.
+type StoreOutcome = (String, Result<(), String>);
+
+/// One stream, many stores: each write goes to every store still writing; a store whose
+/// write fails drops out (its writer is dropped, which discards its object) and the
+/// others go on. Fails only when no store is left.
+struct Tee {
+    slots: Vec<(String, Option<Box<dyn ObjectWriter>>)>,
+    outcome: Arc<Mutex<Vec<StoreOutcome>>>,
+}
+
+impl Tee {
+    fn fail(&mut self, i: usize, e: String) {
+        let name = self.slots[i].0.clone();
+        self.slots[i].1 = None;
+        self.outcome.lock().expect("lock").push((name, Err(e)));
+    }
+    fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.1.is_some()).count()
+    }
+    fn all_failed(&self) -> io::Error {
+        let o = self.outcome.lock().expect("lock");
+        io::Error::other(
+            o.iter()
+                .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("store {n}: {e}")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for i in 0..self.slots.len() {
+            if let Some(w) = self.slots[i].1.as_mut() {
+                if let Err(e) = w.write_all(buf) {
+                    self.fail(i, e.to_string());
+                }
+            }
+        }
+        if self.live() == 0 {
+            return Err(self.all_failed());
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        for i in 0..self.slots.len() {
+            if let Some(w) = self.slots[i].1.as_mut() {
+                if let Err(e) = w.flush() {
+                    self.fail(i, e.to_string());
+                }
+            }
+        }
+        if self.live() == 0 {
+            return Err(self.all_failed());
+        }
+        Ok(())
+    }
+}
+
+impl ObjectWriter for Tee {
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        for i in 0..self.slots.len() {
+            if let Some(w) = self.slots[i].1.take() {
+                let name = self.slots[i].0.clone();
+                let r = w.commit().map_err(|e| e.to_string());
+                self.outcome.lock().expect("lock").push((name, r));
+            }
+        }
+        let o = self.outcome.lock().expect("lock");
+        if o.iter().any(|(_, r)| r.is_ok()) {
+            Ok(())
+        } else {
+            Err(StoreError::Remote {
+                store: "every store".into(),
+                action: "committing",
+                key: "the data object".into(),
+                message: o
+                    .iter()
+                    .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("store {n}: {e}")))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+        }
+    }
+}
+
+/// Runs one backup of `source` into every target store.
 pub async fn run_backup(
     source: &SourceConfig,
     enc: &EncryptionConfig,
     keys: Arc<SealingKeys>,
-    store: &dyn Store,
+    targets: &[Target<'_>],
+    started: chrono::DateTime<chrono::Utc>,
 ) -> Result<BackupReport, BackupError> {
     let sname = source.name.clone();
     let t0 = Instant::now();
-    let started = chrono::Utc::now();
     let id = manifest::backup_id(started);
     let data_name = format!("{id}{DATA_SUFFIX}");
     let key = |suffix: &str| format!("{}/{id}{suffix}", source.prefix);
-    let st = |err| BackupError::Store {
-        source_name: sname.clone(),
-        err,
-    };
 
     let password = read_secret_file(&source.password_file.path, &source.password_file.key)
         .map_err(|err| BackupError::Secret {
@@ -88,24 +181,55 @@ pub async fn run_backup(
         })?;
     drop(password);
 
-    for suffix in [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX] {
-        if store.exists(&key(suffix)).map_err(st)? {
-            return Err(st(StoreError::Exists {
-                store: store.name().into(),
-                key: key(suffix),
-            }));
+    // Open the data object on every store that can take it.
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut slots = Vec::new();
+    let mut descriptions = Vec::new();
+    for t in targets {
+        let store = match &t.store {
+            Ok(s) => *s,
+            Err(e) => {
+                failures.push((t.cfg.name.clone(), e.clone()));
+                continue;
+            }
+        };
+        let opened =
+            tokio::task::block_in_place(|| -> Result<Box<dyn ObjectWriter>, StoreError> {
+                for suffix in [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX] {
+                    if store.exists(&key(suffix))? {
+                        return Err(StoreError::Exists {
+                            store: store.name().into(),
+                            key: key(suffix),
+                        });
+                    }
+                }
+                store.create(&key(DATA_SUFFIX))
+            });
+        match opened {
+            Ok(w) => {
+                descriptions.push(store.describe(&key(DATA_SUFFIX)));
+                slots.push((t.cfg.name.clone(), Some(w)));
+            }
+            Err(e) => failures.push((t.cfg.name.clone(), e.to_string())),
         }
     }
-    let object = store.create(&key(DATA_SUFFIX)).map_err(st)?;
+    if slots.is_empty() {
+        let _ = conn.disconnect().await;
+        return Err(BackupError::NoCopy {
+            source_name: sname,
+            failures,
+        });
+    }
+    let outcome = Arc::new(Mutex::new(Vec::new()));
+    let tee = Box::new(Tee {
+        slots,
+        outcome: outcome.clone(),
+    });
     let (tx, sealer) = pipeline::spawn_sealer(
         keys.clone(),
         enc.compression_level,
-        object,
-        format!(
-            "store {} object {}",
-            store.name(),
-            store.describe(&key(DATA_SUFFIX))
-        ),
+        tee,
+        descriptions.join(", "),
     );
     let mut out = SqlOutput::new(tx.clone());
     let description = format!(
@@ -144,7 +268,7 @@ pub async fn run_backup(
         Err(err) => {
             drop(out);
             drop(tx);
-            // Let the sealer see the abort and drop its uncommitted object.
+            // Let the sealer see the abort and drop its uncommitted objects.
             let sealed = sealer.await;
             let _ = conn.disconnect().await;
             // If the sealer itself failed first, its error is the cause.
@@ -162,76 +286,82 @@ pub async fn run_backup(
     };
     let _ = conn.disconnect().await;
 
-    // From here on the data object is visible: read it back, then write the .sha256 file
-    // and the manifest; if anything fails, remove this backup's objects again.
-    let publish = || -> Result<Manifest, BackupError> {
-        let read_back = store
-            .open(&key(DATA_SUFFIX))
-            .and_then(|r| {
-                pipeline::hash_stream(r).map_err(|source| StoreError::Io {
-                    store: store.name().into(),
-                    action: "reading back",
-                    key: key(DATA_SUFFIX),
-                    source,
-                })
-            })
-            .map_err(st)?;
-        if read_back != sealed {
-            return Err(BackupError::Verify {
-                source_name: sname.clone(),
-                store: store.name().into(),
-                key: key(DATA_SUFFIX),
-                wrote: format!("{} bytes sha256 {}", sealed.size, sealed.sha256),
-                read: format!("{} bytes sha256 {}", read_back.size, read_back.sha256),
-            });
-        }
-        let m = Manifest {
-            format_version: manifest::MANIFEST_VERSION,
-            backup_id: id.clone(),
-            source: source.name.clone(),
-            host: summary.host.clone(),
-            server_version: summary.server_version.clone(),
-            started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            finished_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            binlog: summary.binlog.clone(),
-            galera: None,
-            databases: summary.databases.clone(),
-            data: DataObject {
-                name: data_name.clone(),
-                size: read_back.size,
-                sha256: read_back.sha256.clone(),
-                compression: "gzip".into(),
-                encryption: "openpgp-seipdv1-aes256".into(),
-            },
-            dpo_recipients: keys.recipient_fingerprints(),
-            signer: keys.signer_fingerprint().to_string(),
-            tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
-            largest_statement_bytes: summary.largest_statement as u64,
-            tables: summary.tables as u64,
-            warnings: summary.warnings.clone(),
-        };
-        put_bytes(
-            store,
-            &key(SHA256_SUFFIX),
-            manifest::sha256_line(&read_back.sha256, &data_name).as_bytes(),
-        )
-        .map_err(st)?;
-        put_bytes(
-            store,
-            &key(MANIFEST_SUFFIX),
-            &serde_json::to_vec_pretty(&m).expect("manifest serializes"),
-        )
-        .map_err(st)?;
-        Ok(m)
+    let m = Manifest {
+        format_version: manifest::MANIFEST_VERSION,
+        backup_id: id.clone(),
+        source: source.name.clone(),
+        host: summary.host.clone(),
+        server_version: summary.server_version.clone(),
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished_at: (started + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        binlog: summary.binlog.clone(),
+        galera: None,
+        databases: summary.databases.clone(),
+        data: DataObject {
+            name: data_name.clone(),
+            size: sealed.size,
+            sha256: sealed.sha256.clone(),
+            compression: "gzip".into(),
+            encryption: "openpgp-seipdv1-aes256".into(),
+        },
+        dpo_recipients: keys.recipient_fingerprints(),
+        signer: keys.signer_fingerprint().to_string(),
+        tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
+        largest_statement_bytes: summary.largest_statement as u64,
+        tables: summary.tables as u64,
+        warnings: summary.warnings.clone(),
     };
-    let manifest = publish().inspect_err(|_| {
-        for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
-            let _ = store.remove(&key(suffix));
+
+    // Per store: the data object is visible; verify it, then the .sha256 file and the
+    // manifest; if anything fails, remove this backup's objects from that store again.
+    let committed: Vec<(String, Result<(), String>)> =
+        std::mem::take(&mut *outcome.lock().expect("lock"));
+    let mut stores = Vec::new();
+    let mut marks = Vec::new();
+    for (name, r) in committed {
+        let t = targets
+            .iter()
+            .find(|t| t.cfg.name == name)
+            .expect("a target");
+        let store = t.store.as_ref().expect("opened");
+        if let Err(e) = r {
+            failures.push((name, e));
+            continue;
         }
-    })?;
+        let prefix = source.prefix.clone();
+        let verified = tokio::task::block_in_place(|| {
+            let mark = copies::verify_data(*store, t.cfg.verify, &prefix, &m, None);
+            if !mark.verified {
+                return Err(mark.error.unwrap_or_default());
+            }
+            copies::publish(*store, &prefix, &m).map_err(|e| e.to_string())?;
+            Ok(mark)
+        });
+        match verified {
+            Ok(mark) => {
+                stores.push(name.clone());
+                marks.push((name, mark));
+            }
+            Err(e) => {
+                let _ = tokio::task::block_in_place(|| {
+                    copies::remove_backup(*store, &source.prefix, &id)
+                });
+                failures.push((name, format!("{e}; the copy was removed")));
+            }
+        }
+    }
+    if stores.is_empty() {
+        return Err(BackupError::NoCopy {
+            source_name: sname,
+            failures,
+        });
+    }
     Ok(BackupReport {
-        manifest,
-        stores: vec![store.name().to_string()],
+        manifest: m,
+        stores,
+        marks,
+        failed_stores: failures,
         duration_secs: t0.elapsed().as_secs_f64(),
         non_transactional: summary.non_transactional,
         rows: summary.rows,

@@ -93,6 +93,33 @@ pub fn check(cfg: &Config) -> CheckReport {
                     }
                 }
             }
+            StoreKind::S3(s3) => {
+                // Credentials readable, bucket reachable and listable.
+                let problem = |m: String| crate::config::ConfigProblem {
+                    file: file.to_path_buf(),
+                    position: None,
+                    key: format!("store {}", st.name),
+                    message: m,
+                };
+                match crate::store::open_store(st) {
+                    Err(e) => r.problems.push(problem(e.to_string())),
+                    Ok(store) => match store.list_entries("") {
+                        Ok(_) => r.notes.push(format!(
+                            "store {}: bucket {} reachable{}",
+                            st.name,
+                            s3.bucket,
+                            if s3.object_lock.is_some() {
+                                " (object lock on upload)"
+                            } else {
+                                ""
+                            }
+                        )),
+                        Err(e) => r.problems.push(problem(format!(
+                            "{e}; check endpoint, bucket, region and credentials"
+                        ))),
+                    },
+                }
+            }
         }
     }
     r

@@ -80,6 +80,7 @@ struct RawConfig {
     encryption: Option<RawEncryption>,
     #[serde(default)]
     store: Vec<RawStore>,
+    policy: Option<RawPolicy>,
     restore: Option<RawRestore>,
     alerts: Option<RawAlerts>,
 }
@@ -154,6 +155,56 @@ struct RawStore {
     path: Option<Spanned<PathBuf>>,
     media: Option<String>,
     site: Option<String>,
+    /// "read-back" (default: re-read and hash every copy) or "head" (size and stored sha256).
+    verify: Option<Spanned<String>>,
+    retention: Option<RawRetention>,
+    // S3
+    endpoint: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    /// Key prefix inside the bucket (before each source's prefix).
+    key_prefix: Option<Spanned<String>>,
+    access_key_id_file: Option<Spanned<PathBuf>>,
+    secret_access_key_file: Option<Spanned<PathBuf>>,
+    access_key_id: Option<Spanned<toml::Value>>,
+    secret_access_key: Option<Spanned<toml::Value>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    /// "sha256" (default), "crc32" (the SDK's default CRC checksums) or "off".
+    checksum: Option<Spanned<String>>,
+    part_size: Option<Spanned<String>>,
+    parts_in_flight: Option<Spanned<usize>>,
+    object_lock_mode: Option<Spanned<String>>,
+    object_lock_days: Option<Spanned<u32>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    copies: Option<u32>,
+    media: Option<u32>,
+    offsite: Option<u32>,
+    immutable: Option<u32>,
+    /// A newest backup that stays non-compliant longer than this alerts (default 2h).
+    grace: Option<Spanned<String>>,
+    /// Every stored copy is re-read within this period (default 7d), a share each day.
+    scrub_period: Option<Spanned<String>>,
+    /// Our own debris (temp files, aborted uploads, data without manifest) is removed
+    /// once older than this (default 24h).
+    debris_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -240,6 +291,7 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub encryption: Option<EncryptionConfig>,
     pub stores: Vec<StoreConfig>,
+    pub policy: PolicyConfig,
     pub restore: RestoreConfig,
 }
 
@@ -347,11 +399,103 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     pub media: String,
     pub site: String,
+    pub verify: VerifyMode,
+    pub retention: crate::retention::Rules,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Read the whole copy back and hash it.
+    ReadBack,
+    /// Check the size and the sha256 the store keeps in the object's metadata.
+    Head,
 }
 
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Local { path: ConfigPath },
+    S3(Box<S3Config>),
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    /// Prefix inside the bucket, empty or ending in '/'.
+    pub key_prefix: String,
+    pub credentials: S3Credentials,
+    pub ca_file: Option<ConfigPath>,
+    pub checksum: ChecksumMode,
+    pub part_size: u64,
+    pub parts_in_flight: usize,
+    pub object_lock: Option<ObjectLock>,
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum S3Credentials {
+    /// Access key id and secret from files.
+    Files {
+        access_key_id_file: ConfigPath,
+        secret_access_key_file: ConfigPath,
+    },
+    /// The AWS chain without static secrets in the environment: a shared credentials or
+    /// config file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE), web identity, container
+    /// (ECS) and instance (IMDS) roles.
+    DefaultChain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumMode {
+    /// SHA-256 checksum on every request body (parts, small objects).
+    Sha256,
+    /// The SDK's default (CRC32) checksums.
+    Crc32,
+    /// No checksums unless the operation requires one (for servers that reject them).
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+/// S3 limits a multipart upload to this many parts.
+pub const S3_MAX_PARTS: u64 = 10_000;
+
+/// The 3-2-1 policy: minimums over the verified copies of each backup.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub copies: u32,
+    pub media: u32,
+    pub offsite: u32,
+    pub immutable: u32,
+    pub grace: std::time::Duration,
+    pub scrub_period: std::time::Duration,
+    pub debris_grace: std::time::Duration,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            copies: 2,
+            media: 2,
+            offsite: 1,
+            immutable: 0,
+            grace: std::time::Duration::from_secs(2 * 3600),
+            scrub_period: std::time::Duration::from_secs(7 * 86400),
+            debris_grace: std::time::Duration::from_secs(86400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -385,7 +529,15 @@ const REFUSED_SECRET_ENV: &[(&str, &str)] = &[
     ("BACKUP_WEBHOOK_URL", "BACKUP_WEBHOOK_URL_FILE"),
     ("BACKUP_WEBHOOK_TOKEN", "BACKUP_WEBHOOK_TOKEN_FILE"),
     ("BACKUP_SMTP_PASSWORD", "BACKUP_SMTP_PASSWORD_FILE"),
+    (
+        "BACKUP_S3_SECRET_ACCESS_KEY",
+        "BACKUP_S3_SECRET_ACCESS_KEY_FILE",
+    ),
 ];
+/// Supplies secret_access_key_file (and BACKUP_S3_ACCESS_KEY_ID_FILE the key id) of S3
+/// stores that have none, when set.
+pub const ENV_S3_SECRET_FILE: &str = "BACKUP_S3_SECRET_ACCESS_KEY_FILE";
+pub const ENV_S3_KEY_ID_FILE: &str = "BACKUP_S3_ACCESS_KEY_ID_FILE";
 
 /// Reads what the environment may contribute; passed in so that validation stays pure.
 pub trait Env {
@@ -507,6 +659,22 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .unwrap_or(0)
         + 1;
     (line, col)
+}
+
+/// "16MiB", "64 MiB", "1GiB", "5242880": a byte count.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mul)
 }
 
 /// The key at a parse error's place, for the message's key column.
@@ -809,10 +977,10 @@ impl Validator<'_> {
 
         let mut stores = Vec::new();
         let mut store_names = BTreeSet::new();
-        for (i, s) in raw.store.into_iter().enumerate() {
+        for (i, mut s) in raw.store.into_iter().enumerate() {
             let k = |f: &str| format!("store[{i}].{f}");
             let name_span = s.name.span();
-            let name = s.name.into_inner();
+            let name = s.name.get_ref().clone();
             if !store_names.insert(name.clone()) {
                 self.problem(
                     k("name"),
@@ -835,30 +1003,102 @@ impl Validator<'_> {
                         continue;
                     }
                 },
+                "s3" => match self.s3_store(&k, name_span.clone(), &mut s) {
+                    Some(c) => StoreKind::S3(Box::new(c)),
+                    None => continue,
+                },
                 other => {
                     self.problem(
                         k("kind"),
                         Some(kind_span),
-                        format!("unknown store kind {other:?}; expected \"local\""),
+                        format!("unknown store kind {other:?}; expected \"local\" or \"s3\""),
                     );
                     continue;
                 }
             };
+            if matches!(kind, StoreKind::Local { .. }) {
+                for (key, present) in [
+                    ("endpoint", s.endpoint.is_some()),
+                    ("bucket", s.bucket.is_some()),
+                    ("object_lock_mode", s.object_lock_mode.is_some()),
+                    ("access_key_id_file", s.access_key_id_file.is_some()),
+                ] {
+                    if present {
+                        self.problem(
+                            k(key),
+                            Some(name_span.clone()),
+                            format!("{key} applies to kind = \"s3\" stores only"),
+                        );
+                    }
+                }
+            }
+            let verify = match s.verify {
+                None => VerifyMode::ReadBack,
+                Some(v) => match v.get_ref().as_str() {
+                    "read-back" => VerifyMode::ReadBack,
+                    "head" => VerifyMode::Head,
+                    other => {
+                        self.problem(
+                            k("verify"),
+                            Some(v.span()),
+                            format!("unknown verification {other:?}; expected \"read-back\" or \"head\""),
+                        );
+                        VerifyMode::ReadBack
+                    }
+                },
+            };
+            let rr = s.retention.unwrap_or_default();
+            let keep_within = rr
+                .keep_within
+                .and_then(|d| self.duration(&k("retention.keep_within"), d));
+            let retention = crate::retention::Rules {
+                keep_last: rr.keep_last.unwrap_or(0),
+                keep_hourly: rr.keep_hourly.unwrap_or(0),
+                keep_daily: rr.keep_daily.unwrap_or(0),
+                keep_weekly: rr.keep_weekly.unwrap_or(0),
+                keep_monthly: rr.keep_monthly.unwrap_or(0),
+                keep_yearly: rr.keep_yearly.unwrap_or(0),
+                keep_within: keep_within.and_then(|d| chrono::Duration::from_std(d).ok()),
+            };
+            let default_media = match kind {
+                StoreKind::Local { .. } => "disk",
+                StoreKind::S3(_) => "object-storage",
+            };
             stores.push(StoreConfig {
                 name,
                 kind,
-                media: s.media.unwrap_or_else(|| "disk".into()),
+                media: s.media.unwrap_or_else(|| default_media.into()),
                 site: s.site.unwrap_or_else(|| agent.site.clone()),
+                verify,
+                retention,
             });
         }
 
-        if stores.len() > 1 {
-            // Copies on several stores, verified and repaired, come with the stores work;
-            // until then a second store would silently get nothing.
+        let rp = raw.policy.unwrap_or_default();
+        let d = PolicyConfig::default();
+        let policy = PolicyConfig {
+            copies: rp.copies.unwrap_or(d.copies),
+            media: rp.media.unwrap_or(d.media),
+            offsite: rp.offsite.unwrap_or(d.offsite),
+            immutable: rp.immutable.unwrap_or(d.immutable),
+            grace: rp
+                .grace
+                .and_then(|x| self.duration("policy.grace", x))
+                .unwrap_or(d.grace),
+            scrub_period: rp
+                .scrub_period
+                .and_then(|x| self.duration("policy.scrub_period", x))
+                .unwrap_or(d.scrub_period),
+            debris_grace: rp
+                .debris_grace
+                .and_then(|x| self.duration("policy.debris_grace", x))
+                .unwrap_or(d.debris_grace),
+        };
+        if policy.copies == 0 {
             self.problem(
-                "store[1]",
+                "policy.copies",
                 None,
-                "only one [[store]] is supported in this version (backups would not reach the others); configure a single store",
+                "must be at least 1 (a backup without a verified copy is no backup)",
             );
         }
         let rr = raw.restore.unwrap_or_default();
@@ -917,7 +1157,213 @@ impl Validator<'_> {
             sources,
             encryption,
             stores,
+            policy,
             restore,
+        })
+    }
+
+    /// Validates the S3 part of a store; None when it cannot be used.
+    fn s3_store(
+        &mut self,
+        k: &dyn Fn(&str) -> String,
+        name_span: Range<usize>,
+        s: &mut RawStore,
+    ) -> Option<S3Config> {
+        for (key, v) in [
+            ("access_key_id", &s.access_key_id),
+            ("secret_access_key", &s.secret_access_key),
+        ] {
+            if let Some(v) = v {
+                self.problem(
+                    k(key),
+                    Some(v.span()),
+                    format!("S3 keys are not accepted in the configuration; put it in a file and set {key}_file"),
+                );
+            }
+        }
+        let Some(bucket) = s.bucket.take() else {
+            self.problem(k("bucket"), Some(name_span), "an s3 store needs bucket");
+            return None;
+        };
+        let bucket = bucket.into_inner();
+        let endpoint = match s.endpoint.take() {
+            None => None,
+            Some(e) => {
+                let span = e.span();
+                let e = e.into_inner();
+                match url::Url::parse(&e) {
+                    Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Some(e),
+                    _ => {
+                        self.problem(
+                            k("endpoint"),
+                            Some(span),
+                            format!("{e:?} is not an http(s) URL; write e.g. \"https://s3.example.org\""),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let key_prefix = match s.key_prefix.take() {
+            None => String::new(),
+            Some(p) => {
+                let span = p.span();
+                let p = p.into_inner().trim_matches('/').to_string();
+                if p.split('/').any(|c| c == ".." || c.is_empty()) && !p.is_empty() {
+                    self.problem(
+                        k("key_prefix"),
+                        Some(span),
+                        "must not hold '..' or empty parts",
+                    );
+                }
+                if p.is_empty() {
+                    p
+                } else {
+                    format!("{p}/")
+                }
+            }
+        };
+        let env_id = self.env.var(ENV_S3_KEY_ID_FILE);
+        let env_secret = self.env.var(ENV_S3_SECRET_FILE);
+        let credentials = match (s.access_key_id_file.take(), s.secret_access_key_file.take()) {
+            (Some(a), Some(b)) => S3Credentials::Files {
+                access_key_id_file: self.path(k("access_key_id_file"), a),
+                secret_access_key_file: self.path(k("secret_access_key_file"), b),
+            },
+            (None, None) => match (&env_id, &env_secret) {
+                (Some(a), Some(b)) => S3Credentials::Files {
+                    access_key_id_file: ConfigPath {
+                        path: a.into(),
+                        key: format!("environment {ENV_S3_KEY_ID_FILE}"),
+                        position: None,
+                    },
+                    secret_access_key_file: ConfigPath {
+                        path: b.into(),
+                        key: format!("environment {ENV_S3_SECRET_FILE}"),
+                        position: None,
+                    },
+                },
+                _ => {
+                    if self.env.var("AWS_SECRET_ACCESS_KEY").is_some() {
+                        self.problem(
+                            "environment AWS_SECRET_ACCESS_KEY",
+                            None,
+                            "static S3 secrets are not taken from environment values; set secret_access_key_file (or BACKUP_S3_SECRET_ACCESS_KEY_FILE), or use a shared credentials file (AWS_SHARED_CREDENTIALS_FILE)",
+                        );
+                    }
+                    S3Credentials::DefaultChain
+                }
+            },
+            (Some(a), None) | (None, Some(a)) => {
+                self.problem(
+                    k("access_key_id_file"),
+                    Some(a.span()),
+                    "give both access_key_id_file and secret_access_key_file, or neither (the AWS default chain: shared credentials file, web identity, instance role)",
+                );
+                S3Credentials::DefaultChain
+            }
+        };
+        let checksum = match s.checksum.take() {
+            None => ChecksumMode::Sha256,
+            Some(c) => match c.get_ref().as_str() {
+                "sha256" => ChecksumMode::Sha256,
+                "crc32" => ChecksumMode::Crc32,
+                "off" => ChecksumMode::Off,
+                other => {
+                    self.problem(
+                        k("checksum"),
+                        Some(c.span()),
+                        format!("unknown checksum mode {other:?}; expected \"sha256\", \"crc32\" or \"off\""),
+                    );
+                    ChecksumMode::Sha256
+                }
+            },
+        };
+        let part_size = match s.part_size.take() {
+            None => 16 << 20,
+            Some(p) => match parse_size(p.get_ref()) {
+                Some(n) if (5 << 20..=5 << 30).contains(&n) => n,
+                _ => {
+                    self.problem(
+                        k("part_size"),
+                        Some(p.span()),
+                        format!("{:?} is not a part size between 5MiB and 5GiB; write e.g. \"16MiB\" (the largest backup is 10000 parts)", p.get_ref()),
+                    );
+                    16 << 20
+                }
+            },
+        };
+        let parts_in_flight = match s.parts_in_flight.take() {
+            None => 2,
+            Some(n) if (1..=16).contains(n.get_ref()) => n.into_inner(),
+            Some(n) => {
+                self.problem(
+                    k("parts_in_flight"),
+                    Some(n.span()),
+                    "must be between 1 and 16",
+                );
+                2
+            }
+        };
+        let object_lock = match (s.object_lock_mode.take(), s.object_lock_days.take()) {
+            (None, None) => None,
+            (Some(m), Some(d)) => {
+                let mode = match m.get_ref().to_ascii_lowercase().as_str() {
+                    "governance" => Some(LockMode::Governance),
+                    "compliance" => Some(LockMode::Compliance),
+                    other => {
+                        self.problem(
+                            k("object_lock_mode"),
+                            Some(m.span()),
+                            format!("unknown lock mode {other:?}; expected \"governance\" or \"compliance\""),
+                        );
+                        None
+                    }
+                };
+                if *d.get_ref() == 0 {
+                    self.problem(k("object_lock_days"), Some(d.span()), "must be at least 1");
+                }
+                mode.map(|mode| ObjectLock {
+                    mode,
+                    days: d.into_inner(),
+                })
+            }
+            (Some(m), None) => {
+                self.problem(
+                    k("object_lock_days"),
+                    Some(m.span()),
+                    "object_lock_mode needs object_lock_days",
+                );
+                None
+            }
+            (None, Some(d)) => {
+                self.problem(
+                    k("object_lock_mode"),
+                    Some(d.span()),
+                    "object_lock_days needs object_lock_mode (\"governance\" or \"compliance\")",
+                );
+                None
+            }
+        };
+        let timeout = s
+            .timeout
+            .take()
+            .and_then(|d| self.duration(&k("timeout"), d))
+            .unwrap_or(std::time::Duration::from_secs(120));
+        let ca_file = s.ca_file.take().map(|p| self.path(k("ca_file"), p));
+        Some(S3Config {
+            endpoint,
+            bucket,
+            region: s.region.take().unwrap_or_else(|| "us-east-1".into()),
+            path_style: s.path_style.unwrap_or(false),
+            key_prefix,
+            credentials,
+            ca_file,
+            checksum,
+            part_size,
+            parts_in_flight,
+            object_lock,
+            timeout,
         })
     }
 
@@ -1194,12 +1640,106 @@ path = "/var/backups"
     }
 
     #[test]
-    fn a_second_store_is_refused_until_replication_exists() {
+    fn s3_store_policy_and_retention() {
         let text = format!(
-            "{GOOD}\n[[store]]\nname = \"offsite\"\nkind = \"local\"\npath = \"/mnt/offsite\"\n"
+            r#"{GOOD}
+[[store]]
+name = "offsite"
+kind = "s3"
+site = "dc2"
+endpoint = "http://127.0.0.1:9000"
+bucket = "backups"
+region = "garage"
+path_style = true
+key_prefix = "/fire/"
+access_key_id_file = "/run/secrets/s3id"
+secret_access_key_file = "/run/secrets/s3key"
+checksum = "off"
+part_size = "8MiB"
+object_lock_mode = "compliance"
+object_lock_days = 30
+verify = "head"
+[store.retention]
+keep_daily = 7
+keep_within = "2d"
+
+[policy]
+copies = 2
+immutable = 1
+"#
         );
-        let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
-        assert!(e.to_string().contains("only one [[store]]"), "{e}");
+        let c = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap();
+        let st = &c.stores[1];
+        assert_eq!(
+            (st.media.as_str(), st.site.as_str()),
+            ("object-storage", "dc2")
+        );
+        assert_eq!(st.verify, VerifyMode::Head);
+        assert_eq!(st.retention.keep_daily, 7);
+        assert_eq!(st.retention.keep_within, Some(chrono::Duration::days(2)));
+        let StoreKind::S3(s3) = &st.kind else {
+            panic!()
+        };
+        assert_eq!(s3.key_prefix, "fire/");
+        assert_eq!(s3.part_size, 8 << 20);
+        assert_eq!(s3.checksum, ChecksumMode::Off);
+        assert_eq!(
+            s3.object_lock,
+            Some(ObjectLock {
+                mode: LockMode::Compliance,
+                days: 30
+            })
+        );
+        assert_eq!(
+            (
+                c.policy.copies,
+                c.policy.media,
+                c.policy.offsite,
+                c.policy.immutable
+            ),
+            (2, 2, 1, 1)
+        );
+        assert!(c.stores[0].retention.is_empty());
+
+        // Plain keys, half a key pair, a part too small, a lock without days: all named.
+        let bad = text
+            .replace(
+                "access_key_id_file = \"/run/secrets/s3id\"",
+                "access_key_id = \"AKIAEXAMPLE\"",
+            )
+            .replace("part_size = \"8MiB\"", "part_size = \"1MiB\"")
+            .replace("object_lock_days = 30", "");
+        let e = Config::parse(Path::new("c.toml"), &bad, &env(&[])).unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("store[1].access_key_id:"), "{all}");
+        assert!(all.contains("store[1].part_size"), "{all}");
+        assert!(all.contains("object_lock_days"), "{all}");
+        assert!(!all.contains("AKIAEXAMPLE"), "{all}");
+        // A static secret in the environment is refused when the default chain is used.
+        let chain = text
+            .replace("access_key_id_file = \"/run/secrets/s3id\"\n", "")
+            .replace("secret_access_key_file = \"/run/secrets/s3key\"\n", "");
+        let c = Config::parse(Path::new("c.toml"), &chain, &env(&[])).unwrap();
+        let StoreKind::S3(s3) = &c.stores[1].kind else {
+            panic!()
+        };
+        assert!(matches!(s3.credentials, S3Credentials::DefaultChain));
+        let e = Config::parse(
+            Path::new("c.toml"),
+            &chain,
+            &env(&[("AWS_SECRET_ACCESS_KEY", "x")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("AWS_SHARED_CREDENTIALS_FILE"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("5 GiB"), Some(5 << 30));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("16MB"), None);
+        assert_eq!(parse_size("MiB"), None);
     }
 
     #[test]

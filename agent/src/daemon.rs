@@ -17,8 +17,11 @@ use crate::backup::{self, BackupError, BackupReport};
 use crate::config::{Config, SourceConfig};
 use crate::crypto::SealingKeys;
 use crate::health;
+use crate::inventory::{self, OpenStore};
+use crate::maintain;
+use crate::policy::Verdict;
 use crate::state::{NewestBackup, StateStore};
-use crate::store::{clean_local_debris, open_store};
+use crate::store::clean_local_debris;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -29,25 +32,85 @@ pub enum Phase {
     Abort,
 }
 
+/// What one run produced: the backup, its 3-2-1 verdict after repair, the repairs.
+#[derive(Debug)]
+pub struct RunReport {
+    pub backup: BackupReport,
+    pub verdict: Verdict,
+    pub repair: maintain::RepairReport,
+}
+
 /// Runs one backup of `src` with the bookkeeping every run needs: state (attempt,
-/// success, failures), alerts (failed, succeeded, recovered), logs. Used by the daemon
-/// and by `backup-agent backup`.
+/// success, failures, ledger), repair of missing copies, the policy verdict, alerts
+/// (failed, succeeded, policy degraded, recovered), logs. Used by the daemon and by
+/// `backup-agent backup`. `now` is the run's clock (injectable for simulations).
 pub async fn backup_once(
     cfg: &Config,
     src: &SourceConfig,
     keys: Arc<SealingKeys>,
     state: &StateStore,
     alerter: &Alerter,
-) -> Result<BackupReport, BackupError> {
+    now: Option<DateTime<Utc>>,
+) -> Result<RunReport, BackupError> {
     let enc = cfg.encryption.as_ref().expect("checked at start");
-    let store = open_store(&cfg.stores[0]);
-    let started = Utc::now();
+    let stores: Vec<OpenStore> = tokio::task::block_in_place(|| inventory::open_all(cfg));
+    let started = now.unwrap_or_else(Utc::now);
     let _ = state
         .update(|s| s.sources.entry(src.name.clone()).or_default().last_attempt = Some(started));
-    tracing::info!(event = "backup_started", source = %src.name, store = %store.name());
-    let result = backup::run_backup(src, enc, keys, store.as_ref()).await;
-    match &result {
+    tracing::info!(event = "backup_started", source = %src.name, stores = stores.len());
+    let targets: Vec<backup::Target> = stores
+        .iter()
+        .map(|o| backup::Target {
+            cfg: &o.cfg,
+            store: o.store.as_ref().map(|b| b.as_ref()).map_err(|e| e.clone()),
+        })
+        .collect();
+    let result = backup::run_backup(src, enc, keys, &targets, started).await;
+    let result = match result {
         Ok(r) => {
+            maintain::record_marks(state, &src.prefix, &r.manifest.backup_id, &r.marks);
+            let failed: Vec<String> = r.failed_stores.iter().map(|(s, _)| s.clone()).collect();
+            let _ = state.update(|s| {
+                s.sources.entry(src.name.clone()).or_default().failed_stores = failed.clone()
+            });
+            for (s, e) in &r.failed_stores {
+                tracing::error!(event = "store_failed", source = %src.name, store = %s, error = %e);
+            }
+            let now2 = now.map(|n| n + chrono::Duration::seconds(r.duration_secs as i64));
+            let (repair, inv) = tokio::task::block_in_place(|| {
+                let t = now2.unwrap_or_else(Utc::now);
+                let rep = maintain::repair(cfg, src, &stores, state, t);
+                let inv = maintain::refresh(cfg, src, &stores, state, t);
+                (rep, inv)
+            });
+            let mut verdict = inv
+                .backups
+                .iter()
+                .find(|b| b.id == r.manifest.backup_id)
+                .map(|b| b.verdict.clone())
+                .unwrap_or_else(|| Verdict {
+                    compliant: false,
+                    verified_copies: 0,
+                    media: 0,
+                    offsite: 0,
+                    immutable: 0,
+                    reasons: vec!["the new backup is not in the stores' listing".into()],
+                });
+            for (s, e) in &r.failed_stores {
+                verdict.reasons.push(format!("store {s} failed: {e}"));
+            }
+            Ok(RunReport {
+                backup: r,
+                verdict,
+                repair,
+            })
+        }
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(RunReport {
+            backup: r, verdict, ..
+        }) => {
             for t in &r.non_transactional {
                 tracing::warn!(event = "non_transactional_table", source = %src.name, table = %t, "dumped without snapshot consistency");
             }
@@ -55,13 +118,16 @@ pub async fn backup_once(
                 event = "backup_succeeded",
                 source = %src.name,
                 backup = %r.manifest.backup_id,
-                store = %store.name(),
+                stores = %r.stores.join(","),
+                compliant = verdict.compliant,
                 bytes = r.manifest.data.size,
                 duration = r.duration_secs,
                 tables = r.manifest.tables,
                 rows = r.rows,
             );
-            let finished = Utc::now();
+            let finished = now
+                .map(|n| n + chrono::Duration::seconds(r.duration_secs as i64))
+                .unwrap_or_else(Utc::now);
             let _ = state.update(|s| {
                 let e = s.sources.entry(src.name.clone()).or_default();
                 e.last_success = Some(finished);
@@ -79,6 +145,31 @@ pub async fn backup_once(
             alerter
                 .clear(&format!("{}/failed", src.name), &src.name)
                 .await;
+            let degraded = || {
+                let mut a = Alert::new(
+                    "policy_degraded",
+                    &src.name,
+                    false,
+                    format!(
+                        "backup {} of source {} does not meet the 3-2-1 policy: {}",
+                        r.manifest.backup_id,
+                        src.name,
+                        verdict.reasons.join("; ")
+                    ),
+                );
+                a.backup = Some(r.manifest.backup_id.clone());
+                a.details =
+                    serde_json::json!({"verdict": verdict, "failed_stores": r.failed_stores});
+                a
+            };
+            alerter
+                .condition(
+                    &format!("{}/policy", src.name),
+                    !verdict.compliant,
+                    degraded,
+                    &src.name,
+                )
+                .await;
             let mut a = Alert::new(
                 "backup_succeeded",
                 &src.name,
@@ -95,10 +186,13 @@ pub async fn backup_once(
         Err(e) => {
             tracing::error!(event = "backup_failed", source = %src.name, error = %e);
             let msg = e.to_string();
+            let all: Vec<String> = cfg.stores.iter().map(|s| s.name.clone()).collect();
             let _ = state.update(|s| {
                 let e = s.sources.entry(src.name.clone()).or_default();
                 e.failures_total += 1;
                 e.last_error = Some(msg.clone());
+                // No pruning anywhere until a good run.
+                e.failed_stores = all.clone();
             });
             let alert = || {
                 let mut a = Alert::new(
@@ -118,6 +212,9 @@ pub async fn backup_once(
     result
 }
 
+/// How often the daemon scrubs a share of the stored copies.
+const SCRUB_INTERVAL: Duration = Duration::from_secs(3600);
+
 struct Daemon {
     cfg: Arc<Config>,
     keys: Arc<SealingKeys>,
@@ -136,10 +233,11 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
     let state = StateStore::new(&cfg.agent.state_dir);
     state.update(|_| ())?;
     for st in &cfg.stores {
-        let crate::config::StoreKind::Local { path } = &st.kind;
-        let n = clean_local_debris(&path.path);
-        if n > 0 {
-            tracing::warn!(event = "debris_removed", store = %st.name, files = n, "removed temp files of an interrupted run");
+        if let crate::config::StoreKind::Local { path } = &st.kind {
+            let n = clean_local_debris(&path.path);
+            if n > 0 {
+                tracing::warn!(event = "debris_removed", store = %st.name, files = n, "removed temp files of an interrupted run");
+            }
         }
     }
     let cfg = Arc::new(cfg);
@@ -261,7 +359,29 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         let _ = d
             .state
             .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
-        let run = backup_once(&d.cfg, src, d.keys.clone(), &d.state, &d.alerter);
+        let run = async {
+            if backup_once(&d.cfg, src, d.keys.clone(), &d.state, &d.alerter, None)
+                .await
+                .is_ok()
+            {
+                let cfg = d.cfg.clone();
+                let state = d.state.clone();
+                let s = src.clone();
+                let rep = tokio::task::spawn_blocking(move || {
+                    let stores = inventory::open_all(&cfg);
+                    maintain::prune(&cfg, &s, &stores, &state, Utc::now(), false)
+                })
+                .await;
+                if let Ok(rep) = rep {
+                    for e in &rep.errors {
+                        tracing::error!(event = "prune_failed", source = %src.name, error = %e);
+                    }
+                    for x in &rep.deleted {
+                        tracing::info!(event = "pruned", source = %src.name, object = %x);
+                    }
+                }
+            }
+        };
         tokio::select! {
             _ = run => {}
             _ = reached(&mut phase, Phase::Abort) => {
@@ -273,7 +393,58 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
 }
 
 async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
+    let mut last_scrub: Option<std::time::Instant> = None;
     loop {
+        // List every store (S3 too), cache the verdicts; scrub a share once an hour.
+        let scrub_now = last_scrub.is_none_or(|t| t.elapsed() >= SCRUB_INTERVAL);
+        if scrub_now {
+            last_scrub = Some(std::time::Instant::now());
+        }
+        let (cfg, state) = (d.cfg.clone(), d.state.clone());
+        let verdicts = tokio::task::spawn_blocking(move || {
+            let stores = inventory::open_all(&cfg);
+            let share = maintain::scrub_share(SCRUB_INTERVAL, cfg.policy.scrub_period);
+            let mut out = Vec::new();
+            for src in &cfg.sources {
+                if scrub_now {
+                    let r = maintain::scrub(&cfg, src, &stores, &state, Utc::now(), share);
+                    if r.checked > 0 {
+                        tracing::info!(event = "scrubbed", source = %src.name, copies = r.checked, failed = r.failed.len());
+                    }
+                }
+                let inv = maintain::refresh(&cfg, src, &stores, &state, Utc::now());
+                out.push((src.name.clone(), inv.newest().map(|b| (b.id.clone(), b.finished_at, b.verdict.clone()))));
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        for (name, newest) in verdicts {
+            if let Some((id, finished, v)) = newest {
+                let past_grace =
+                    (Utc::now() - finished).to_std().unwrap_or_default() > d.cfg.policy.grace;
+                let degraded = !v.compliant && past_grace;
+                let alert = || {
+                    let mut a = Alert::new(
+                        "policy_degraded",
+                        &name,
+                        false,
+                        format!(
+                            "newest backup {id} of source {name} does not meet the 3-2-1 policy: {}",
+                            v.reasons.join("; ")
+                        ),
+                    );
+                    a.backup = Some(id.clone());
+                    a.details = serde_json::json!({"verdict": v});
+                    a
+                };
+                if degraded || v.compliant {
+                    d.alerter
+                        .condition(&format!("{name}/policy"), degraded, alert, &name)
+                        .await;
+                }
+            }
+        }
         let cfg = d.cfg.clone();
         let state = d.state.load().unwrap_or_default();
         let facts =

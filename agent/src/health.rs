@@ -25,6 +25,10 @@ pub struct SourceFacts {
     pub newest: Option<(String, DateTime<Utc>)>,
     /// Which configured stores hold the newest backup.
     pub stores_with_newest: Vec<String>,
+    /// The 3-2-1 verdict of the newest backup, as last cached.
+    pub policy: Option<crate::state::PolicyMark>,
+    /// How long a newest backup may stay non-compliant.
+    pub policy_grace: Duration,
 }
 
 /// A DPO certificate's fingerprint and expiry, or why it is unusable.
@@ -83,7 +87,18 @@ pub fn verdict(f: &Facts) -> Verdict {
                 human(age(f.now, *t)),
                 human(s.max_age)
             )),
-            Some((id, t)) => ok.push(format!("{}: {id} ({} old)", s.name, human(age(f.now, *t)))),
+            Some((id, t)) => match &s.policy {
+                Some(p)
+                    if !p.compliant && p.backup_id == *id && age(f.now, *t) > s.policy_grace =>
+                {
+                    critical.push(format!(
+                        "source {}: newest backup {id} does not meet the 3-2-1 policy: {}",
+                        s.name,
+                        p.reasons.join("; ")
+                    ))
+                }
+                _ => ok.push(format!("{}: {id} ({} old)", s.name, human(age(f.now, *t)))),
+            },
         }
     }
     for d in &f.dpo {
@@ -135,7 +150,14 @@ pub fn verdict(f: &Facts) -> Verdict {
 /// Gathers the facts: the state (including what the daemon cached from the stores), a
 /// fresh listing of the local stores, the DPO certificates, the drill record.
 pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
-    let stores: Vec<_> = cfg.stores.iter().map(open_store).collect();
+    // Local stores are listed fresh; remote ones (S3) through what the daemon cached,
+    // so that the healthcheck stays fast.
+    let stores: Vec<_> = cfg
+        .stores
+        .iter()
+        .filter(|c| matches!(c.kind, crate::config::StoreKind::Local { .. }))
+        .filter_map(|c| open_store(c).ok())
+        .collect();
     let mut sources = Vec::new();
     for src in &cfg.sources {
         let mut newest: Option<(String, DateTime<Utc>)> = None;
@@ -170,11 +192,23 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
                 .map(|(s, _)| s.clone())
                 .collect();
         }
+        let policy = state.sources.get(&src.name).and_then(|s| s.policy.clone());
+        if let Some(p) = &policy {
+            if newest.as_ref().is_some_and(|(id, _)| *id == p.backup_id) {
+                for st in &p.verified_stores {
+                    if !with.contains(st) {
+                        with.push(st.clone());
+                    }
+                }
+            }
+        }
         sources.push(SourceFacts {
             name: src.name.clone(),
             max_age: src.max_age,
             newest,
             stores_with_newest: with,
+            policy,
+            policy_grace: cfg.policy.grace,
         });
     }
     let dpo = match &cfg.encryption {
@@ -263,6 +297,8 @@ mod tests {
                 max_age: Duration::from_secs(26 * 3600),
                 newest: newest.map(|t| ("mariadb_x".to_string(), at(t))),
                 stores_with_newest: vec![],
+                policy: None,
+                policy_grace: Duration::from_secs(7200),
             }],
             all_stores: vec![],
             dpo: vec![Ok(("FPR".into(), None))],

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use backup_agent::alert::Alerter;
 use backup_agent::config::{Config, DEFAULT_CONFIG_PATH};
 use backup_agent::state::StateStore;
-use backup_agent::{check, crypto, daemon, health, logging, store};
+use backup_agent::{check, crypto, daemon, health, inventory, logging, maintain};
 
 #[derive(Parser)]
 #[command(
@@ -34,9 +34,45 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         shutdown_timeout: std::time::Duration,
     },
-    /// Take one backup now, of every source (or one), into the configured store.
+    /// Take one backup now, of every source (or one), into every store; then repair
+    /// missing copies. Exit 0 complete and policy met, 1 failed, 3 stored but degraded.
     Backup {
         /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Run as if the clock showed this time (RFC 3339); for simulations and tests.
+        #[arg(long, hide = true)]
+        now: Option<String>,
+    },
+    /// Every backup across stores: copies, verification, lock, 3-2-1 verdict.
+    List {
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply each store's retention rules; print the plan and what was deleted and why.
+    Prune {
+        #[arg(long)]
+        source: Option<String>,
+        /// Print the plan, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, hide = true)]
+        now: Option<String>,
+    },
+    /// Re-read and re-hash stored copies now (all of them with --all; else the share due).
+    Scrub {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Copy backups to stores that lack a verified copy, from a verified one.
+    Repair {
         #[arg(long)]
         source: Option<String>,
     },
@@ -49,6 +85,17 @@ enum Command {
 /// Exit codes from the contract.
 const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
+const EXIT_DEGRADED: u8 = 3;
+
+fn parse_now(now: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+    now.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|d| d.with_timezone(&chrono::Utc))
+                .map_err(|e| format!("--now {t:?}: {e}; write e.g. 2026-11-21T02:00:00Z"))
+        })
+        .transpose()
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,7 +128,28 @@ fn main() -> ExitCode {
             println!("{}", v.line);
             ExitCode::from(v.code)
         }
-        Command::Backup { source } => rt().block_on(run_backups(&cfg, source.as_deref())),
+        Command::Backup { source, now } => match parse_now(&now) {
+            Ok(now) => rt().block_on(run_backups(&cfg, source.as_deref(), now)),
+            Err(e) => {
+                eprintln!("backup-agent: {e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+        Command::List { source, json } => list(&cfg, source.as_deref(), json),
+        Command::Prune {
+            source,
+            dry_run,
+            json,
+            now,
+        } => match parse_now(&now) {
+            Ok(now) => prune(&cfg, source.as_deref(), dry_run, json, now),
+            Err(e) => {
+                eprintln!("backup-agent: {e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+        Command::Scrub { source, all } => scrub(&cfg, source.as_deref(), all),
+        Command::Repair { source } => repair(&cfg, source.as_deref()),
         Command::Run { shutdown_timeout } => {
             match rt().block_on(daemon::run(cfg, shutdown_timeout)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -116,7 +184,260 @@ fn check_config(cfg: &Config) -> ExitCode {
     }
 }
 
-async fn run_backups(cfg: &Config, only: Option<&str>) -> ExitCode {
+fn sources_or_exit<'a>(
+    cfg: &'a Config,
+    only: Option<&str>,
+) -> Result<Vec<&'a backup_agent::config::SourceConfig>, ExitCode> {
+    if cfg.stores.is_empty() {
+        eprintln!(
+            "backup-agent: no [[store]] configured in {}",
+            cfg.file.display()
+        );
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    cfg.source(only).map_err(|e| {
+        eprintln!("backup-agent: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })
+}
+
+fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
+    let sources = match sources_or_exit(cfg, only) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let stores = inventory::open_all(cfg);
+    let state = StateStore::new(&cfg.agent.state_dir);
+    let now = chrono::Utc::now();
+    let invs: Vec<_> = sources
+        .iter()
+        .map(|src| maintain::refresh(cfg, src, &stores, &state, now))
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&invs).expect("serializable")
+        );
+        return ExitCode::SUCCESS;
+    }
+    for inv in &invs {
+        println!("source {}", inv.source);
+        for (s, e) in &inv.store_errors {
+            println!("  store {s}: UNREACHABLE: {e}");
+        }
+        if inv.backups.is_empty() {
+            println!("  no complete backup");
+        }
+        let names: Vec<&str> = stores.iter().map(|s| s.cfg.name.as_str()).collect();
+        println!(
+            "  {:<26} {:>12}  {}  verdict",
+            "backup",
+            "size",
+            names
+                .iter()
+                .map(|n| format!("{n:<22}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for b in &inv.backups {
+            let cells: Vec<String> = names
+                .iter()
+                .map(|n| {
+                    let c = b.copies.iter().find(|c| c.store == *n);
+                    let cell = match c {
+                        None => "-".to_string(),
+                        Some(c) => match c.lock_until {
+                            Some(t) => format!("{} lock {}", c.status, t.format("%Y-%m-%d")),
+                            None => c.status.clone(),
+                        },
+                    };
+                    format!("{cell:<22}")
+                })
+                .collect();
+            println!(
+                "  {:<26} {:>12}  {}  {}",
+                b.id,
+                b.size,
+                cells.join(" "),
+                if b.verdict.compliant {
+                    "compliant".to_string()
+                } else {
+                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
+                }
+            );
+        }
+        for n in &inv.notes {
+            println!("  note: {n}");
+        }
+        for (s, names) in &inv.foreign {
+            println!(
+                "  store {s}: {} object(s) not ours under the prefix (left alone)",
+                names.len()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn prune(
+    cfg: &Config,
+    only: Option<&str>,
+    dry_run: bool,
+    json: bool,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+) -> ExitCode {
+    let sources = match sources_or_exit(cfg, only) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let stores = inventory::open_all(cfg);
+    let state = StateStore::new(&cfg.agent.state_dir);
+    let now = now.unwrap_or_else(chrono::Utc::now);
+    let mut failed = false;
+    let mut all = Vec::new();
+    for src in sources {
+        let r = maintain::prune(cfg, src, &stores, &state, now, dry_run);
+        failed |= !r.errors.is_empty();
+        if !json {
+            println!(
+                "source {}{}",
+                src.name,
+                if dry_run {
+                    " (dry run: nothing deleted)"
+                } else {
+                    ""
+                }
+            );
+            for a in &r.plan {
+                println!(
+                    "  {} {:<26} on {:<14} {}",
+                    if a.keep { "keep" } else { "drop" },
+                    a.backup,
+                    a.store,
+                    a.reasons.join("; ")
+                );
+            }
+            for s in &r.skipped_stores {
+                println!("  skipped store {s}");
+            }
+            for d in &r.deleted {
+                println!("  deleted {d}");
+            }
+            for n in &r.reported {
+                println!("  note: {n}");
+            }
+            for e in &r.errors {
+                println!("  ERROR: {e}");
+            }
+        }
+        all.push(serde_json::json!({"source": src.name, "report": r}));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&all).expect("serializable")
+        );
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
+    let sources = match sources_or_exit(cfg, only) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let stores = inventory::open_all(cfg);
+    let state = StateStore::new(&cfg.agent.state_dir);
+    let share = if all {
+        1.0
+    } else {
+        maintain::scrub_share(
+            std::time::Duration::from_secs(86400),
+            cfg.policy.scrub_period,
+        )
+    };
+    let mut bad = false;
+    for src in sources {
+        let r = maintain::scrub(cfg, src, &stores, &state, chrono::Utc::now(), share);
+        println!(
+            "source {}: {} cop{} checked, {} failed",
+            src.name,
+            r.checked,
+            if r.checked == 1 { "y" } else { "ies" },
+            r.failed.len()
+        );
+        for f in &r.failed {
+            println!("  FAILED: {f}");
+        }
+        bad |= !r.failed.is_empty();
+        let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
+        if let Some(b) = inv.newest() {
+            println!(
+                "  newest backup {}: {}",
+                b.id,
+                if b.verdict.compliant {
+                    "compliant".to_string()
+                } else {
+                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
+                }
+            );
+        }
+    }
+    if bad {
+        ExitCode::from(EXIT_DEGRADED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
+    let sources = match sources_or_exit(cfg, only) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let stores = inventory::open_all(cfg);
+    let state = StateStore::new(&cfg.agent.state_dir);
+    let mut bad = false;
+    for src in sources {
+        let r = maintain::repair(cfg, src, &stores, &state, chrono::Utc::now());
+        for c in &r.copied {
+            println!("copied {c}");
+        }
+        for f in &r.failed {
+            println!("FAILED: {f}");
+        }
+        bad |= !r.failed.is_empty();
+        let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
+        if let Some(b) = inv.newest() {
+            bad |= !b.verdict.compliant;
+            println!(
+                "source {}: newest backup {}: {}",
+                src.name,
+                b.id,
+                if b.verdict.compliant {
+                    "compliant".to_string()
+                } else {
+                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
+                }
+            );
+        }
+    }
+    if bad {
+        ExitCode::from(EXIT_DEGRADED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run_backups(
+    cfg: &Config,
+    only: Option<&str>,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+) -> ExitCode {
     let enc = match cfg.require_backup_parts() {
         Ok(e) => e,
         Err(e) => {
@@ -150,22 +471,42 @@ async fn run_backups(cfg: &Config, only: Option<&str>) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let st = store::open_store(&cfg.stores[0]);
     let mut failed = false;
+    let mut degraded = false;
     for src in sources {
-        match daemon::backup_once(cfg, src, keys.clone(), &state, &alerter).await {
-            Ok(r) => println!(
-                "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, store {} ({})",
-                r.manifest.backup_id,
-                src.name,
-                r.manifest.data.size,
-                r.manifest.data.sha256,
-                r.manifest.tables,
-                r.rows,
-                r.duration_secs,
-                st.name(),
-                st.describe(&format!("{}/{}", src.prefix, r.manifest.data.name)),
-            ),
+        match daemon::backup_once(cfg, src, keys.clone(), &state, &alerter, now).await {
+            Ok(r) => {
+                let b = &r.backup;
+                println!(
+                    "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
+                    b.manifest.backup_id,
+                    src.name,
+                    b.manifest.data.size,
+                    b.manifest.data.sha256,
+                    b.manifest.tables,
+                    b.rows,
+                    b.duration_secs,
+                    b.stores.join(", "),
+                );
+                for (s, e) in &b.failed_stores {
+                    eprintln!("backup-agent: store {s} failed: {e}");
+                }
+                for c in &r.repair.copied {
+                    println!("repaired {c}");
+                }
+                for f in &r.repair.failed {
+                    eprintln!("backup-agent: repair failed: {f}");
+                }
+                if r.verdict.compliant {
+                    println!("policy: compliant");
+                } else {
+                    degraded = true;
+                    eprintln!(
+                        "backup-agent: policy degraded: {}",
+                        r.verdict.reasons.join("; ")
+                    );
+                }
+            }
             Err(e) => {
                 failed = true;
                 eprintln!("backup-agent: backup failed: {e}");
@@ -174,6 +515,8 @@ async fn run_backups(cfg: &Config, only: Option<&str>) -> ExitCode {
     }
     if failed {
         ExitCode::from(EXIT_FAILED)
+    } else if degraded {
+        ExitCode::from(EXIT_DEGRADED)
     } else {
         ExitCode::SUCCESS
     }

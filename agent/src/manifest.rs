@@ -63,6 +63,13 @@ pub fn backup_id_of(file_name: &str) -> Option<&str> {
     None
 }
 
+/// The UTC time a backup id names.
+pub fn id_time(id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::NaiveDateTime::parse_from_str(id, "mariadb_%Y-%m-%d_%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 pub fn is_backup_id(id: &str) -> bool {
     chrono::NaiveDateTime::parse_from_str(id, "mariadb_%Y-%m-%d_%H%M%S").is_ok()
 }

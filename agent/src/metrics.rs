@@ -98,15 +98,16 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
     o.family(
         "backup_store_copies",
         "gauge",
-        "Copies of the newest backup on each store (0 or 1).",
+        "Verified copies of the newest backup on each store (0 or 1).",
     );
+    let verified_of = |s: &crate::health::SourceFacts| -> Option<Vec<String>> {
+        let p = s.policy.as_ref()?;
+        (s.newest.as_ref()?.0 == p.backup_id).then(|| p.verified_stores.clone())
+    };
     for s in &facts.sources {
+        let verified = verified_of(s).unwrap_or_default();
         for st in &facts.all_stores {
-            let n = if s.stores_with_newest.contains(st) {
-                1.0
-            } else {
-                0.0
-            };
+            let n = if verified.contains(st) { 1.0 } else { 0.0 };
             o.sample(
                 "backup_store_copies",
                 &[("source", &s.name), ("store", st)],
@@ -114,13 +115,16 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
             );
         }
     }
-    o.family("backup_policy_compliant", "gauge", "1 if the newest backup is on every configured store (the 3-2-1 policy replaces this rule when it lands).");
+    o.family(
+        "backup_policy_compliant",
+        "gauge",
+        "1 if the newest backup meets the 3-2-1 policy ([policy]: verified copies, media, offsite, immutable).",
+    );
     for s in &facts.sources {
         let ok = s.newest.is_some()
-            && facts
-                .all_stores
-                .iter()
-                .all(|st| s.stores_with_newest.contains(st));
+            && s.policy.as_ref().is_some_and(|p| {
+                p.compliant && s.newest.as_ref().is_some_and(|(id, _)| *id == p.backup_id)
+            });
         o.sample(
             "backup_policy_compliant",
             &[("source", &s.name)],

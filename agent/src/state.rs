@@ -21,6 +21,23 @@ pub struct State {
     /// Alert deliveries that failed, by channel.
     #[serde(default)]
     pub alert_failures: BTreeMap<String, u64>,
+    /// Verification ledger: per store, per `<prefix>/<backup id>`, the last check of that
+    /// copy (after upload, by the scrub, by a repair).
+    #[serde(default)]
+    pub copies: BTreeMap<String, BTreeMap<String, CopyMark>>,
+}
+
+/// The last verification of one stored copy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CopyMark {
+    pub verified: bool,
+    pub checked_at: DateTime<Utc>,
+    /// "read-back" or "head".
+    pub method: String,
+    pub size: u64,
+    /// The object's ETag when it was verified (HEAD-only checks compare it).
+    pub etag: Option<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -38,6 +55,21 @@ pub struct SourceState {
     pub newest_backup: Option<NewestBackup>,
     /// The schedule slot the last scheduled run belonged to (for catching up once).
     pub last_slot: Option<DateTime<Utc>>,
+    /// Stores that failed during the last run (no pruning there until a good run).
+    #[serde(default)]
+    pub failed_stores: Vec<String>,
+    /// The 3-2-1 verdict of the newest backup, as the last listing found it.
+    pub policy: Option<PolicyMark>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyMark {
+    pub backup_id: String,
+    pub compliant: bool,
+    pub reasons: Vec<String>,
+    /// Verified copies of that backup, by store.
+    pub verified_stores: Vec<String>,
+    pub checked_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

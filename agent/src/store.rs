@@ -8,10 +8,17 @@
 //! - Objects are never overwritten: committing a name that already exists fails and leaves
 //!   the existing object untouched.
 //! - Keys are relative paths with `/` separators (`<prefix>/<file name>`).
+//! - Removing an object removes every version of it (on a versioned bucket, by version
+//!   id: a plain delete would only add a delete marker and free nothing). Callers check
+//!   `stat().lock_until` first: a store never tries to delete under an object lock.
+//! - All methods block: call them from blocking threads (`spawn_blocking`), never from
+//!   an async task directly.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
 
 use crate::config::{StoreConfig, StoreKind};
 
@@ -26,6 +33,41 @@ pub enum StoreError {
     },
     #[error("store {store}: {key} already exists; refusing to overwrite it")]
     Exists { store: String, key: String },
+    #[error("store {store}: {action} {key}: {message}")]
+    Remote {
+        store: String,
+        action: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the failure is the object's absence.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// What a store knows about one object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// The sha256 the store keeps with the object (S3 metadata), when it has one.
+    pub sha256: Option<String>,
+    /// An identifier that changes when the object is replaced (S3 ETag, or None).
+    pub etag: Option<String>,
+    pub modified: Option<DateTime<Utc>>,
+    /// Object lock: no deletion before this time.
+    pub lock_until: Option<DateTime<Utc>>,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub size: u64,
+    pub modified: Option<DateTime<Utc>>,
 }
 
 /// The writing end of one object.
@@ -36,29 +78,65 @@ pub trait ObjectWriter: Write + Send + Sync {
 
 pub trait Store: Send + Sync {
     fn name(&self) -> &str;
-    /// Starts writing a new object; fails if `key` exists.
-    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError>;
+    /// Starts writing a new object; fails if `key` exists. `sha256` is the content's
+    /// digest when the caller knows it up front (a copy from another store): the store
+    /// keeps it with the object and may have the server check it.
+    fn create_with(
+        &self,
+        key: &str,
+        sha256: Option<&str>,
+    ) -> Result<Box<dyn ObjectWriter>, StoreError>;
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        self.create_with(key, None)
+    }
     /// Reads a whole object as a stream.
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError>;
-    fn exists(&self, key: &str) -> Result<bool, StoreError>;
-    /// Keys directly under `prefix` (file names only), sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// What the store knows of an object, or None if it does not exist.
+    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.stat(key)?.is_some())
+    }
     /// The size of an object, or None if it does not exist.
-    fn size(&self, key: &str) -> Result<Option<u64>, StoreError>;
-    /// Removes an object; removing one that does not exist is not an error.
+    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.stat(key)?.map(|i| i.size))
+    }
+    /// Entries directly under `prefix` (file names only, our temp files included), sorted.
+    fn list_entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    /// Names directly under `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_entries(prefix)?
+            .into_iter()
+            .map(|e| e.name)
+            .collect())
+    }
+    /// Removes an object (every version of it); removing one that does not exist is not
+    /// an error.
     fn remove(&self, key: &str) -> Result<(), StoreError>;
     /// Where an object lives, for messages.
     fn describe(&self, key: &str) -> String;
+    /// Whether what this store writes is under object lock (an immutable copy).
+    fn immutable(&self) -> bool {
+        false
+    }
+    /// Removes our own debris under `prefix` older than `grace`: temp files of writers
+    /// that are gone, pending multipart uploads. Returns what was removed.
+    fn clean_debris(
+        &self,
+        prefix: &str,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
 }
 
-/// Builds the configured store.
-pub fn open_store(cfg: &StoreConfig) -> Box<dyn Store> {
-    match &cfg.kind {
+/// Builds the configured store. Building an S3 client reads its credential files.
+pub fn open_store(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match &cfg.kind {
         StoreKind::Local { path } => Box::new(LocalStore {
             name: cfg.name.clone(),
             root: path.path.clone(),
         }),
-    }
+        StoreKind::S3(s3) => Box::new(crate::s3::S3Store::new(&cfg.name, s3)?),
+    })
 }
 
 /// A directory on local disk. Objects are written to a hidden temp file in the target
@@ -159,7 +237,11 @@ impl Store for LocalStore {
         &self.name
     }
 
-    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+    fn create_with(
+        &self,
+        key: &str,
+        _sha256: Option<&str>,
+    ) -> Result<Box<dyn ObjectWriter>, StoreError> {
         let dest = self.path(key);
         if dest.exists() {
             return Err(StoreError::Exists {
@@ -195,33 +277,69 @@ impl Store for LocalStore {
         ))
     }
 
-    fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.path(key).exists())
+    fn stat(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match fs::metadata(self.path(key)) {
+            Ok(m) if m.is_file() => Ok(Some(ObjectInfo {
+                size: m.len(),
+                modified: m.modified().ok().map(DateTime::<Utc>::from),
+                ..ObjectInfo::default()
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("inspecting", key)(e)),
+        }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list_entries(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let dir = self.path(prefix);
         let mut v = Vec::new();
         match fs::read_dir(&dir) {
             Ok(rd) => {
                 for e in rd {
                     let e = e.map_err(self.io("listing", prefix))?;
-                    v.push(e.file_name().to_string_lossy().into_owned());
+                    let Ok(m) = e.metadata() else { continue };
+                    if !m.is_file() {
+                        continue;
+                    }
+                    v.push(Entry {
+                        name: e.file_name().to_string_lossy().into_owned(),
+                        size: m.len(),
+                        modified: m.modified().ok().map(DateTime::<Utc>::from),
+                    });
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io("listing", prefix)(e)),
         }
-        v.sort();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
 
-    fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        match fs::metadata(self.path(key)) {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io("inspecting", key)(e)),
+    fn clean_debris(
+        &self,
+        prefix: &str,
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut removed = Vec::new();
+        let now = Utc::now();
+        for e in self.list_entries(prefix)? {
+            let Some(rest) = e.name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
+            let writer_gone = pid.is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            });
+            let old = e
+                .modified
+                .is_some_and(|m| (now - m).to_std().unwrap_or_default() > grace);
+            if writer_gone || (old && pid != Some(std::process::id())) {
+                let key = format!("{prefix}/{}", e.name);
+                self.remove(&key)?;
+                removed.push(key);
+            }
         }
+        Ok(removed)
     }
 
     fn remove(&self, key: &str) -> Result<(), StoreError> {

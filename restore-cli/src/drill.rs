@@ -82,6 +82,45 @@ struct Chosen {
     source: Option<String>,
     prefix: Option<String>,
     manifest: Option<Manifest>,
+    /// Where a copy fetched from a remote store (S3) was put; removed on drop.
+    _fetched: Option<tempfile::TempDir>,
+}
+
+/// Downloads a backup's data, `.sha256` and manifest objects from a remote store into a
+/// temp dir (the data is the encrypted message: nothing in plaintext reaches the disk).
+fn fetch(
+    store: &dyn backup_agent::store::Store,
+    prefix: &str,
+    m: &Manifest,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let dir = tempfile::Builder::new()
+        .prefix("restore-fetch-")
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a temp dir in {} for the download", base.display()))?;
+    for name in [
+        m.data.name.clone(),
+        format!("{}{}", m.backup_id, manifest::SHA256_SUFFIX),
+        format!("{}{}", m.backup_id, manifest::MANIFEST_SUFFIX),
+    ] {
+        let key = format!("{prefix}/{name}");
+        let mut r = store.open(&key).map_err(|e| anyhow!("{e}"))?;
+        let path = dir.path().join(&name);
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        std::io::copy(&mut r, &mut f).with_context(|| {
+            format!(
+                "downloading {} to {}; check free space in TMPDIR",
+                store.describe(&key),
+                path.display()
+            )
+        })?;
+        f.sync_all()?;
+    }
+    let file = dir.path().join(&m.data.name);
+    Ok((dir, file))
 }
 
 fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
@@ -94,6 +133,7 @@ fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
                 source: None,
                 prefix: None,
                 manifest: None,
+                _fetched: None,
             });
         }
     }
@@ -122,25 +162,44 @@ fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
     }
     let want = a.backup.filter(|b| *b != "latest");
     for st in stores {
-        let store = open_store(st);
-        let list =
-            catalog::complete_backups(store.as_ref(), &src.prefix).map_err(|e| anyhow!("{e}"))?;
+        let store = match open_store(st) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("restore: skipping store {}: {e}", st.name);
+                continue;
+            }
+        };
+        let list = match catalog::complete_backups(store.as_ref(), &src.prefix) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("restore: skipping store {}: {e}", st.name);
+                continue;
+            }
+        };
         let pick = match want {
             Some(id) => list.into_iter().find(|m| m.backup_id == id),
             None => list.into_iter().last(),
         };
         if let Some(m) = pick {
-            let StoreKind::Local { path } = &st.kind;
-            let file = path
-                .path
-                .join(&src.prefix)
-                .join(format!("{}{DATA_SUFFIX}", m.backup_id));
+            let (file, fetched) = match &st.kind {
+                StoreKind::Local { path } => (
+                    path.path
+                        .join(&src.prefix)
+                        .join(format!("{}{DATA_SUFFIX}", m.backup_id)),
+                    None,
+                ),
+                StoreKind::S3(_) => {
+                    let (dir, file) = fetch(store.as_ref(), &src.prefix, &m)?;
+                    (file, Some(dir))
+                }
+            };
             return Ok(Chosen {
                 file,
                 store: Some(st.name.clone()),
                 source: Some(src.name.clone()),
                 prefix: Some(src.prefix.clone()),
                 manifest: Some(m),
+                _fetched: fetched,
             });
         }
     }
@@ -634,7 +693,13 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
             cfg.stores.iter().find(|s| &s.name == store_name),
             cfg.sources.iter().find(|s| &s.name == src),
         ) {
-            let store = open_store(st);
+            let store = match open_store(st) {
+                Ok(s) => s,
+                Err(e) => {
+                    notes.push(format!("could not store the drill report: {e}"));
+                    return notes;
+                }
+            };
             let key = format!(
                 "{}/drills/drill_{}.json",
                 s.prefix,

@@ -335,7 +335,7 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
     {
         for st in &cfg.stores {
-            let store = backup_agent::store::open_store(st);
+            let store = backup_agent::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
             let list = backup_agent::catalog::complete_backups(store.as_ref(), &src.prefix)
                 .map_err(|e| anyhow!("{e}"))?;
             for m in list {

@@ -61,8 +61,27 @@ fn the_compose_agent_config_runs_a_backup() {
     std::fs::copy(testdata("dpo.pub.asc"), d.join("etc/dpo.asc")).unwrap();
     std::fs::write(d.join("secrets/webhook_url"), "http://127.0.0.1:9/unused").unwrap();
     std::fs::write(d.join("secrets/smtp_password"), "unused").unwrap();
+    // The offsite store of dc1 (dc2's object store, with object lock) is a moto bucket.
+    let vault = common::s3::moto(
+        &d.join("secrets"),
+        &unique("dc2vault").replace('_', "-"),
+        true,
+        false,
+    );
+    std::fs::copy(&vault.key_id_file, d.join("secrets/s3_dc2_access_key_id")).unwrap();
+    std::fs::copy(
+        &vault.secret_file,
+        d.join("secrets/s3_dc2_secret_access_key"),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(repo_root().join("compose/config/agent-dc1.toml")).unwrap();
     let mapped = text
+        .replace(
+            "\"https://s3.dc2.example.org\"",
+            &format!("{:?}", vault.url),
+        )
+        .replace("\"mariadb-backups\"", &format!("{:?}", vault.bucket))
+        .replace("region = \"dc2\"", "region = \"us-east-1\"")
         .replace("/run/secrets/", &format!("{}/secrets/", d.display()))
         .replace("/etc/backup-agent/", &format!("{}/etc/", d.display()))
         .replace(
@@ -98,6 +117,16 @@ fn the_compose_agent_config_runs_a_backup() {
     ok(&o, "check-config of the compose config");
     let o = run(&["backup"]);
     ok(&o, "backup with the compose config");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("policy: compliant"),
+        "local + locked offsite meets 2 copies, 2 media, 1 offsite, 1 immutable: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        vault.keys("galera/").len(),
+        3,
+        "the offsite copy is in dc2's bucket"
+    );
     let o = run(&["healthcheck"]);
     assert_eq!(
         o.status.code(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod receivers;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub struct Server {
     pub password: String,
 }
 
-fn env_file() -> BTreeMap<String, String> {
+pub fn env_file() -> BTreeMap<String, String> {
     let dir = std::env::var("BA_TEST_DIR").unwrap_or_else(|_| "/var/tmp/backup-agent-test".into());
     let text = std::fs::read_to_string(Path::new(&dir).join("env")).unwrap_or_default();
     text.lines()
@@ -317,6 +318,10 @@ pub struct Setup {
     pub agent_extra: String,
     /// Extra tables at the end (e.g. [alerts]).
     pub tail: String,
+    /// More [[store]] tables after the local one.
+    pub stores: String,
+    /// The [policy] table (default: one verified copy is enough, for single-store tests).
+    pub policy: String,
 }
 
 impl Setup {
@@ -342,6 +347,8 @@ impl Setup {
             extra: String::new(),
             agent_extra: String::new(),
             tail: String::new(),
+            stores: String::new(),
+            policy: "[policy]\ncopies = 1\nmedia = 1\noffsite = 0\n".into(),
         }
     }
 
@@ -393,6 +400,8 @@ name = "local"
 kind = "local"
 path = {store:?}
 media = "disk"
+{stores}
+{policy}
 {tail}
 "#,
             state = self.path("state"),
@@ -406,6 +415,8 @@ media = "disk"
             store = self.store(),
             agent_extra = self.agent_extra,
             tail = self.tail,
+            stores = self.stores,
+            policy = self.policy,
         );
         let p = self.path("config.toml");
         std::fs::write(&p, cfg).unwrap();

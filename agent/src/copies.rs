@@ -1,0 +1,238 @@
+//! Operations on one backup's copy in one store: verify it, copy it from another store
+//! (repair), remove it (manifest first, so no half-deleted backup looks valid).
+
+use std::io::{Read, Write};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use crate::config::VerifyMode;
+use crate::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use crate::pipeline::hash_stream;
+use crate::state::CopyMark;
+use crate::store::{put_bytes, Store, StoreError};
+
+pub fn key(prefix: &str, id: &str, suffix: &str) -> String {
+    format!("{prefix}/{id}{suffix}")
+}
+
+/// Checks a stored copy against its manifest. HEAD-only checks size and the sha256 the
+/// store keeps in metadata, or (without one) the ETag recorded at the last full check;
+/// with neither, it reads the copy back.
+pub fn verify_copy(
+    store: &dyn Store,
+    mode: VerifyMode,
+    prefix: &str,
+    m: &Manifest,
+    prev: Option<&CopyMark>,
+) -> CopyMark {
+    let mark = verify_data(store, mode, prefix, m, prev);
+    if !mark.verified || mark.method != "read-back" {
+        return mark;
+    }
+    // The .sha256 file must name the same digest.
+    let sha_key = key(prefix, &m.backup_id, SHA256_SUFFIX);
+    let mut text = String::new();
+    let read = store.open(&sha_key).and_then(|mut r| {
+        r.read_to_string(&mut text)
+            .map_err(|source| StoreError::Io {
+                store: store.name().into(),
+                action: "reading",
+                key: sha_key.clone(),
+                source,
+            })
+    });
+    let problem = match read {
+        Err(e) => Some(e.to_string()),
+        Ok(_)
+            if manifest::parse_sha256_line(&text, &m.data.name).as_deref()
+                != Some(m.data.sha256.as_str()) =>
+        {
+            Some(format!("{sha_key} does not hold the manifest's sha256"))
+        }
+        Ok(_) => None,
+    };
+    match problem {
+        Some(e) => CopyMark {
+            verified: false,
+            error: Some(e),
+            ..mark
+        },
+        None => mark,
+    }
+}
+
+/// Checks the data object of a copy (not its `.sha256` file).
+pub fn verify_data(
+    store: &dyn Store,
+    mode: VerifyMode,
+    prefix: &str,
+    m: &Manifest,
+    prev: Option<&CopyMark>,
+) -> CopyMark {
+    let now = Utc::now();
+    let data_key = format!("{prefix}/{}", m.data.name);
+    let fail = |method: &str, size: u64, etag: Option<String>, e: String| CopyMark {
+        verified: false,
+        checked_at: now,
+        method: method.into(),
+        size,
+        etag,
+        error: Some(e),
+    };
+    let info = match store.stat(&data_key) {
+        Ok(Some(i)) => i,
+        Ok(None) => return fail("head", 0, None, format!("{data_key} is missing")),
+        Err(e) => return fail("head", 0, None, e.to_string()),
+    };
+    if info.size != m.data.size {
+        return fail(
+            "head",
+            info.size,
+            info.etag,
+            format!(
+                "{data_key}: size {} differs from the manifest's {}",
+                info.size, m.data.size
+            ),
+        );
+    }
+    if mode == VerifyMode::Head {
+        let head_ok = match (&info.sha256, prev) {
+            (Some(s), _) => Some(*s == m.data.sha256),
+            (None, Some(p)) if p.verified && p.etag.is_some() => {
+                Some(p.etag == info.etag && p.size == info.size)
+            }
+            _ => None,
+        };
+        match head_ok {
+            Some(true) => {
+                return CopyMark {
+                    verified: true,
+                    checked_at: now,
+                    method: "head".into(),
+                    size: info.size,
+                    etag: info.etag,
+                    error: None,
+                }
+            }
+            Some(false) => {
+                return fail(
+                    "head",
+                    info.size,
+                    info.etag,
+                    format!("{data_key}: stored checksum or ETag differs from the verified copy"),
+                )
+            }
+            None => {}
+        }
+    }
+    // Full read-back: hash the data object, and check the .sha256 file names the same.
+    let read = store.open(&data_key).and_then(|r| {
+        hash_stream(r).map_err(|source| StoreError::Io {
+            store: store.name().into(),
+            action: "reading back",
+            key: data_key.clone(),
+            source,
+        })
+    });
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => return fail("read-back", info.size, info.etag, e.to_string()),
+    };
+    if read.sha256 != m.data.sha256 || read.size != m.data.size {
+        return fail(
+            "read-back",
+            read.size,
+            info.etag,
+            format!(
+                "{data_key}: content sha256 {} differs from the manifest's {}",
+                read.sha256, m.data.sha256
+            ),
+        );
+    }
+    CopyMark {
+        verified: true,
+        checked_at: now,
+        method: "read-back".into(),
+        size: read.size,
+        etag: info.etag,
+        error: None,
+    }
+}
+
+/// Writes the `.sha256` file and the manifest (last) of a backup whose data object is
+/// already in the store.
+pub fn publish(store: &dyn Store, prefix: &str, m: &Manifest) -> Result<(), StoreError> {
+    put_bytes(
+        store,
+        &key(prefix, &m.backup_id, SHA256_SUFFIX),
+        manifest::sha256_line(&m.data.sha256, &m.data.name).as_bytes(),
+    )?;
+    put_bytes(
+        store,
+        &key(prefix, &m.backup_id, MANIFEST_SUFFIX),
+        &serde_json::to_vec_pretty(m).expect("manifest serializes"),
+    )
+}
+
+/// Removes a backup from a store: manifest first (from then on it is not a backup), then
+/// the `.sha256` file, then the data. Returns the keys removed.
+pub fn remove_backup(store: &dyn Store, prefix: &str, id: &str) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
+        let k = key(prefix, id, suffix);
+        if store.exists(&k)? {
+            store.remove(&k)?;
+            removed.push(k);
+        }
+    }
+    Ok(removed)
+}
+
+/// Copies a backup from a store that holds a verified copy to one that lacks it, hashing
+/// on the way: the copy is published (manifest last) only if the bytes read match the
+/// manifest. Anything written is removed again on failure.
+pub fn copy_backup(
+    from: &dyn Store,
+    to: &dyn Store,
+    prefix: &str,
+    m: &Manifest,
+) -> Result<(), String> {
+    let data_key = format!("{prefix}/{}", m.data.name);
+    let result = (|| -> Result<(), String> {
+        let mut r = from.open(&data_key).map_err(|e| e.to_string())?;
+        let mut w = to
+            .create_with(&data_key, Some(&m.data.sha256))
+            .map_err(|e| e.to_string())?;
+        let mut h = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| format!("reading {} from {}: {e}", data_key, from.name()))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+            w.write_all(&buf[..n])
+                .map_err(|e| format!("writing {} to {}: {e}", data_key, to.name()))?;
+        }
+        let got = hex::encode(h.finalize());
+        if got != m.data.sha256 || size != m.data.size {
+            // Dropping the writer discards the copy.
+            return Err(format!(
+                "the copy on {} is not intact ({size} bytes, sha256 {got}); nothing was copied",
+                from.name()
+            ));
+        }
+        w.commit().map_err(|e| e.to_string())?;
+        publish(to, prefix, m).map_err(|e| {
+            // The data object is ours (just committed): take the half-copy away again.
+            let _ = remove_backup(to, prefix, &m.backup_id);
+            e.to_string()
+        })
+    })();
+    result
+}

@@ -1,0 +1,238 @@
+//! The inventory of a source: every backup across every store, each copy's verification
+//! state (from the ledger in the agent's state), lock, and the 3-2-1 verdict. `list`,
+//! the daemon's freshness timer, repair, scrub and prune all start from it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig, StoreConfig};
+use crate::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use crate::policy::{self, CopyFact, Verdict};
+use crate::state::{CopyMark, State};
+use crate::store::{open_store, Store, TEMP_PREFIX};
+
+/// A configured store, opened (or why it could not be).
+pub struct OpenStore {
+    pub cfg: StoreConfig,
+    pub store: Result<Box<dyn Store>, String>,
+}
+
+pub fn open_all(cfg: &Config) -> Vec<OpenStore> {
+    cfg.stores
+        .iter()
+        .map(|c| OpenStore {
+            cfg: c.clone(),
+            store: open_store(c).map_err(|e| e.to_string()),
+        })
+        .collect()
+}
+
+/// A name and when it was last modified.
+pub type Timed = (String, Option<DateTime<Utc>>);
+/// A store index and the lock date of the copy there.
+type Located = (usize, Option<DateTime<Utc>>);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyRow {
+    pub store: String,
+    /// "verified", "unchecked" (present, not yet checked by this agent), "failed".
+    pub status: String,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub lock_until: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRow {
+    pub id: String,
+    pub finished_at: DateTime<Utc>,
+    pub size: u64,
+    #[serde(skip)]
+    pub manifest: Manifest,
+    /// One entry per store that holds a complete copy.
+    pub copies: Vec<CopyRow>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub source: String,
+    /// Oldest first.
+    pub backups: Vec<BackupRow>,
+    /// Stores that could not be listed, with the reason.
+    pub store_errors: BTreeMap<String, String>,
+    /// Things found that are not complete backups: reported, never touched by retention.
+    pub notes: Vec<String>,
+    /// Per store, names under the prefix that are not ours.
+    pub foreign: BTreeMap<String, Vec<String>>,
+    /// Per store, our data/.sha256 objects without a manifest: (name, modified).
+    #[serde(skip)]
+    pub orphans: BTreeMap<String, Vec<Timed>>,
+}
+
+impl Inventory {
+    pub fn newest(&self) -> Option<&BackupRow> {
+        self.backups.last()
+    }
+    pub fn newest_compliant(&self) -> Option<&BackupRow> {
+        self.backups.iter().rev().find(|b| b.verdict.compliant)
+    }
+}
+
+pub fn ledger_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}/{id}")
+}
+
+pub fn mark<'a>(state: &'a State, store: &str, prefix: &str, id: &str) -> Option<&'a CopyMark> {
+    state.copies.get(store)?.get(&ledger_key(prefix, id))
+}
+
+/// Reads a manifest from a store.
+pub fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest, String> {
+    let mut text = Vec::new();
+    store
+        .open(key)
+        .map_err(|e| e.to_string())?
+        .read_to_end(&mut text)
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{key}: not a valid manifest: {e}"))
+}
+
+/// Builds the inventory of one source.
+pub fn build(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &State,
+    now: DateTime<Utc>,
+) -> Inventory {
+    let prefix = &src.prefix;
+    let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
+    // id -> store -> (mark, lock)
+    // id -> (store index, lock until)
+    let mut present: BTreeMap<String, Vec<Located>> = BTreeMap::new();
+    let mut inv = Inventory {
+        source: src.name.clone(),
+        backups: Vec::new(),
+        store_errors: BTreeMap::new(),
+        notes: Vec::new(),
+        foreign: BTreeMap::new(),
+        orphans: BTreeMap::new(),
+    };
+    for (i, os) in stores.iter().enumerate() {
+        let store = match &os.store {
+            Ok(s) => s.as_ref(),
+            Err(e) => {
+                inv.store_errors.insert(os.cfg.name.clone(), e.clone());
+                continue;
+            }
+        };
+        let entries = match store.list_entries(prefix) {
+            Ok(e) => e,
+            Err(e) => {
+                inv.store_errors.insert(os.cfg.name.clone(), e.to_string());
+                continue;
+            }
+        };
+        let names: BTreeMap<&str, &crate::store::Entry> =
+            entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        for e in &entries {
+            let n = e.name.as_str();
+            if n.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let Some(id) = manifest::backup_id_of(n) else {
+                inv.foreign
+                    .entry(os.cfg.name.clone())
+                    .or_default()
+                    .push(n.to_string());
+                continue;
+            };
+            if !n.ends_with(MANIFEST_SUFFIX) {
+                if !names.contains_key(format!("{id}{MANIFEST_SUFFIX}").as_str()) {
+                    inv.orphans
+                        .entry(os.cfg.name.clone())
+                        .or_default()
+                        .push((n.to_string(), e.modified));
+                }
+                continue;
+            }
+            let m = match read_manifest(store, &format!("{prefix}/{n}")) {
+                Ok(m) => m,
+                Err(err) => {
+                    inv.notes.push(format!("store {}: {err}", os.cfg.name));
+                    continue;
+                }
+            };
+            let data_ok = m.backup_id == id
+                && m.source == src.name
+                && names
+                    .get(m.data.name.as_str())
+                    .is_some_and(|d| d.size == m.data.size)
+                && m.data.name == format!("{id}{DATA_SUFFIX}")
+                && names.contains_key(format!("{id}{SHA256_SUFFIX}").as_str());
+            if !data_ok {
+                inv.notes.push(format!(
+                    "store {}: {prefix}/{n} does not match its data object (missing, other size, or other source); left alone, check it by hand",
+                    os.cfg.name
+                ));
+                continue;
+            }
+            let lock = if store.immutable() {
+                store
+                    .stat(&format!("{prefix}/{}", m.data.name))
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.lock_until)
+            } else {
+                None
+            };
+            present.entry(id.to_string()).or_default().push((i, lock));
+            manifests.entry(id.to_string()).or_insert(m);
+        }
+    }
+    for (id, m) in manifests {
+        let mut copies = Vec::new();
+        let mut facts = Vec::new();
+        for (i, lock) in &present[&id] {
+            let os = &stores[*i];
+            let mk = mark(state, &os.cfg.name, prefix, &id);
+            let (status, verified) = match mk {
+                Some(k) if k.verified && k.size == m.data.size => ("verified", true),
+                Some(k) if !k.verified => ("failed", false),
+                _ => ("unchecked", false),
+            };
+            copies.push(CopyRow {
+                store: os.cfg.name.clone(),
+                status: status.into(),
+                checked_at: mk.map(|k| k.checked_at),
+                lock_until: *lock,
+                error: mk.and_then(|k| k.error.clone()),
+            });
+            facts.push(CopyFact {
+                store: os.cfg.name.clone(),
+                media: os.cfg.media.clone(),
+                site: os.cfg.site.clone(),
+                verified,
+                lock_until: *lock,
+            });
+        }
+        let verdict = policy::evaluate(&cfg.policy, &cfg.agent.site, &facts, now);
+        let finished_at = crate::catalog::finished_at(&m)
+            .or_else(|| manifest::id_time(&id))
+            .unwrap_or(now);
+        inv.backups.push(BackupRow {
+            id,
+            finished_at,
+            size: m.data.size,
+            manifest: m,
+            copies,
+            verdict,
+        });
+    }
+    inv.backups.sort_by(|a, b| a.id.cmp(&b.id));
+    inv
+}

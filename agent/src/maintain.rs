@@ -1,0 +1,445 @@
+//! Upkeep of the stores of one source: repair (copy missing or broken copies from a
+//! verified one), scrub (re-read and re-hash stored copies, a share at a time), prune
+//! (retention, with its safety rules and an audit log) and the cached policy verdict.
+//! Everything here blocks: run it on a blocking thread.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, SourceConfig};
+use crate::copies;
+use crate::inventory::{self, Inventory, OpenStore};
+use crate::retention::{self, Candidate};
+use crate::state::{CopyMark, PolicyMark, StateStore};
+
+fn store_of<'a>(stores: &'a [OpenStore], name: &str) -> Option<&'a dyn crate::store::Store> {
+    stores
+        .iter()
+        .find(|s| s.cfg.name == name)
+        .and_then(|s| s.store.as_ref().ok())
+        .map(|b| b.as_ref())
+}
+
+/// Records verification results in the ledger.
+pub fn record_marks(state: &StateStore, prefix: &str, id: &str, marks: &[(String, CopyMark)]) {
+    let _ = state.update(|s| {
+        for (store, m) in marks {
+            s.copies
+                .entry(store.clone())
+                .or_default()
+                .insert(inventory::ledger_key(prefix, id), m.clone());
+        }
+    });
+}
+
+/// Builds the inventory and caches the newest backup's verdict in the state.
+pub fn refresh(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &StateStore,
+    now: DateTime<Utc>,
+) -> Inventory {
+    let st = state.load().unwrap_or_default();
+    let inv = inventory::build(cfg, src, stores, &st, now);
+    if let Some(b) = inv.newest() {
+        let mut reasons = b.verdict.reasons.clone();
+        for (s, e) in &inv.store_errors {
+            reasons.push(format!("store {s} unreachable: {e}"));
+        }
+        let mark = PolicyMark {
+            backup_id: b.id.clone(),
+            compliant: b.verdict.compliant,
+            reasons,
+            verified_stores: b
+                .copies
+                .iter()
+                .filter(|c| c.status == "verified")
+                .map(|c| c.store.clone())
+                .collect(),
+            checked_at: now,
+        };
+        let newest = crate::state::NewestBackup {
+            id: b.id.clone(),
+            finished_at: b.finished_at,
+            size: b.size,
+            stores: b.copies.iter().map(|c| c.store.clone()).collect(),
+        };
+        let _ = state.update(|s| {
+            let e = s.sources.entry(src.name.clone()).or_default();
+            e.policy = Some(mark);
+            if e.newest_backup.as_ref().is_none_or(|n| n.id <= newest.id) {
+                e.newest_backup = Some(newest);
+            }
+        });
+    }
+    inv
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    pub copied: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// Copies each backup that has a verified copy to every store that lacks a good one and
+/// whose retention would keep it. A copy that failed verification is replaced (removed,
+/// manifest first, then copied again) unless it is under object lock.
+pub fn repair(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &StateStore,
+    now: DateTime<Utc>,
+) -> RepairReport {
+    let mut rep = RepairReport::default();
+    let st = state.load().unwrap_or_default();
+    let inv = inventory::build(cfg, src, stores, &st, now);
+    for os in stores {
+        let Ok(to) = os.store.as_ref() else { continue };
+        if inv.store_errors.contains_key(&os.cfg.name) {
+            continue;
+        }
+        // Which backups this store's retention would keep if it had them all.
+        let all: Vec<Candidate> = inv
+            .backups
+            .iter()
+            .map(|b| Candidate {
+                id: b.id.clone(),
+                time: b.finished_at,
+                compliant: b.verdict.compliant,
+            })
+            .collect();
+        let plan = retention::plan(&all, now, &os.cfg.retention);
+        for b in &inv.backups {
+            if !plan.iter().any(|d| d.id == b.id && d.keep) {
+                continue;
+            }
+            let here = b.copies.iter().find(|c| c.store == os.cfg.name);
+            match here {
+                Some(c) if c.status != "failed" => continue,
+                Some(c) if c.lock_until.is_some_and(|t| t > now) => {
+                    rep.failed.push(format!(
+                        "{}: copy on {} failed verification but is locked until {}; it cannot be replaced, fix by hand",
+                        b.id,
+                        os.cfg.name,
+                        c.lock_until.expect("some").to_rfc3339()
+                    ));
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(from) = b
+                .copies
+                .iter()
+                .filter(|c| c.status == "verified" && c.store != os.cfg.name)
+                .find_map(|c| store_of(stores, &c.store))
+            else {
+                continue;
+            };
+            if here.is_some() {
+                if let Err(e) = copies::remove_backup(to.as_ref(), &src.prefix, &b.id) {
+                    rep.failed.push(format!(
+                        "{}: removing the broken copy on {}: {e}",
+                        b.id, os.cfg.name
+                    ));
+                    continue;
+                }
+            }
+            match copies::copy_backup(from, to.as_ref(), &src.prefix, &b.manifest) {
+                Ok(()) => {
+                    let mark = copies::verify_copy(
+                        to.as_ref(),
+                        os.cfg.verify,
+                        &src.prefix,
+                        &b.manifest,
+                        None,
+                    );
+                    let ok = mark.verified;
+                    record_marks(state, &src.prefix, &b.id, &[(os.cfg.name.clone(), mark)]);
+                    if ok {
+                        tracing::info!(event = "repaired", source = %src.name, backup = %b.id, from = %from.name(), to = %os.cfg.name);
+                        rep.copied.push(format!(
+                            "{} -> {} (from {})",
+                            b.id,
+                            os.cfg.name,
+                            from.name()
+                        ));
+                    } else {
+                        rep.failed.push(format!(
+                            "{}: the copy on {} did not verify",
+                            b.id, os.cfg.name
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(event = "repair_failed", source = %src.name, backup = %b.id, to = %os.cfg.name, error = %e);
+                    rep.failed.push(format!("{} -> {}: {e}", b.id, os.cfg.name));
+                }
+            }
+        }
+    }
+    rep
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ScrubReport {
+    pub checked: usize,
+    pub failed: Vec<String>,
+}
+
+/// Re-reads copies: every copy never checked by this agent, plus the copies whose last
+/// check is oldest, `share` of all copies (0..=1; 1 = everything).
+pub fn scrub(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &StateStore,
+    now: DateTime<Utc>,
+    share: f64,
+) -> ScrubReport {
+    let st = state.load().unwrap_or_default();
+    let inv = inventory::build(cfg, src, stores, &st, now);
+    let mut due: Vec<(Option<DateTime<Utc>>, &inventory::BackupRow, String)> = Vec::new();
+    for b in &inv.backups {
+        for c in &b.copies {
+            due.push((c.checked_at, b, c.store.clone()));
+        }
+    }
+    let total = due.len();
+    due.sort_by_key(|(t, _, _)| *t); // never checked (None) first, then oldest
+    let unchecked = due.iter().filter(|(t, _, _)| t.is_none()).count();
+    let quota = ((total as f64 * share).ceil() as usize)
+        .max(unchecked)
+        .min(total);
+    let mut rep = ScrubReport::default();
+    for (_, b, store_name) in due.into_iter().take(quota) {
+        let Some(store) = store_of(stores, &store_name) else {
+            continue;
+        };
+        let os = stores
+            .iter()
+            .find(|s| s.cfg.name == store_name)
+            .expect("configured");
+        let prev = inventory::mark(&st, &store_name, &src.prefix, &b.id);
+        let mark = copies::verify_copy(store, os.cfg.verify, &src.prefix, &b.manifest, prev);
+        rep.checked += 1;
+        if !mark.verified {
+            let e = mark.error.clone().unwrap_or_default();
+            tracing::error!(event = "scrub_failed", source = %src.name, backup = %b.id, store = %store_name, error = %e);
+            rep.failed.push(format!("{} on {store_name}: {e}", b.id));
+        }
+        record_marks(state, &src.prefix, &b.id, &[(store_name.clone(), mark)]);
+    }
+    rep
+}
+
+/// The share of copies one scrub run checks, so that all are checked within `period`
+/// when runs come every `interval`.
+pub fn scrub_share(interval: Duration, period: Duration) -> f64 {
+    (interval.as_secs_f64() / period.as_secs_f64().max(1.0)).clamp(0.0, 1.0)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneAction {
+    pub store: String,
+    pub backup: String,
+    pub time: DateTime<Utc>,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub plan: Vec<PruneAction>,
+    pub deleted: Vec<String>,
+    pub skipped_stores: Vec<String>,
+    pub reported: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// One line of the audit log.
+#[derive(Serialize)]
+struct AuditLine<'a> {
+    time: String,
+    source: &'a str,
+    store: &'a str,
+    object: &'a str,
+    rule: &'a str,
+}
+
+pub fn audit_log_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.agent.state_dir.join("audit.jsonl")
+}
+
+fn audit(cfg: &Config, src: &str, store: &str, object: &str, rule: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(&cfg.agent.state_dir)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(audit_log_path(cfg))?;
+    let line = serde_json::to_string(&AuditLine {
+        time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        source: src,
+        store,
+        object,
+        rule,
+    })
+    .expect("serializable");
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_all()
+}
+
+/// Applies retention to every store of a source. Safety rules: nothing is deleted on a
+/// store without retention rules, on a store that failed in the last run or cannot be
+/// listed now, under an object lock, or that is not ours; the newest compliant backup
+/// (and the newest of all) is always kept; manifests go first, then the data. Our own
+/// debris older than the grace period (temp files, pending uploads, data without
+/// manifest) is removed; anything else unexpected is only reported.
+pub fn prune(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &StateStore,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> PruneReport {
+    let st = state.load().unwrap_or_default();
+    let inv = inventory::build(cfg, src, stores, &st, now);
+    let failed_last = st
+        .sources
+        .get(&src.name)
+        .map(|s| s.failed_stores.clone())
+        .unwrap_or_default();
+    let mut rep = PruneReport::default();
+    rep.reported.extend(inv.notes.iter().cloned());
+    for (store, names) in &inv.foreign {
+        for n in names {
+            rep.reported.push(format!(
+                "store {store}: {}/{n} is not ours; left alone",
+                src.prefix
+            ));
+        }
+    }
+    let newest_compliant = inv.newest_compliant().map(|b| b.id.clone());
+    for os in stores {
+        let name = &os.cfg.name;
+        let Ok(store) = os.store.as_ref() else {
+            rep.skipped_stores.push(format!("{name}: cannot be opened"));
+            continue;
+        };
+        if let Some(e) = inv.store_errors.get(name) {
+            rep.skipped_stores
+                .push(format!("{name}: cannot be listed ({e})"));
+            continue;
+        }
+        if failed_last.contains(name) {
+            rep.skipped_stores.push(format!(
+                "{name}: failed in the last run; no deletion until a good run"
+            ));
+            continue;
+        }
+        // Debris of our own, past the grace period.
+        if !dry_run {
+            match store.clean_debris(&src.prefix, cfg.policy.debris_grace) {
+                Ok(v) => {
+                    for k in v {
+                        let _ = audit(cfg, &src.name, name, &k, "debris");
+                        rep.deleted.push(format!("{name}: {k} (debris)"));
+                    }
+                }
+                Err(e) => rep.errors.push(format!("{name}: cleaning debris: {e}")),
+            }
+            for (n, modified) in inv.orphans.get(name).into_iter().flatten() {
+                let old = modified.is_some_and(|m| {
+                    (now - m).to_std().unwrap_or_default() > cfg.policy.debris_grace
+                });
+                if !old {
+                    continue;
+                }
+                let k = format!("{}/{n}", src.prefix);
+                let locked = store
+                    .stat(&k)
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.lock_until)
+                    .is_some_and(|t| t > now);
+                if locked {
+                    continue;
+                }
+                match store.remove(&k) {
+                    Ok(()) => {
+                        let _ = audit(cfg, &src.name, name, &k, "debris: data without manifest");
+                        rep.deleted
+                            .push(format!("{name}: {k} (debris: no manifest)"));
+                    }
+                    Err(e) => rep.errors.push(e.to_string()),
+                }
+            }
+        }
+        if os.cfg.retention.is_empty() {
+            continue;
+        }
+        let here: Vec<Candidate> = inv
+            .backups
+            .iter()
+            .filter(|b| b.copies.iter().any(|c| c.store == *name))
+            .map(|b| Candidate {
+                id: b.id.clone(),
+                time: b.finished_at,
+                compliant: b.verdict.compliant,
+            })
+            .collect();
+        for d in retention::plan(&here, now, &os.cfg.retention) {
+            let mut keep = d.keep;
+            let mut reasons = d.reasons.clone();
+            if Some(&d.id) == newest_compliant.as_ref() && !keep {
+                keep = true;
+                reasons = vec!["newest compliant backup (always kept)".into()];
+            }
+            let lock = inv
+                .backups
+                .iter()
+                .find(|b| b.id == d.id)
+                .and_then(|b| b.copies.iter().find(|c| c.store == *name))
+                .and_then(|c| c.lock_until);
+            if !keep {
+                if let Some(t) = lock.filter(|t| *t > now) {
+                    keep = true;
+                    reasons = vec![format!(
+                        "dropped by retention, but locked until {}; deleted after that",
+                        t.to_rfc3339()
+                    )];
+                }
+            }
+            if !keep && !dry_run {
+                match copies::remove_backup(store.as_ref(), &src.prefix, &d.id) {
+                    Ok(keys) => {
+                        for k in keys {
+                            let _ = audit(cfg, &src.name, name, &k, &reasons.join("; "));
+                            rep.deleted.push(format!("{name}: {k}"));
+                        }
+                        let _ = state.update(|s| {
+                            if let Some(m) = s.copies.get_mut(name) {
+                                m.remove(&inventory::ledger_key(&src.prefix, &d.id));
+                            }
+                        });
+                    }
+                    Err(e) => rep.errors.push(format!("{name}: {}: {e}", d.id)),
+                }
+            }
+            rep.plan.push(PruneAction {
+                store: name.clone(),
+                backup: d.id,
+                time: d.time,
+                keep,
+                reasons,
+            });
+        }
+    }
+    rep
+}
