@@ -65,11 +65,14 @@ TOML
   fi
   # Layout, key and bucket (idempotent).
   for _ in $(seq 1 50); do garage status >/dev/null 2>&1 && break; sleep 0.2; done
-  if garage layout show 2>/dev/null | grep -q "No nodes currently have a role"; then
+  local layout
+  layout=$(garage layout show 2>/dev/null || true)
+  if [[ "$layout" == *"No nodes currently have a role"* ]]; then
     local node
     node=$(garage node id -q 2>/dev/null | cut -d@ -f1)
     garage layout assign -z dc1 -c 1G "$node" >/dev/null
     garage layout apply --version 1 >/dev/null
+    for _ in $(seq 1 50); do garage key list >/dev/null 2>&1 && break; sleep 0.2; done
   fi
   if [ ! -s "$BA_TEST_DIR/garage-secret" ]; then
     local out

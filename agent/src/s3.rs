@@ -32,8 +32,7 @@ use std::time::Duration;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart,
-    ObjectLockMode,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
 };
 use aws_sdk_s3::Client;
 use base64::Engine;
@@ -124,7 +123,6 @@ pub struct S3Store {
     checksum: ChecksumMode,
     lock: Option<ObjectLock>,
     client: Client,
-    versioned: OnceLock<bool>,
 }
 
 impl S3Store {
@@ -247,7 +245,6 @@ impl S3Store {
             checksum: cfg.checksum,
             lock: cfg.object_lock,
             client: Client::from_conf(b.build()),
-            versioned: OnceLock::new(),
         })
     }
 
@@ -274,17 +271,6 @@ impl S3Store {
                 },
                 aws_sdk_s3::primitives::DateTime::from_secs(until.timestamp()),
             )
-        })
-    }
-
-    fn is_versioned(&self) -> bool {
-        *self.versioned.get_or_init(|| {
-            let c = self.client.clone();
-            let bucket = self.bucket.clone();
-            run(async move { c.get_bucket_versioning().bucket(bucket).send().await })
-                .ok()
-                .and_then(|o| o.status().cloned())
-                .is_some_and(|s| s == BucketVersioningStatus::Enabled)
         })
     }
 
@@ -433,7 +419,7 @@ impl S3Writer {
         );
         let meta = self.metadata(self.known_sha256.as_deref());
         let lock = self.lock.clone();
-        let sha = self.checksum == ChecksumMode::Sha256;
+        let sha = self.checksum == ChecksumMode::Sha256 || self.lock.is_some();
         let id = run(async move {
             let mut r = c
                 .create_multipart_upload()
@@ -480,7 +466,8 @@ impl S3Writer {
                 self.part_size
             ));
         }
-        let checksum = (self.checksum == ChecksumMode::Sha256).then(|| b64(&Sha256::digest(&data)));
+        let checksum = (self.checksum == ChecksumMode::Sha256 || self.lock.is_some())
+            .then(|| b64(&Sha256::digest(&data)));
         let (c, bucket, key, id) = (
             self.client.clone(),
             self.bucket.clone(),
@@ -532,7 +519,9 @@ impl S3Writer {
                 }
             }
             let meta = self.metadata(Some(&hex));
-            let checksum = (self.checksum == ChecksumMode::Sha256).then(|| b64(&digest));
+            // Object Lock uploads need a checksum (or Content-MD5) whatever the mode.
+            let checksum = (self.checksum == ChecksumMode::Sha256 || self.lock.is_some())
+                .then(|| b64(&digest));
             let (c, bucket, key, lock) = (
                 self.client.clone(),
                 self.bucket.clone(),
@@ -547,6 +536,7 @@ impl S3Writer {
                     .key(key)
                     .content_length(len)
                     .set_metadata(meta)
+                    .set_checksum_algorithm(checksum.as_ref().map(|_| ChecksumAlgorithm::Sha256))
                     .set_checksum_sha256(checksum)
                     .body(ByteStream::from(data));
                 if let Some((mode, until)) = lock {
@@ -830,56 +820,69 @@ impl Store for S3Store {
 
     fn remove(&self, key: &str) -> Result<(), StoreError> {
         let (c, bucket, full) = (self.client.clone(), self.bucket.clone(), self.full_key(key));
-        if self.is_versioned() {
-            // Every version and delete marker of exactly this key, by version id.
-            let f = full.clone();
-            run(async move {
-                let mut victims: Vec<String> = Vec::new();
-                let (mut km, mut vm): (Option<String>, Option<String>) = (None, None);
-                loop {
-                    let o = c
-                        .list_object_versions()
-                        .bucket(&bucket)
-                        .prefix(&f)
-                        .set_key_marker(km.clone())
-                        .set_version_id_marker(vm.clone())
-                        .send()
-                        .await
-                        .map_err(|e| sdk_message(&e))?;
-                    for v in o.versions() {
-                        if v.key() == Some(f.as_str()) {
-                            victims.extend(v.version_id().map(String::from));
-                        }
-                    }
-                    for m in o.delete_markers() {
-                        if m.key() == Some(f.as_str()) {
-                            victims.extend(m.version_id().map(String::from));
-                        }
-                    }
-                    if o.is_truncated() == Some(true) {
-                        km = o.next_key_marker().map(String::from);
-                        vm = o.next_version_id_marker().map(String::from);
-                    } else {
+        // Every version and delete marker of exactly this key, by version id: on a
+        // versioned bucket a plain delete would only add a delete marker. A server
+        // without ListObjectVersions (Garage) has no versions: a plain delete is all.
+        run(async move {
+            let mut victims: Vec<String> = Vec::new();
+            let (mut km, mut vm): (Option<String>, Option<String>) = (None, None);
+            let mut listed = true;
+            loop {
+                let o = match c
+                    .list_object_versions()
+                    .bucket(&bucket)
+                    .prefix(&full)
+                    .set_key_marker(km.clone())
+                    .set_version_id_marker(vm.clone())
+                    .send()
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(_) => {
+                        listed = false;
                         break;
                     }
+                };
+                for v in o.versions() {
+                    if v.key() == Some(full.as_str()) {
+                        victims.extend(v.version_id().map(String::from));
+                    }
                 }
-                for vid in victims {
-                    c.delete_object()
-                        .bucket(&bucket)
-                        .key(&f)
-                        .version_id(&vid)
-                        .send()
-                        .await
-                        .map_err(|e| format!("version {vid}: {}", sdk_message(&e)))?;
+                for m in o.delete_markers() {
+                    if m.key() == Some(full.as_str()) {
+                        victims.extend(m.version_id().map(String::from));
+                    }
                 }
-                Ok::<(), String>(())
-            })
-            .map_err(|m| self.remote("removing", key, m))
-        } else {
-            run(async move { c.delete_object().bucket(bucket).key(full).send().await })
-                .map(|_| ())
-                .map_err(|e| self.remote("removing", key, sdk_message(&e)))
-        }
+                if o.is_truncated() == Some(true) {
+                    km = o.next_key_marker().map(String::from);
+                    vm = o.next_version_id_marker().map(String::from);
+                } else {
+                    break;
+                }
+            }
+            let versioned = listed && victims.iter().any(|v| v != "null");
+            if !versioned {
+                return c
+                    .delete_object()
+                    .bucket(&bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| sdk_message(&e));
+            }
+            for vid in victims {
+                c.delete_object()
+                    .bucket(&bucket)
+                    .key(&full)
+                    .version_id(&vid)
+                    .send()
+                    .await
+                    .map_err(|e| format!("version {vid}: {}", sdk_message(&e)))?;
+            }
+            Ok::<(), String>(())
+        })
+        .map_err(|m| self.remote("removing", key, m))
     }
 
     fn describe(&self, key: &str) -> String {

@@ -265,6 +265,9 @@ pub struct Proxy {
 pub const PASS: u8 = 0;
 pub const REFUSE: u8 = 1;
 pub const FLIP: u8 = 2;
+/// Cut every connection that carries an UploadPart request (PUT ...?partNumber=...);
+/// everything else (create, complete, abort, list) passes.
+pub const REFUSE_PARTS: u8 = 3;
 
 impl Proxy {
     pub fn start(upstream: &str) -> Proxy {
@@ -327,6 +330,11 @@ impl Proxy {
                             Ok(n) => n,
                         };
                         if m.load(Ordering::SeqCst) == REFUSE {
+                            break;
+                        }
+                        if m.load(Ordering::SeqCst) == REFUSE_PARTS
+                            && buf[..n].windows(11).any(|w| w == b"partNumber=")
+                        {
                             break;
                         }
                         let start = s.fetch_add(n as u64, Ordering::SeqCst);
