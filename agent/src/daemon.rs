@@ -404,6 +404,7 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
         let verdicts = tokio::task::spawn_blocking(move || {
             let stores = inventory::open_all(&cfg);
             let share = maintain::scrub_share(SCRUB_INTERVAL, cfg.policy.scrub_period);
+            health::cache_remote_drill(&cfg, &stores);
             let mut out = Vec::new();
             for src in &cfg.sources {
                 if scrub_now {

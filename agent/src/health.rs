@@ -248,6 +248,32 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
     }
 }
 
+/// Caches in the state dir (drill.json) the newest drill record found in any store,
+/// remote ones included, when it is newer than the one there: the daemon calls this on
+/// its listing timer, so that the fast healthcheck learns of drills run elsewhere.
+pub fn cache_remote_drill(cfg: &Config, stores: &[crate::inventory::OpenStore]) {
+    let mut best = load_drill(&cfg.agent.state_dir);
+    let mut changed = false;
+    for src in &cfg.sources {
+        for os in stores {
+            let Ok(st) = &os.store else { continue };
+            if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix) {
+                if best.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
+                    best = Some(r);
+                    changed = true;
+                }
+            }
+        }
+    }
+    if let (true, Some(b)) = (changed, best) {
+        let dir = &cfg.agent.state_dir;
+        let tmp = dir.join(format!(".drill.json.tmp.{}", std::process::id()));
+        if std::fs::write(&tmp, serde_json::to_vec_pretty(&b).expect("serializable")).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join("drill.json"));
+        }
+    }
+}
+
 /// The newest `drills/drill_*.json` report under a source's prefix in a store.
 fn newest_drill_in_store(store: &dyn crate::store::Store, prefix: &str) -> Option<DrillRecord> {
     let dir = format!("{prefix}/drills");
