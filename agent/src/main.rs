@@ -201,6 +201,14 @@ fn sources_or_exit<'a>(
     })
 }
 
+fn verdict_text(v: &backup_agent::policy::Verdict) -> String {
+    if v.compliant {
+        "compliant".to_string()
+    } else {
+        format!("NOT compliant: {}", v.reasons.join("; "))
+    }
+}
+
 fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
     let sources = match sources_or_exit(cfg, only) {
         Ok(s) => s,
@@ -259,11 +267,7 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
                 b.id,
                 b.size,
                 cells.join(" "),
-                if b.verdict.compliant {
-                    "compliant".to_string()
-                } else {
-                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
-                }
+                verdict_text(&b.verdict)
             );
         }
         for n in &inv.notes {
@@ -376,15 +380,7 @@ fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
         bad |= !r.failed.is_empty();
         let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
         if let Some(b) = inv.newest() {
-            println!(
-                "  newest backup {}: {}",
-                b.id,
-                if b.verdict.compliant {
-                    "compliant".to_string()
-                } else {
-                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
-                }
-            );
+            println!("  newest backup {}: {}", b.id, verdict_text(&b.verdict));
         }
     }
     if bad {
@@ -418,11 +414,7 @@ fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
                 "source {}: newest backup {}: {}",
                 src.name,
                 b.id,
-                if b.verdict.compliant {
-                    "compliant".to_string()
-                } else {
-                    format!("NOT compliant: {}", b.verdict.reasons.join("; "))
-                }
+                verdict_text(&b.verdict)
             );
         }
     }

@@ -216,12 +216,20 @@ fn corruption_in_place_is_found_by_the_scrub_and_repaired() {
     src.drop_db(&db);
 }
 
-/// S3 refusing mid-upload (after the first part, every part upload is cut off, for the
-/// whole run): no object and no pending upload remain (the abort goes through), the local
-/// copy is intact and verified, the run says degraded (exit 3); the next run repairs.
-fn refusing_mid_upload(kind: &str) {
+/// One source with `kib` KiB of random data, the local store and one S3 store of `kind`
+/// (garage or a fresh moto bucket) reached through a fault proxy; policy 2/2/1.
+struct Proxied {
+    src: Server,
+    db: String,
+    setup: Setup,
+    srv: S3Server,
+    proxy: Proxy,
+    prefix: String,
+}
+
+fn proxied(kind: &str, name: &str, kib: usize, extra: &str) -> Proxied {
     let src = source();
-    let db = db_with(&src, "refuse", 12 * 1024);
+    let db = db_with(&src, name, kib);
     let mut setup = Setup::new(&src, &db);
     let srv = match kind {
         "garage" => garage(),
@@ -234,8 +242,30 @@ fn refusing_mid_upload(kind: &str) {
     };
     let proxy = Proxy::start(&srv.url);
     let prefix = unique("t");
-    setup.stores = srv.store_toml("s3", "dc2", &prefix, &proxy.url, "timeout = \"20s\"");
+    setup.stores = srv.store_toml("s3", "dc2", &prefix, &proxy.url, extra);
     setup.policy = "[policy]\ncopies = 2\nmedia = 2\noffsite = 1\n".into();
+    Proxied {
+        src,
+        db,
+        setup,
+        srv,
+        proxy,
+        prefix,
+    }
+}
+
+/// S3 refusing mid-upload (after the first part, every part upload is cut off, for the
+/// whole run): no object and no pending upload remain (the abort goes through), the local
+/// copy is intact and verified, the run says degraded (exit 3); the next run repairs.
+fn refusing_mid_upload(kind: &str) {
+    let Proxied {
+        src,
+        db,
+        setup,
+        srv,
+        proxy,
+        prefix,
+    } = proxied(kind, "refuse", 12 * 1024, "timeout = \"20s\"");
     let cfg = setup.config(&src);
     let child = Command::new(agent_bin())
         .arg("--config")
@@ -293,22 +323,14 @@ fn s3_refusing_mid_upload_moto() {
 /// A byte flipped on the wire: Garage rejects the part (checksum), moto accepts it and
 /// our read-back catches it. Either way no bad copy stays and the local one is intact.
 fn corrupted_upload(kind: &str) {
-    let src = source();
-    let db = db_with(&src, "flip", 7 * 1024);
-    let mut setup = Setup::new(&src, &db);
-    let srv = match kind {
-        "garage" => garage(),
-        _ => moto(
-            setup.dir.path(),
-            &unique("bucket").replace('_', "-"),
-            false,
-            false,
-        ),
-    };
-    let proxy = Proxy::start(&srv.url);
-    let prefix = unique("t");
-    setup.stores = srv.store_toml("s3", "dc2", &prefix, &proxy.url, "");
-    setup.policy = "[policy]\ncopies = 2\nmedia = 2\noffsite = 1\n".into();
+    let Proxied {
+        src,
+        db,
+        setup,
+        srv,
+        proxy,
+        prefix,
+    } = proxied(kind, "flip", 7 * 1024, "");
     // Flip a byte about 1 MiB into the traffic: inside the first part's body.
     proxy.flip_after(1 << 20);
     let o = setup.agent(&src, &["backup"]);
