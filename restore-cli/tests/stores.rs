@@ -546,3 +546,100 @@ fn a_month_of_daily_backups_through_local_and_versioned_s3_and_retention() {
     assert_eq!(statuses(&list_json(&setup, &src)).len(), 30);
     src.drop_db(&db);
 }
+
+/// An S3 endpoint over TLS with a private CA (`ca_file`), credentials from the AWS chain
+/// (a shared credentials file, no key files in the config) and checksum = "off": the
+/// backup verifies there; without `ca_file` the certificate is refused.
+#[test]
+fn tls_with_a_private_ca_default_chain_credentials_and_no_checksums() {
+    let src = source();
+    let db = db_with(&src, "tls", 64);
+    let mut setup = Setup::new(&src, &db);
+    let certs = setup.path("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, cert, key) = common::receivers::test_cert(&certs);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto_bin = env_file()["BA_MOTO_SERVER"].clone();
+    let mut server = Command::new(moto_bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string(), "-c"])
+        .arg(&cert)
+        .arg("-k")
+        .arg(&key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("https://localhost:{port}");
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-fsS", "--cacert"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    while !curl(&[&format!("{url}/")]).status.success() {
+        assert!(t0.elapsed().as_secs() < 30, "moto over TLS did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // moto does not check signatures: an unsigned PUT creates the bucket.
+    ok(
+        &curl(&["-X", "PUT", &format!("{url}/tls-bucket")]),
+        "create bucket",
+    );
+    let creds = setup.path("aws-credentials");
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing-secret\n",
+    )
+    .unwrap();
+    let store = |ca_line: &str| {
+        format!(
+            "\n[[store]]\nname = \"tls\"\nkind = \"s3\"\nsite = \"dc2\"\nendpoint = \"{url}\"\nbucket = \"tls-bucket\"\npath_style = true\nchecksum = \"off\"\n{ca_line}\n"
+        )
+    };
+    setup.policy = "[policy]\ncopies = 2\nmedia = 2\noffsite = 1\n".into();
+    let run_args = |setup: &Setup, args: &[&str]| {
+        let cfg = setup.config(&src);
+        let mut c = Command::new(agent_bin());
+        c.arg("--config").arg(cfg).args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AWS_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_SHARED_CREDENTIALS_FILE", &creds)
+            .env("AWS_CONFIG_FILE", setup.path("no-aws-config"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TMPDIR", setup.path("state"))
+            .output()
+            .unwrap()
+    };
+    let run = |setup: &Setup| run_args(setup, &["backup"]);
+    // Without the CA: the server's certificate is not trusted; the local copy stands.
+    setup.stores = store("");
+    let o = run(&setup);
+    let err = stderr(&o);
+    assert_eq!(code(&o), Some(3), "{err}");
+    assert!(err.contains("store tls failed"), "{err}");
+    // With it: verified copy over TLS, credentials from the shared file.
+    setup.stores = store(&format!("ca_file = {ca:?}"));
+    std::thread::sleep(std::time::Duration::from_secs(1)); // a new backup id
+    let o = run(&setup);
+    ok(&o, "backup over TLS with the private CA");
+    let o = run_args(&setup, &["list", "--json"]);
+    ok(&o, "list");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = statuses(&v);
+    let last = s.last().unwrap();
+    assert!(last.1.contains(&("tls".into(), "verified".into())), "{v}");
+    assert!(last.2, "{v}");
+    let _ = server.kill();
+    let _ = server.wait();
+    src.drop_db(&db);
+}
