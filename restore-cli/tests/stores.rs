@@ -302,6 +302,14 @@ fn refusing_mid_upload(kind: &str) {
     let s = statuses(&list_json(&setup, &src));
     assert_eq!(s[0].1, vec![("local".to_string(), "verified".to_string())]);
     assert!(!s[0].2);
+    // No deletion on a store that failed in the last run.
+    let o = setup.agent(&src, &["prune"]);
+    ok(&o, "prune after the failed run");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("skipped store s3: failed in the last run"),
+        "{out}"
+    );
     // The next run repairs (here: an explicit repair; a backup run does the same).
     ok(&setup.agent(&src, &["repair"]), "repair after S3 is back");
     let s = statuses(&list_json(&setup, &src));
@@ -450,7 +458,36 @@ fn a_month_of_daily_backups_through_local_and_versioned_s3_and_retention() {
         "{}{rules}",
         bucket.store_toml("s3", "dc2", &prefix, &bucket.url, "")
     );
-    setup.policy = "[policy]\ncopies = 1\nmedia = 1\noffsite = 0\n".into();
+    setup.policy = "[policy]\ncopies = 1\nmedia = 1\noffsite = 0\ndebris_grace = \"1s\"\n".into();
+    // Our debris, past the (1 s) grace: a pending upload, data without a manifest, a temp
+    // file of a writer that is gone. Foreign debris: a pending upload of another name.
+    let (c, b, p) = (bucket.client(), bucket.bucket.clone(), prefix.clone());
+    block(async move {
+        for k in [
+            format!("{p}/main/mariadb_2026-10-01_020000.sql.gz.gpg"),
+            format!("{p}/main/someone-elses.bin"),
+        ] {
+            c.create_multipart_upload()
+                .bucket(&b)
+                .key(k)
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    bucket.put(
+        &format!("{prefix}/main/mariadb_2026-10-02_020000.sql.gz.gpg"),
+        b"data of a backup that never got its manifest".to_vec(),
+    );
+    std::fs::create_dir_all(setup.store().join("main")).unwrap();
+    std::fs::write(
+        setup
+            .store()
+            .join("main/.tmp-mariadb_2026-10-03_020000.sql.gz.gpg.999999999"),
+        "temp file of a dead writer",
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
     // Foreign objects: in the bucket (same prefix, other names; another prefix) and in
     // the directory.
     bucket.put(&format!("{prefix}/main/notes.txt"), b"keep me".to_vec());
@@ -524,7 +561,25 @@ fn a_month_of_daily_backups_through_local_and_versioned_s3_and_retention() {
     assert!(first < data);
     assert!(lines
         .iter()
-        .all(|l| l["store"] == "s3" && l["rule"].is_string()));
+        .all(|l| (l["store"] == "s3" || l["store"] == "local") && l["rule"].is_string()));
+    // Our debris is gone (and audited); the foreign pending upload stays.
+    assert_eq!(
+        bucket.uploads(&format!("{prefix}/")),
+        vec![format!("{prefix}/main/someone-elses.bin")]
+    );
+    assert!(!keys.contains(&format!(
+        "{prefix}/main/mariadb_2026-10-02_020000.sql.gz.gpg"
+    )));
+    assert!(!setup
+        .store()
+        .join("main/.tmp-mariadb_2026-10-03_020000.sql.gz.gpg.999999999")
+        .exists());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["rule"].as_str().unwrap().starts_with("debris")),
+        "debris removal is audited"
+    );
     // Prune --dry-run prints the plan with the rule for each backup, deleting nothing.
     let o = setup.agent(
         &src,
