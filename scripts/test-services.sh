@@ -6,16 +6,20 @@
 # Both: max_allowed_packet=64M, an admin account test_admin/test (TCP) for the tests.
 # S3 servers:
 #   moto    127.0.0.1:${BA_MOTO_PORT:-33090}    (Object Lock semantics; never checks checksums)
+# Galera  a 3-node cluster on 127.0.0.1:$((BA_GALERA_BASE+1..3)) (default 33081-33083; gcomm,
+#         IST and SST ports BASE+1001.., +1011.., +1021..), data under $BA_TEST_DIR/galera;
+#         `galera-up` heals it (continues stopped nodes, restarts dead ones) for the tests
 #   Garage  127.0.0.1:${BA_GARAGE_PORT:-33091}  (a real store: checks checksums; bucket
 #           "backups", key in $BA_TEST_DIR/garage-key-id / garage-secret; the garage binary
 #           is built once with cargo install and cached under $BA_TEST_DIR/garage)
 # Writes the addresses to $BA_TEST_DIR/env, which the tests read.
 #
-# Usage: scripts/test-services.sh [up|down|status]
+# Usage: scripts/test-services.sh [up|galera-up|down|status]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 BA_LOG_TAG=test-services
 . "$here/lib/mariadb.sh"
+. "$here/lib/galera.sh"
 
 BA_TEST_DIR=${BA_TEST_DIR:-/var/tmp/backup-agent-test}
 SRC_PORT=${BA_SRC_PORT:-33061}
@@ -24,6 +28,31 @@ ADMIN_PASSWORD=test
 
 MOTO_PORT=${BA_MOTO_PORT:-33090}
 GARAGE_PORT=${BA_GARAGE_PORT:-33091}
+GALERA_BASE=${BA_GALERA_BASE:-33080}
+GALERA_DIR=$BA_TEST_DIR/galera
+
+# Our fixed ports lie in Linux's ephemeral range (32768-60999): a client connection of any
+# test can be given one of them as its local port, and a Galera node restarting a moment
+# later cannot bind its SST port ("rsync daemon terminated unexpectedly"). Reserve them.
+reserve_ports() {
+  local f=/proc/sys/net/ipv4/ip_local_reserved_ports cur
+  local want="33060-33100,$((GALERA_BASE + 1000))-$((GALERA_BASE + 1540))"
+  cur=$(cat "$f" 2>/dev/null || true)
+  echo "${cur:+$cur,}$want" >"$f" 2>/dev/null ||
+    ba_log "note: could not reserve ports $want ($f not writable); a port clash makes a node restart retry"
+}
+
+galera_up() {
+  reserve_ports
+  dpkg -s galera-4 >/dev/null 2>&1 || { ba_log "installing galera-4"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q galera-4 rsync socat >/dev/null; }
+  mkdir -p "$BA_TEST_DIR"
+  # One healer at a time (a test's heal and a concurrent `up` would start the same node).
+  (
+    flock 9
+    ba_galera_up "$GALERA_DIR" "$GALERA_BASE"
+    ba_galera_admin "$GALERA_DIR" "$ADMIN_PASSWORD"
+  ) 9>"$BA_TEST_DIR/galera.lock"
+}
 GARAGE_VERSION=2.5.0
 GARAGE_BIN=$BA_TEST_DIR/garage/bin/garage
 GARAGE_CFG=$BA_TEST_DIR/garage.toml
@@ -89,6 +118,7 @@ TOML
 case "${1:-up}" in
   up)
     ba_need_packages
+    reserve_ports
     mkdir -p "$BA_TEST_DIR"
     ba_start_instance "$BA_TEST_DIR/source" "$SRC_PORT" 1 1 "$ADMIN_PASSWORD"
     ba_start_instance "$BA_TEST_DIR/target" "$DST_PORT" 2 0 "$ADMIN_PASSWORD"
@@ -113,6 +143,7 @@ case "${1:-up}" in
       curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/" || { ba_log "moto did not start; see $BA_TEST_DIR/moto.log"; exit 1; }
     fi
     start_garage
+    galera_up
     cat >"$BA_TEST_DIR/env" <<ENV
 BA_SRC_PORT=$SRC_PORT
 BA_DST_PORT=$DST_PORT
@@ -125,10 +156,17 @@ BA_GARAGE_URL=http://127.0.0.1:$GARAGE_PORT
 BA_GARAGE_BUCKET=backups
 BA_GARAGE_KEY_ID_FILE=$BA_TEST_DIR/garage-key-id
 BA_GARAGE_SECRET_FILE=$BA_TEST_DIR/garage-secret
+BA_GALERA_BASE=$GALERA_BASE
+BA_GALERA_DIR=$GALERA_DIR
+BA_SERVICES=$here/test-services.sh
 ENV
     ba_log "ready (addresses in $BA_TEST_DIR/env)"
     ;;
+  galera-up)
+    galera_up
+    ;;
   down)
+    ba_galera_down "$GALERA_DIR"
     pkill -f "moto_server -H 127.0.0.1 -p $MOTO_PORT" || true
     pkill -f "$GARAGE_BIN -c $GARAGE_CFG server" || true
     ba_stop_instance "$BA_TEST_DIR/source"
@@ -139,5 +177,5 @@ ENV
       if mariadb-admin --socket="$BA_TEST_DIR/$n/mysqld.sock" -uroot ping >/dev/null 2>&1; then echo "$n: up"; else echo "$n: down"; fi
     done
     ;;
-  *) echo "usage: $0 [up|down|status]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|galera-up|down|status]" >&2; exit 2 ;;
 esac

@@ -40,6 +40,12 @@ pub enum BackupError {
         source_name: String,
         err: StoreError,
     },
+    /// Node choice, desync or the cluster lease.
+    #[error("source {source_name}: {message}")]
+    Galera {
+        source_name: String,
+        message: String,
+    },
     #[error("source {source_name}: no store holds a verified copy, so there is no backup: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
     NoCopy {
         source_name: String,
@@ -59,6 +65,27 @@ pub struct BackupReport {
     pub duration_secs: f64,
     pub non_transactional: Vec<String>,
     pub rows: u64,
+}
+
+/// Which node to dump, and what the manifest's `galera` field adds to the position the
+/// dump reads (node, site, desync, lease, attempts).
+pub struct DumpFrom<'a> {
+    pub node: &'a crate::config::NodeConfig,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BackupError {
+    /// Whether the dump was aborted by a conflict with replicated writes or DDL
+    /// (deadlock 1213), which a new attempt can get past.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            BackupError::Dump { err, .. } => matches!(
+                err.as_ref(),
+                DumpError::Server { source: mysql_async::Error::Server(e), .. } if e.code == 1213
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// One store's part of a backup.
@@ -161,6 +188,7 @@ pub async fn run_backup(
     keys: Arc<SealingKeys>,
     targets: &[Target<'_>],
     started: chrono::DateTime<chrono::Utc>,
+    from: &DumpFrom<'_>,
 ) -> Result<BackupReport, BackupError> {
     let sname = source.name.clone();
     let t0 = Instant::now();
@@ -173,7 +201,7 @@ pub async fn run_backup(
             source_name: sname.clone(),
             err,
         })?;
-    let mut conn = dump::connect(source, &password)
+    let mut conn = dump::connect(source, &from.node.endpoint, &password)
         .await
         .map_err(|err| BackupError::Dump {
             source_name: sname.clone(),
@@ -231,7 +259,7 @@ pub async fn run_backup(
         tee,
         descriptions.join(", "),
     );
-    let mut out = SqlOutput::new(tx.clone());
+    let mut out = SqlOutput::new(tx.clone()).with_rate_limit(source.rate_limit);
     let description = format!(
         "backup-agent {} dump of source {}\nBackup {id}, started {}",
         env!("CARGO_PKG_VERSION"),
@@ -296,7 +324,7 @@ pub async fn run_backup(
         finished_at: (started + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default())
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         binlog: summary.binlog.clone(),
-        galera: None,
+        galera: galera_field(&summary, from),
         databases: summary.databases.clone(),
         data: DataObject {
             name: data_name.clone(),
@@ -366,4 +394,26 @@ pub async fn run_backup(
         non_transactional: summary.non_transactional,
         rows: summary.rows,
     })
+}
+
+/// The manifest's `galera` field: the node and the position of the snapshot. A dump of a
+/// standalone server has none unless the source is configured as a cluster.
+fn galera_field(summary: &dump::DumpSummary, from: &DumpFrom<'_>) -> Option<serde_json::Value> {
+    let pos = summary.galera.as_ref()?;
+    let mut m = from.extra.clone();
+    m.insert("node".into(), from.node.name.clone().into());
+    m.insert("address".into(), from.node.endpoint.to_string().into());
+    if let Some(site) = &from.node.site {
+        m.insert("site".into(), site.clone().into());
+    }
+    m.insert("wsrep_node_name".into(), pos.node_name.clone().into());
+    m.insert(
+        "cluster_state_uuid".into(),
+        pos.cluster_state_uuid.clone().into(),
+    );
+    m.insert("last_committed".into(), pos.last_committed.into());
+    m.insert("cluster_conf_id".into(), pos.cluster_conf_id.into());
+    m.insert("cluster_size".into(), pos.cluster_size.into());
+    m.insert("local_state".into(), pos.local_state.clone().into());
+    Some(serde_json::Value::Object(m))
 }

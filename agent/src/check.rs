@@ -24,6 +24,33 @@ pub fn check(cfg: &Config) -> CheckReport {
             r.problems
                 .push(s.password_file.problem(file, e.to_string()));
         }
+        if let Some(pf) = s
+            .galera
+            .as_ref()
+            .and_then(|g| g.admin_password_file.as_ref())
+        {
+            if let Err(e) = read_secret_file(&pf.path, &pf.key) {
+                r.problems.push(pf.problem(file, e.to_string()));
+            }
+        }
+        if let Some(g) = &s.galera {
+            r.notes.push(format!(
+                "source {}: {} node(s); desync {}; cluster lease {} (agent name {:?})",
+                s.name,
+                s.nodes.len(),
+                if g.desync { "on" } else { "off" },
+                if g.lease {
+                    format!(
+                        "in {}.lease, TTL {}",
+                        g.lease_database,
+                        humantime::format_duration(g.lease_ttl)
+                    )
+                } else {
+                    "off".into()
+                },
+                cfg.agent.name
+            ));
+        }
     }
     if let Some(enc) = &cfg.encryption {
         for cp in &enc.dpo_certificates {

@@ -89,6 +89,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     site: Option<String>,
+    /// This agent's name in the cluster lease (default "<site>@<hostname>").
+    name: Option<Spanned<String>>,
     state_dir: Option<PathBuf>,
     http_bind: Option<String>,
     /// How many backups may run at once (over all sources).
@@ -108,6 +110,12 @@ struct RawSource {
     host: Option<String>,
     port: Option<u16>,
     socket: Option<PathBuf>,
+    /// Several nodes of one cluster, each with its site (instead of host/port/socket).
+    nodes: Option<Spanned<Vec<RawNode>>>,
+    /// Galera options: desync during the dump, the cluster lease, retries.
+    galera: Option<RawGalera>,
+    /// Upper bound on the dump's read rate, in bytes of SQL per second (e.g. "50MiB").
+    rate_limit: Option<Spanned<String>>,
     user: Spanned<String>,
     password_file: Option<Spanned<PathBuf>>,
     /// Present only so that a plain password gets a helpful error instead of "unknown key".
@@ -126,6 +134,34 @@ struct RawSource {
     timezone: Option<Spanned<String>>,
     /// The newest complete backup may be at most this old (e.g. "26h").
     max_age: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    socket: Option<PathBuf>,
+    site: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGalera {
+    /// Set wsrep_desync=ON on the dumped node for the dump (needs the admin credential).
+    desync: Option<bool>,
+    admin_user: Option<Spanned<String>>,
+    admin_password_file: Option<Spanned<PathBuf>>,
+    admin_password: Option<Spanned<toml::Value>>,
+    /// Coordinate with the other agents of this cluster through a lease table (default on).
+    lease: Option<bool>,
+    /// Database of the lease table (never dumped).
+    lease_database: Option<Spanned<String>>,
+    /// How long a claim holds without renewal (renewed every third of it).
+    lease_ttl: Option<Spanned<String>>,
+    /// How often a dump aborted by replicated DDL (deadlock 1213) is retried.
+    dump_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -298,6 +334,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub site: String,
+    /// This agent's name in the cluster lease.
+    pub name: String,
     pub state_dir: PathBuf,
     pub http_bind: String,
     pub max_concurrent_backups: usize,
@@ -358,7 +396,11 @@ pub const ALL_EVENTS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub name: String,
-    pub endpoint: Endpoint,
+    /// The servers this source may be dumped from (one, or the nodes of a cluster).
+    pub nodes: Vec<NodeConfig>,
+    pub galera: Option<GaleraConfig>,
+    /// Bytes of SQL per second the dump may read at most.
+    pub rate_limit: Option<u64>,
     pub user: String,
     pub password_file: ConfigPath,
     pub include: Vec<String>,
@@ -368,6 +410,27 @@ pub struct SourceConfig {
     pub connect_timeout_secs: u64,
     pub schedule: crate::schedule::Schedule,
     pub max_age: std::time::Duration,
+}
+
+/// One server of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub endpoint: Endpoint,
+    /// The datacenter it runs in (None: unknown, never preferred).
+    pub site: Option<String>,
+}
+
+/// Galera options of a source.
+#[derive(Debug, Clone)]
+pub struct GaleraConfig {
+    pub desync: bool,
+    pub admin_user: Option<String>,
+    pub admin_password_file: Option<ConfigPath>,
+    pub lease: bool,
+    pub lease_database: String,
+    pub lease_ttl: std::time::Duration,
+    pub dump_retries: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,10 +571,16 @@ pub struct RestoreConfig {
 }
 
 impl SourceConfig {
-    /// Whether a database is selected for dumping by this source.
+    /// Whether a database is selected for dumping by this source. The agent's own lease
+    /// database is never dumped.
     pub fn selects(&self, db: &str) -> bool {
         if SYSTEM_DATABASES.iter().any(|s| s.eq_ignore_ascii_case(db)) {
             return false;
+        }
+        if let Some(g) = &self.galera {
+            if g.lease && g.lease_database.eq_ignore_ascii_case(db) {
+                return false;
+            }
         }
         if !self.include.is_empty() && !self.include.iter().any(|i| i == db) {
             return false;
@@ -755,8 +824,21 @@ impl Validator<'_> {
             .check_interval
             .and_then(|d| self.duration("agent.check_interval", d))
             .unwrap_or(std::time::Duration::from_secs(60));
+        let site = ra.site.unwrap_or_else(|| "default".into());
+        let agent_name = match ra.name {
+            Some(n) => {
+                let span = n.span();
+                let n = n.into_inner();
+                if n.is_empty() || n.len() > 200 {
+                    self.problem("agent.name", Some(span), "must be 1 to 200 characters");
+                }
+                n
+            }
+            None => format!("{site}@{}", crate::alert::hostname()),
+        };
         let agent = AgentConfig {
-            site: ra.site.unwrap_or_else(|| "default".into()),
+            name: agent_name,
+            site,
             state_dir: ra
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/backup-agent")),
@@ -797,35 +879,72 @@ impl Validator<'_> {
             if let Some(pw) = &s.password {
                 self.problem(k("password"), Some(pw.span()), "passwords are not accepted in the configuration; put the password in a file and set password_file");
             }
-            let endpoint = match (s.host, s.socket) {
-                (Some(_), Some(_)) => {
-                    self.problem(
-                        k("socket"),
-                        Some(name_span.clone()),
-                        "give either host (and port) or socket, not both",
-                    );
-                    Endpoint::Tcp {
-                        host: String::new(),
-                        port: 0,
+            let nodes = match s.nodes {
+                Some(list) => {
+                    let span = list.span();
+                    if s.host.is_some() || s.socket.is_some() || s.port.is_some() {
+                        self.problem(
+                            k("nodes"),
+                            Some(span.clone()),
+                            "give either nodes or host/port/socket, not both",
+                        );
                     }
+                    if list.get_ref().is_empty() {
+                        self.problem(
+                            k("nodes"),
+                            Some(span.clone()),
+                            "must list at least one node",
+                        );
+                    }
+                    let mut out: Vec<NodeConfig> = Vec::new();
+                    for (j, n) in list.into_inner().into_iter().enumerate() {
+                        let nk = format!("source[{i}].nodes[{j}]");
+                        let endpoint = self.endpoint(&nk, n.host, n.port, n.socket, span.clone());
+                        let name = n.name.unwrap_or_else(|| endpoint.to_string());
+                        if out.iter().any(|o| o.name == name) {
+                            self.problem(
+                                format!("{nk}.name"),
+                                Some(span.clone()),
+                                format!("duplicate node name {name:?}"),
+                            );
+                        }
+                        out.push(NodeConfig {
+                            name,
+                            endpoint,
+                            site: n.site,
+                        });
+                    }
+                    out
                 }
-                (Some(host), None) => Endpoint::Tcp {
-                    host,
-                    port: s.port.unwrap_or(3306),
-                },
-                (None, Some(sock)) => Endpoint::Socket(sock),
-                (None, None) => {
-                    self.problem(
-                        k("host"),
-                        Some(name_span.clone()),
-                        "no server address: set host (and port) or socket",
+                None => {
+                    let endpoint = self.endpoint(
+                        &format!("source[{i}]"),
+                        s.host,
+                        s.port,
+                        s.socket,
+                        name_span.clone(),
                     );
-                    Endpoint::Tcp {
-                        host: String::new(),
-                        port: 0,
-                    }
+                    vec![NodeConfig {
+                        name: endpoint.to_string(),
+                        endpoint,
+                        site: None,
+                    }]
                 }
             };
+            let galera = s.galera.map(|g| self.galera(i, g));
+            if nodes.len() > 1 && galera.is_none() {
+                self.problem(k("nodes"), Some(name_span.clone()), "several nodes are the nodes of a Galera cluster: add a [source.galera] table (it may be empty)");
+            }
+            let rate_limit = s.rate_limit.and_then(|r| {
+                let span = r.span();
+                match parse_size(r.get_ref()) {
+                    Some(x) if x >= 64 * 1024 => Some(x),
+                    _ => {
+                        self.problem(k("rate_limit"), Some(span), format!("{:?} is not a rate of at least 64KiB per second; write e.g. \"20MiB\"", r.get_ref()));
+                        None
+                    }
+                }
+            });
             let password_file = match (s.password_file, &env_pw) {
                 (Some(p), _) => self.path(k("password_file"), p),
                 (None, Some(envp)) if n_sources == 1 => ConfigPath {
@@ -921,9 +1040,27 @@ impl Validator<'_> {
             if user.is_empty() {
                 self.problem(k("user"), Some(user_span), "must not be empty");
             }
+            if let Some(g) = &galera {
+                if g.lease
+                    && include
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(&g.lease_database))
+                {
+                    self.problem(
+                        k("databases.include"),
+                        Some(name_span.clone()),
+                        format!(
+                            "{:?} is the lease database of [source.galera] and is never dumped",
+                            g.lease_database
+                        ),
+                    );
+                }
+            }
             sources.push(SourceConfig {
                 name,
-                endpoint,
+                nodes,
+                galera,
+                rate_limit,
                 user,
                 password_file,
                 include,
@@ -1367,6 +1504,106 @@ impl Validator<'_> {
         })
     }
 
+    /// A server address: host (and port) or socket.
+    fn endpoint(
+        &mut self,
+        key: &str,
+        host: Option<String>,
+        port: Option<u16>,
+        socket: Option<PathBuf>,
+        span: Range<usize>,
+    ) -> Endpoint {
+        match (host, socket) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}.socket"),
+                    Some(span),
+                    "give either host (and port) or socket, not both",
+                );
+                Endpoint::Tcp {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+            (Some(host), None) => Endpoint::Tcp {
+                host,
+                port: port.unwrap_or(3306),
+            },
+            (None, Some(sock)) => Endpoint::Socket(sock),
+            (None, None) => {
+                self.problem(
+                    format!("{key}.host"),
+                    Some(span),
+                    "no server address: set host (and port) or socket",
+                );
+                Endpoint::Tcp {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+        }
+    }
+
+    fn galera(&mut self, i: usize, g: RawGalera) -> GaleraConfig {
+        let k = |f: &str| format!("source[{i}].galera.{f}");
+        if let Some(pw) = &g.admin_password {
+            self.problem(k("admin_password"), Some(pw.span()), "passwords are not accepted in the configuration; put it in a file and set admin_password_file");
+        }
+        let desync = g.desync.unwrap_or(false);
+        let admin_user = g.admin_user.map(|u| u.into_inner());
+        let admin_password_file = g
+            .admin_password_file
+            .map(|p| self.path(k("admin_password_file"), p));
+        if admin_user.is_some() != admin_password_file.is_some() {
+            self.problem(
+                k("admin_user"),
+                None,
+                "the admin credential needs both admin_user and admin_password_file",
+            );
+        }
+        if desync && admin_user.is_none() {
+            self.problem(k("desync"), None, "desync = true needs admin_user and admin_password_file: setting wsrep_desync needs SUPER, which the dump account should not have");
+        }
+        let lease_database = match g.lease_database {
+            Some(d) => {
+                let span = d.span();
+                let d = d.into_inner();
+                if d.is_empty()
+                    || d.len() > 64
+                    || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    self.problem(
+                        k("lease_database"),
+                        Some(span),
+                        "must be 1 to 64 letters, digits or '_'",
+                    );
+                }
+                d
+            }
+            None => "backup_agent".into(),
+        };
+        let lease_ttl = g
+            .lease_ttl
+            .and_then(|d| self.duration(&k("lease_ttl"), d))
+            .unwrap_or(std::time::Duration::from_secs(300));
+        if lease_ttl < std::time::Duration::from_secs(3) {
+            self.problem(
+                k("lease_ttl"),
+                None,
+                "must be at least 3s (it is renewed every third of it)",
+            );
+        }
+        GaleraConfig {
+            desync,
+            admin_user,
+            admin_password_file,
+            lease: g.lease.unwrap_or(true),
+            lease_database,
+            lease_ttl,
+            dump_retries: g.dump_retries.unwrap_or(3),
+        }
+    }
+
     fn duration(&mut self, key: &str, d: Spanned<String>) -> Option<std::time::Duration> {
         let span = d.span();
         match humantime::parse_duration(d.get_ref()) {
@@ -1551,7 +1788,7 @@ path = "/var/backups"
         let c = Config::parse(Path::new("c.toml"), GOOD, &env(&[])).unwrap();
         assert_eq!(c.sources[0].prefix, "main");
         assert_eq!(
-            c.sources[0].endpoint,
+            c.sources[0].nodes[0].endpoint,
             Endpoint::Tcp {
                 host: "127.0.0.1".into(),
                 port: 3306
@@ -1564,6 +1801,89 @@ path = "/var/backups"
         assert_eq!(c.stores[0].site, "dc1");
         assert_eq!(c.sources[0].password_file.position, Some((10, 17)));
         c.require_backup_parts().unwrap();
+    }
+
+    const CLUSTER: &str = "nodes = [{ name = \"db1\", host = \"10.0.1.1\", site = \"dc1\" }, { host = \"10.0.2.1\", port = 3307, site = \"dc2\" }, { socket = \"/run/db3.sock\" }]";
+
+    fn cluster(galera: &str) -> String {
+        GOOD.replace("host = \"127.0.0.1\"\nport = 3306", CLUSTER)
+            .replace("[encryption]", &format!("{galera}\n[encryption]"))
+    }
+
+    #[test]
+    fn galera_nodes_and_options() {
+        let text = cluster("[source.galera]\ndesync = true\nadmin_user = \"adm\"\nadmin_password_file = \"/run/secrets/adm\"\nlease_ttl = \"90s\"\n");
+        let c = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap();
+        let s = &c.sources[0];
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.nodes[0].name, "db1");
+        assert_eq!(s.nodes[1].name, "10.0.2.1:3307");
+        assert_eq!(s.nodes[1].site.as_deref(), Some("dc2"));
+        assert_eq!(
+            s.nodes[2].endpoint,
+            Endpoint::Socket("/run/db3.sock".into())
+        );
+        let g = s.galera.as_ref().unwrap();
+        assert!(g.desync && g.lease);
+        assert_eq!(g.lease_database, "backup_agent");
+        assert_eq!(g.lease_ttl, std::time::Duration::from_secs(90));
+        assert_eq!(g.dump_retries, 3);
+        // The lease database is never dumped.
+        assert!(!s.selects("backup_agent") && s.selects("app"));
+        assert!(c.agent.name.starts_with("dc1@"), "{}", c.agent.name);
+    }
+
+    #[test]
+    fn galera_mistakes_are_named() {
+        let cases = [
+            (cluster(""), "source[0].nodes", "[source.galera]"),
+            (
+                cluster("[source.galera]\ndesync = true\n"),
+                "source[0].galera.desync",
+                "SUPER",
+            ),
+            (
+                cluster("[source.galera]\nadmin_password = \"x\"\n"),
+                "source[0].galera.admin_password",
+                "admin_password_file",
+            ),
+            (
+                cluster("[source.galera]\nlease_ttl = \"1s\"\n"),
+                "source[0].galera.lease_ttl",
+                "at least 3s",
+            ),
+            (
+                cluster("[source.galera]\nlease_database = \"a-b\"\n"),
+                "source[0].galera.lease_database",
+                "letters",
+            ),
+            (
+                GOOD.replace("port = 3306", &format!("port = 3306\n{CLUSTER}")),
+                "source[0].nodes",
+                "not both",
+            ),
+            (
+                cluster("[source.galera]\n")
+                    .replace("exclude = [\"scratch\"]", "include = [\"backup_agent\"]"),
+                "source[0].databases.include",
+                "lease database",
+            ),
+            (
+                GOOD.replace("port = 3306", "port = 3306\nrate_limit = \"1k\""),
+                "source[0].rate_limit",
+                "64KiB",
+            ),
+        ];
+        for (text, key, says) in cases {
+            let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| p.key == key && p.message.contains(says)),
+                "{key}: {e}"
+            );
+            assert!(!e.to_string().contains("\"x\""));
+        }
     }
 
     #[test]

@@ -14,8 +14,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::alert::{Alert, Alerter};
 use crate::backup::{self, BackupError, BackupReport};
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, EncryptionConfig, SourceConfig};
 use crate::crypto::SealingKeys;
+use crate::galera::{self, Claim};
 use crate::health;
 use crate::inventory::{self, OpenStore};
 use crate::maintain;
@@ -40,6 +41,117 @@ pub struct RunReport {
     pub repair: maintain::RepairReport,
 }
 
+/// The cluster lease a run holds, recorded in the manifest.
+#[derive(Debug, Clone)]
+pub struct LeaseTag {
+    pub slot: String,
+    pub holder: String,
+    pub takeover_from: Option<String>,
+}
+
+/// Chooses the node, desyncs it if configured, and dumps, retrying a dump that replicated
+/// DDL aborted (deadlock 1213) up to `dump_retries` times. The desync is turned off on
+/// every way out (the guard's drop covers cancellation).
+#[allow(clippy::too_many_arguments)]
+async fn dump_from_best_node(
+    cfg: &Config,
+    src: &SourceConfig,
+    enc: &EncryptionConfig,
+    keys: Arc<SealingKeys>,
+    targets: &[backup::Target<'_>],
+    started: DateTime<Utc>,
+    now: Option<DateTime<Utc>>,
+    lease: Option<&LeaseTag>,
+) -> Result<BackupReport, BackupError> {
+    let gerr = |message: String| BackupError::Galera {
+        source_name: src.name.clone(),
+        message,
+    };
+    let (own_desync, leftover) = galera::clear_leftover_desync(&cfg.agent.state_dir, src).await;
+    for e in &leftover {
+        tracing::error!(event = "desync_leftover", source = %src.name, error = %e);
+    }
+    let password = crate::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+        .map_err(|err| BackupError::Secret {
+            source_name: src.name.clone(),
+            err,
+        })?;
+    let probes = galera::probe_all(src, &password).await;
+    drop(password);
+    let chosen = galera::choose(&probes, &cfg.agent.site, &own_desync);
+    let i = match chosen {
+        Ok(i) => i,
+        // One standalone server that cannot be reached: the dump's own connect error says it.
+        Err(_) if src.galera.is_none() && probes.len() == 1 => 0,
+        Err(e) => return Err(gerr(e.to_string())),
+    };
+    let node = &probes[i].node;
+    if src.galera.is_some() || probes.len() > 1 {
+        let verdicts = galera::eligibility(&probes, &own_desync);
+        let states: Vec<String> = probes
+            .iter()
+            .zip(&verdicts)
+            .map(|(p, v)| p.describe(v))
+            .collect();
+        tracing::info!(event = "node_chosen", source = %src.name, node = %node.name, nodes = %states.join("; "));
+    }
+    let guard = match src.galera.as_ref().filter(|g| g.desync) {
+        Some(_) => Some(
+            galera::DesyncGuard::engage(&cfg.agent.state_dir, src, node)
+                .await
+                .map_err(gerr)?,
+        ),
+        None => None,
+    };
+    let retries = src.galera.as_ref().map(|g| g.dump_retries).unwrap_or(0);
+    let mut attempt = 0u32;
+    let result = loop {
+        attempt += 1;
+        let mut extra = serde_json::Map::new();
+        extra.insert("desynced".into(), guard.is_some().into());
+        extra.insert("attempts".into(), attempt.into());
+        if let Some(l) = lease {
+            extra.insert(
+                "lease".into(),
+                serde_json::json!({"slot": l.slot, "holder": l.holder, "takeover_from": l.takeover_from}),
+            );
+        }
+        let t = if attempt == 1 {
+            started
+        } else {
+            now.map(|n| n + chrono::Duration::seconds(attempt as i64 - 1))
+                .unwrap_or_else(Utc::now)
+        };
+        let from = backup::DumpFrom { node, extra };
+        let r = backup::run_backup(src, enc, keys.clone(), targets, t, &from).await;
+        match r {
+            Err(e) if e.is_deadlock() && attempt <= retries => {
+                tracing::warn!(event = "dump_retry", source = %src.name, node = %node.name, attempt, error = %e, "replicated writes or DDL aborted the dump's snapshot; dumping again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) if e.is_deadlock() => {
+                break Err(gerr(format!(
+                    "the dump from node {} was aborted {attempt} times by conflicting replicated writes or DDL (deadlock 1213), giving up (dump_retries = {retries}); last error: {e}",
+                    node.name
+                )))
+            }
+            Err(BackupError::Dump { err, .. }) if src.galera.is_some() => {
+                break Err(gerr(format!(
+                    "the dump from node {} ({}) failed: {err}; nothing was kept; the next run chooses a healthy node",
+                    node.name, node.endpoint
+                )))
+            }
+            r => break r,
+        }
+    };
+    if let Some(g) = guard {
+        if let Err(e) = g.release().await {
+            tracing::error!(event = "desync_off_failed", source = %src.name, node = %node.name, error = %e, "wsrep_desync is still ON; the next run (or start) turns it off");
+        }
+    }
+    result
+}
+
 /// Runs one backup of `src` with the bookkeeping every run needs: state (attempt,
 /// success, failures, ledger), repair of missing copies, the policy verdict, alerts
 /// (failed, succeeded, policy degraded, recovered), logs. Used by the daemon and by
@@ -51,6 +163,7 @@ pub async fn backup_once(
     state: &StateStore,
     alerter: &Alerter,
     now: Option<DateTime<Utc>>,
+    lease: Option<&LeaseTag>,
 ) -> Result<RunReport, BackupError> {
     let enc = cfg.encryption.as_ref().expect("checked at start");
     let stores: Vec<OpenStore> = tokio::task::block_in_place(|| inventory::open_all(cfg));
@@ -65,7 +178,7 @@ pub async fn backup_once(
             store: o.store.as_ref().map(|b| b.as_ref()).map_err(|e| e.clone()),
         })
         .collect();
-    let result = backup::run_backup(src, enc, keys, &targets, started).await;
+    let result = dump_from_best_node(cfg, src, enc, keys, &targets, started, now, lease).await;
     let result = match result {
         Ok(r) => {
             maintain::record_marks(state, &src.prefix, &r.manifest.backup_id, &r.marks);
@@ -183,33 +296,217 @@ pub async fn backup_once(
             a.details = serde_json::json!({"bytes": r.manifest.data.size, "duration_seconds": r.duration_secs, "stores": r.stores});
             alerter.send(&a).await;
         }
-        Err(e) => {
-            tracing::error!(event = "backup_failed", source = %src.name, error = %e);
-            let msg = e.to_string();
-            let all: Vec<String> = cfg.stores.iter().map(|s| s.name.clone()).collect();
-            let _ = state.update(|s| {
-                let e = s.sources.entry(src.name.clone()).or_default();
-                e.failures_total += 1;
-                e.last_error = Some(msg.clone());
-                // No pruning anywhere until a good run.
-                e.failed_stores = all.clone();
-            });
-            let alert = || {
-                let mut a = Alert::new(
-                    "backup_failed",
-                    &src.name,
-                    false,
-                    format!("backup of source {} failed: {msg}", src.name),
-                );
-                a.details = serde_json::json!({"error": msg, "started_at": started.to_rfc3339()});
-                a
-            };
-            alerter
-                .condition(&format!("{}/failed", src.name), true, alert, &src.name)
-                .await;
-        }
+        Err(e) => record_failure(cfg, src, state, alerter, e, started).await,
     }
     result
+}
+
+/// A failed run: state, log, alert (once, then every repeat interval).
+async fn record_failure(
+    cfg: &Config,
+    src: &SourceConfig,
+    state: &StateStore,
+    alerter: &Alerter,
+    e: &BackupError,
+    started: DateTime<Utc>,
+) {
+    tracing::error!(event = "backup_failed", source = %src.name, error = %e);
+    let msg = e.to_string();
+    let all: Vec<String> = cfg.stores.iter().map(|s| s.name.clone()).collect();
+    let _ = state.update(|s| {
+        let e = s.sources.entry(src.name.clone()).or_default();
+        e.failures_total += 1;
+        e.last_error = Some(msg.clone());
+        // No pruning anywhere until a good run.
+        e.failed_stores = all.clone();
+    });
+    let alert = || {
+        let mut a = Alert::new(
+            "backup_failed",
+            &src.name,
+            false,
+            format!("backup of source {} failed: {msg}", src.name),
+        );
+        a.details = serde_json::json!({"error": msg, "started_at": started.to_rfc3339()});
+        a
+    };
+    alerter
+        .condition(&format!("{}/failed", src.name), true, alert, &src.name)
+        .await;
+}
+
+/// How a slot ended for this agent.
+#[derive(Debug)]
+pub enum SlotOutcome {
+    /// This agent ran the slot (or tried to).
+    Ran(Box<Result<RunReport, BackupError>>),
+    /// Another agent of the cluster produced it; `here` is what this agent's stores hold
+    /// of that backup (None: not visible in any of them).
+    Elsewhere {
+        holder: String,
+        backup_id: Option<String>,
+        here: Option<Verdict>,
+    },
+}
+
+/// The standby's check of a slot another agent produced: the backup must be in this
+/// agent's stores (the shared offsite stores); its copies are verified now (never-checked
+/// copies first), so this agent's verdict, metrics and healthcheck count them, and it is
+/// copied into this agent's local stores (the site's own disk).
+async fn confirm_elsewhere(
+    cfg: &Config,
+    src: &SourceConfig,
+    state: &StateStore,
+    slot: &str,
+    holder: &str,
+    backup_id: Option<&str>,
+) -> Option<Verdict> {
+    let id = backup_id?.to_string();
+    let (c, st, s) = (cfg.clone(), state.clone(), src.clone());
+    let id2 = id.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let stores = inventory::open_all(&c);
+        let now = Utc::now();
+        maintain::scrub(&c, &s, &stores, &st, now, 0.0);
+        // This site's own disks get a copy too (if their retention keeps it); the shared
+        // stores are the lease holder's.
+        let rep = maintain::repair_into(&c, &s, &stores, &st, now, |sc| {
+            matches!(sc.kind, crate::config::StoreKind::Local { .. })
+        });
+        for x in &rep.copied {
+            tracing::info!(event = "copied_from_other_agent", source = %s.name, copy = %x);
+        }
+        for x in &rep.failed {
+            tracing::warn!(event = "repair_failed", source = %s.name, error = %x);
+        }
+        let inv = maintain::refresh(&c, &s, &stores, &st, now);
+        inv.backups
+            .iter()
+            .find(|b| b.id == id2)
+            .map(|b| b.verdict.clone())
+    })
+    .await
+    .ok()
+    .flatten();
+    match &verdict {
+        Some(v) => {
+            tracing::info!(event = "slot_confirmed", source = %src.name, slot = %slot, holder = %holder, backup = %id, verified_copies = v.verified_copies, compliant = v.compliant)
+        }
+        None => tracing::warn!(
+            event = "slot_not_visible",
+            source = %src.name,
+            slot = %slot,
+            holder = %holder,
+            backup = %id,
+            "another agent produced this slot's backup, but none of this agent's stores holds it; give both agents the shared offsite stores (operations.md, Two sites) or this agent cannot tell whether backups are fresh"
+        ),
+    }
+    verdict
+}
+
+/// The lease name of a schedule slot.
+pub fn slot_name(slot: DateTime<Utc>) -> String {
+    slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Runs one schedule slot of `src`: with a cluster lease (Galera sources), only the agent
+/// that claims the slot dumps, repairs and prunes, while the lease is renewed; losing the
+/// lease cancels the run. Without a lease, just the run. `cancel` ends a wait for the lease.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_slot(
+    cfg: &Config,
+    src: &SourceConfig,
+    keys: Arc<SealingKeys>,
+    state: &StateStore,
+    alerter: &Alerter,
+    slot: &str,
+    now: Option<DateTime<Utc>>,
+    prune: bool,
+    cancel: impl std::future::Future<Output = ()>,
+) -> SlotOutcome {
+    let work = |lease: Option<LeaseTag>| async move {
+        let r = backup_once(cfg, src, keys.clone(), state, alerter, now, lease.as_ref()).await;
+        if prune && r.is_ok() {
+            prune_source(cfg, src, state).await;
+        }
+        r
+    };
+    if !src.galera.as_ref().is_some_and(|g| g.lease) {
+        return SlotOutcome::Ran(Box::new(work(None).await));
+    }
+    let started = now.unwrap_or_else(Utc::now);
+    let fail = |message: String| BackupError::Galera {
+        source_name: src.name.clone(),
+        message,
+    };
+    let claim = galera::acquire(src, &cfg.agent.site, &cfg.agent.name, slot, cancel).await;
+    match claim {
+        Err(e) => {
+            let err = fail(format!("cluster lease for slot {slot}: {e}"));
+            record_failure(cfg, src, state, alerter, &err, started).await;
+            SlotOutcome::Ran(Box::new(Err(err)))
+        }
+        Ok(Claim::Done { holder, backup_id }) => {
+            tracing::info!(event = "slot_done_elsewhere", source = %src.name, slot = %slot, holder = %holder, backup = ?backup_id, "another agent produced this slot");
+            let here =
+                confirm_elsewhere(cfg, src, state, slot, &holder, backup_id.as_deref()).await;
+            SlotOutcome::Elsewhere {
+                holder,
+                backup_id,
+                here,
+            }
+        }
+        Ok(Claim::GaveUp { holder, attempts }) => {
+            let err = fail(format!(
+                "slot {slot}: {attempts} attempts by the cluster's agents failed (last by {holder}); no agent tries again; see the lease table and those agents' logs"
+            ));
+            record_failure(cfg, src, state, alerter, &err, started).await;
+            SlotOutcome::Ran(Box::new(Err(err)))
+        }
+        Ok(Claim::Held(mut lease)) => {
+            tracing::info!(event = "lease_held", source = %src.name, slot = %slot, holder = %lease.holder, takeover_from = ?lease.takeover_from);
+            let tag = LeaseTag {
+                slot: slot.to_string(),
+                holder: lease.holder.clone(),
+                takeover_from: lease.takeover_from.clone(),
+            };
+            let r = tokio::select! {
+                r = work(Some(tag)) => r,
+                why = lease.lost() => {
+                    let err = fail(format!("{why}; this run was cancelled and kept nothing"));
+                    record_failure(cfg, src, state, alerter, &err, started).await;
+                    Err(err)
+                }
+            };
+            match &r {
+                Ok(rep) => {
+                    lease
+                        .finish(true, Some(rep.backup.manifest.backup_id.clone()), None)
+                        .await
+                }
+                Err(e) => lease.finish(false, None, Some(e.to_string())).await,
+            }
+            SlotOutcome::Ran(Box::new(r))
+        }
+    }
+}
+
+/// Applies retention to `src` (after a good run, under the same lease).
+async fn prune_source(cfg: &Config, src: &SourceConfig, state: &StateStore) {
+    let (c, st, s) = (cfg.clone(), state.clone(), src.clone());
+    let rep = tokio::task::spawn_blocking(move || {
+        let stores = inventory::open_all(&c);
+        maintain::prune(&c, &s, &stores, &st, Utc::now(), false)
+    })
+    .await;
+    if let Ok(rep) = rep {
+        for e in &rep.errors {
+            tracing::error!(event = "prune_failed", source = %src.name, error = %e);
+        }
+        for x in &rep.deleted {
+            tracing::info!(event = "pruned", source = %src.name, object = %x);
+        }
+    }
 }
 
 /// How often the daemon scrubs a share of the stored copies.
@@ -238,6 +535,16 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
             if n > 0 {
                 tracing::warn!(event = "debris_removed", store = %st.name, files = n, "removed temp files of an interrupted run");
             }
+        }
+    }
+    // A desync left on by a killed run is turned off before anything else.
+    for src in &cfg.sources {
+        let (cleared, errors) = galera::clear_leftover_desync(&cfg.agent.state_dir, src).await;
+        for n in cleared {
+            tracing::warn!(event = "desync_cleared_at_start", source = %src.name, node = %n);
+        }
+        for e in errors {
+            tracing::error!(event = "desync_leftover", source = %src.name, error = %e);
         }
     }
     let cfg = Arc::new(cfg);
@@ -359,29 +666,19 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         let _ = d
             .state
             .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
-        let run = async {
-            if backup_once(&d.cfg, src, d.keys.clone(), &d.state, &d.alerter, None)
-                .await
-                .is_ok()
-            {
-                let cfg = d.cfg.clone();
-                let state = d.state.clone();
-                let s = src.clone();
-                let rep = tokio::task::spawn_blocking(move || {
-                    let stores = inventory::open_all(&cfg);
-                    maintain::prune(&cfg, &s, &stores, &state, Utc::now(), false)
-                })
-                .await;
-                if let Ok(rep) = rep {
-                    for e in &rep.errors {
-                        tracing::error!(event = "prune_failed", source = %src.name, error = %e);
-                    }
-                    for x in &rep.deleted {
-                        tracing::info!(event = "pruned", source = %src.name, object = %x);
-                    }
-                }
-            }
-        };
+        let mut waiting = phase.clone();
+        let slot_label = slot_name(slot);
+        let run = run_slot(
+            &d.cfg,
+            src,
+            d.keys.clone(),
+            &d.state,
+            &d.alerter,
+            &slot_label,
+            None,
+            true,
+            async move { reached(&mut waiting, Phase::Draining).await },
+        );
         tokio::select! {
             _ = run => {}
             _ = reached(&mut phase, Phase::Abort) => {

@@ -60,6 +60,18 @@ pub struct BinlogPosition {
     pub gtid: Option<String>,
 }
 
+/// Where in the cluster's history a dump of a Galera node stands: read on the dump's own
+/// connection right after its snapshot started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GaleraPosition {
+    pub node_name: String,
+    pub cluster_state_uuid: String,
+    pub last_committed: i64,
+    pub cluster_conf_id: i64,
+    pub cluster_size: i64,
+    pub local_state: String,
+}
+
 /// What the dump found, for the manifest and the log.
 #[derive(Debug, Clone, Default)]
 pub struct DumpSummary {
@@ -70,35 +82,51 @@ pub struct DumpSummary {
     pub tables: usize,
     pub rows: u64,
     pub largest_statement: usize,
+    /// Galera position of the snapshot, when the server is a Galera node.
+    pub galera: Option<GaleraPosition>,
     /// Tables that are not snapshot-consistent (names go to the log, not the manifest).
     pub non_transactional: Vec<String>,
     pub warnings: Vec<String>,
 }
 
-/// Opens a connection to a source's server.
-pub async fn connect(src: &SourceConfig, password: &Secret) -> Result<Conn, DumpError> {
+/// Opens a connection to one of a source's servers.
+pub async fn connect(
+    src: &SourceConfig,
+    endpoint: &Endpoint,
+    password: &Secret,
+) -> Result<Conn, DumpError> {
+    connect_as(src, endpoint, &src.user, password).await
+}
+
+/// Opens a connection to a server as `user`, within the source's connect timeout.
+pub async fn connect_as(
+    src: &SourceConfig,
+    endpoint: &Endpoint,
+    user: &str,
+    password: &Secret,
+) -> Result<Conn, DumpError> {
     let mut b = OptsBuilder::default()
-        .user(Some(src.user.clone()))
+        .user(Some(user.to_string()))
         .pass(Some(password.expose().to_string()))
         .stmt_cache_size(0)
         .prefer_socket(false)
         .wait_timeout(Some(28800));
-    match &src.endpoint {
+    match endpoint {
         Endpoint::Tcp { host, port } => b = b.ip_or_hostname(host.clone()).tcp_port(*port),
         Endpoint::Socket(p) => b = b.socket(Some(p.display().to_string())),
     }
     let timeout = std::time::Duration::from_secs(src.connect_timeout_secs.max(1));
     let conn = tokio::time::timeout(timeout, Conn::new(b)).await;
     let err = |source| DumpError::Connect {
-        endpoint: src.endpoint.to_string(),
-        user: src.user.clone(),
+        endpoint: endpoint.to_string(),
+        user: user.to_string(),
         source,
     };
     match conn {
         Ok(r) => r.map_err(err),
         Err(_) => Err(DumpError::Connect {
-            endpoint: src.endpoint.to_string(),
-            user: src.user.clone(),
+            endpoint: endpoint.to_string(),
+            user: user.to_string(),
             source: mysql_async::Error::Other(
                 format!("no answer within {}s", timeout.as_secs()).into(),
             ),
@@ -111,6 +139,8 @@ pub async fn connect(src: &SourceConfig, password: &Secret) -> Result<Conn, Dump
 pub struct SqlOutput {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
+    /// Bytes per second at most, and the pace so far.
+    rate: Option<(u64, tokio::time::Instant, u64)>,
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -120,11 +150,27 @@ impl SqlOutput {
         SqlOutput {
             tx,
             buf: Vec::with_capacity(CHUNK * 2),
+            rate: None,
+        }
+    }
+
+    /// Limits the dump to `bytes_per_sec` of SQL: the reader waits when it is ahead.
+    pub fn with_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
+        self.rate = bytes_per_sec.map(|r| (r.max(1), tokio::time::Instant::now(), 0));
+        self
+    }
+
+    async fn pace(&mut self, n: usize) {
+        if let Some((rate, start, sent)) = &mut self.rate {
+            *sent += n as u64;
+            let due = *start + std::time::Duration::from_secs_f64(*sent as f64 / *rate as f64);
+            tokio::time::sleep_until(due).await;
         }
     }
 
     pub async fn write(&mut self, b: &[u8]) -> Result<(), DumpError> {
         if self.buf.is_empty() && b.len() >= CHUNK {
+            self.pace(b.len()).await;
             return self
                 .tx
                 .send(b.to_vec())
@@ -140,6 +186,7 @@ impl SqlOutput {
 
     pub async fn flush(&mut self) -> Result<(), DumpError> {
         if !self.buf.is_empty() {
+            self.pace(self.buf.len()).await;
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK * 2));
             self.tx
                 .send(chunk)
@@ -327,6 +374,49 @@ struct Object {
 const NON_DATA_ENGINES: &[&str] = &["BLACKHOLE", "FEDERATED", "SPIDER", "CONNECT"];
 const TRANSACTIONAL_ENGINES: &[&str] = &["InnoDB", "ROCKSDB", "TokuDB"];
 
+/// Runs a SHOW VARIABLES / SHOW STATUS statement and returns its rows as lower-cased
+/// name -> value.
+pub(crate) async fn name_values(
+    conn: &mut Conn,
+    sql: &str,
+    during: &str,
+) -> Result<HashMap<String, String>, DumpError> {
+    Ok(fetch(conn, sql, during)
+        .await?
+        .iter()
+        .map(|r| (text(&r[0]).to_ascii_lowercase(), text(&r[1])))
+        .collect())
+}
+
+/// The Galera position right now, if the server is a Galera node (wsrep_on).
+async fn galera_position(conn: &mut Conn) -> Result<Option<GaleraPosition>, DumpError> {
+    let var = name_values(
+        conn,
+        "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('wsrep_on', 'wsrep_node_name')",
+        "reading wsrep_on",
+    )
+    .await?;
+    if var.get("wsrep_on").map(String::as_str) != Some("ON") {
+        return Ok(None);
+    }
+    let st = name_values(
+        conn,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_state_uuid', 'wsrep_last_committed', \
+         'wsrep_cluster_conf_id', 'wsrep_cluster_size', 'wsrep_local_state_comment')",
+        "reading the Galera position",
+    )
+    .await?;
+    let stat = |n: &str| st.get(n).cloned().unwrap_or_default();
+    Ok(Some(GaleraPosition {
+        node_name: var.get("wsrep_node_name").cloned().unwrap_or_default(),
+        cluster_state_uuid: stat("wsrep_cluster_state_uuid"),
+        last_committed: stat("wsrep_last_committed").parse().unwrap_or(-1),
+        cluster_conf_id: stat("wsrep_cluster_conf_id").parse().unwrap_or(-1),
+        cluster_size: stat("wsrep_cluster_size").parse().unwrap_or(0),
+        local_state: stat("wsrep_local_state_comment"),
+    }))
+}
+
 /// Runs a whole dump on `conn`, writing SQL to `out`.
 pub async fn dump(
     conn: &mut Conn,
@@ -359,6 +449,7 @@ pub async fn dump(
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(server("starting the consistent snapshot"))?;
+    summary.galera = galera_position(conn).await?;
 
     if log_bin {
         let st = fetch(

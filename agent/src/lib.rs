@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod digest;
 pub mod dump;
 pub mod format;
+pub mod galera;
 pub mod health;
 pub mod inventory;
 pub mod logging;

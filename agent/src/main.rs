@@ -43,6 +43,11 @@ enum Command {
         /// Run as if the clock showed this time (RFC 3339); for simulations and tests.
         #[arg(long, hide = true)]
         now: Option<String>,
+        /// Schedule slot to claim in the cluster lease (RFC 3339, e.g. 2026-11-21T02:00:00Z),
+        /// as the daemon does; another agent of the cluster may already have produced it.
+        /// Default: a manual slot of its own.
+        #[arg(long)]
+        slot: Option<String>,
     },
     /// Every backup across stores: copies, verification, lock, 3-2-1 verdict.
     List {
@@ -92,7 +97,7 @@ fn parse_now(now: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc
         .map(|t| {
             chrono::DateTime::parse_from_rfc3339(t)
                 .map(|d| d.with_timezone(&chrono::Utc))
-                .map_err(|e| format!("--now {t:?}: {e}; write e.g. 2026-11-21T02:00:00Z"))
+                .map_err(|e| format!("{t:?}: {e}; write e.g. 2026-11-21T02:00:00Z"))
         })
         .transpose()
 }
@@ -128,9 +133,9 @@ fn main() -> ExitCode {
             println!("{}", v.line);
             ExitCode::from(v.code)
         }
-        Command::Backup { source, now } => match parse_now(&now) {
-            Ok(now) => rt().block_on(run_backups(&cfg, source.as_deref(), now)),
-            Err(e) => {
+        Command::Backup { source, now, slot } => match (parse_now(&now), parse_now(&slot)) {
+            (Ok(now), Ok(slot)) => rt().block_on(run_backups(&cfg, source.as_deref(), now, slot)),
+            (Err(e), _) | (_, Err(e)) => {
                 eprintln!("backup-agent: {e}");
                 ExitCode::from(EXIT_INVALID)
             }
@@ -429,6 +434,7 @@ async fn run_backups(
     cfg: &Config,
     only: Option<&str>,
     now: Option<chrono::DateTime<chrono::Utc>>,
+    slot: Option<chrono::DateTime<chrono::Utc>>,
 ) -> ExitCode {
     let enc = match cfg.require_backup_parts() {
         Ok(e) => e,
@@ -466,7 +472,51 @@ async fn run_backups(
     let mut failed = false;
     let mut degraded = false;
     for src in sources {
-        match daemon::backup_once(cfg, src, keys.clone(), &state, &alerter, now).await {
+        let slot_label = match slot {
+            Some(t) => daemon::slot_name(t),
+            None => format!(
+                "manual {}",
+                daemon::slot_name(now.unwrap_or_else(chrono::Utc::now))
+            ),
+        };
+        let outcome = daemon::run_slot(
+            cfg,
+            src,
+            keys.clone(),
+            &state,
+            &alerter,
+            &slot_label,
+            now,
+            false,
+            std::future::pending::<()>(),
+        )
+        .await;
+        let result = match outcome {
+            daemon::SlotOutcome::Ran(r) => *r,
+            daemon::SlotOutcome::Elsewhere {
+                holder,
+                backup_id,
+                here,
+            } => {
+                println!(
+                    "slot {slot_label} of source {}: produced by agent {holder} (backup {}); nothing to do",
+                    src.name,
+                    backup_id.as_deref().unwrap_or("unknown")
+                );
+                match here {
+                    Some(v) => println!(
+                        "that backup in this agent's stores: {} verified copies, policy {}",
+                        v.verified_copies,
+                        if v.compliant { "compliant" } else { "not met" }
+                    ),
+                    None => eprintln!(
+                        "backup-agent: that backup is in none of this agent's stores; give both agents the shared offsite stores (docs/operations.md, Two sites)"
+                    ),
+                }
+                continue;
+            }
+        };
+        match result {
             Ok(r) => {
                 let b = &r.backup;
                 println!(

@@ -96,10 +96,27 @@ pub fn repair(
     state: &StateStore,
     now: DateTime<Utc>,
 ) -> RepairReport {
+    repair_into(cfg, src, stores, state, now, |_| true)
+}
+
+/// Repair that writes only to the stores `target` accepts (reading from any). The standby
+/// agent of a cluster uses it to copy a slot the other agent produced into its own local
+/// stores, leaving the shared stores to the lease holder.
+pub fn repair_into(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &StateStore,
+    now: DateTime<Utc>,
+    target: impl Fn(&crate::config::StoreConfig) -> bool,
+) -> RepairReport {
     let mut rep = RepairReport::default();
     let st = state.load().unwrap_or_default();
     let inv = inventory::build(cfg, src, stores, &st, now);
     for os in stores {
+        if !target(&os.cfg) {
+            continue;
+        }
         let Ok(to) = os.store.as_ref() else { continue };
         if inv.store_errors.contains_key(&os.cfg.name) {
             continue;

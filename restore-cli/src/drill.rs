@@ -583,11 +583,11 @@ pub async fn run(
             let t = target::parse(url)?;
             if let Some(cfg) = cfg {
                 for s in &cfg.sources {
-                    let same = match (&s.endpoint, &t.socket) {
+                    let same = s.nodes.iter().any(|n| match (&n.endpoint, &t.socket) {
                         (Endpoint::Tcp { host, port }, None) => *host == t.host && *port == t.port,
                         (Endpoint::Socket(p), Some(q)) => p == q,
                         _ => false,
-                    };
+                    });
                     if same {
                         bail!("--scratch {t} is the production server of source {}; the drill never replays into it", s.name);
                     }

@@ -1,6 +1,6 @@
-//! compose/: both datacenters' files validate with Debian's docker-compose, and the agent
-//! config they mount is the one this test runs a real backup with (secret paths, state and
-//! store dirs and the server address mapped to this machine; nothing else changed).
+//! compose/: both datacenters' files validate with Debian's docker-compose. The agent
+//! configs they mount run against the Galera test cluster in tests/galera.rs
+//! (`the_compose_configs_of_both_sites_share_slots_through_the_lease`).
 
 mod common;
 use common::*;
@@ -35,105 +35,4 @@ fn compose_files_validate() {
     assert!(
         docker.contains("USER backup") && docker.contains("backup-agent healthcheck || exit 1")
     );
-}
-
-#[test]
-fn the_compose_agent_config_runs_a_backup() {
-    let src = source();
-    let db = unique("compose");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1),(2),(3)",
-    );
-    let setup = Setup::new(&src, &db);
-    let d = setup.dir.path();
-    for sub in ["secrets", "etc", "state", "backups"] {
-        std::fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    std::fs::write(d.join("secrets/db_backup_password"), &setup.dump_password).unwrap();
-    std::fs::copy(
-        testdata("agent.sec.asc"),
-        d.join("secrets/agent_signing_key"),
-    )
-    .unwrap();
-    std::fs::copy(testdata("dpo.pub.asc"), d.join("etc/dpo.asc")).unwrap();
-    std::fs::write(d.join("secrets/webhook_url"), "http://127.0.0.1:9/unused").unwrap();
-    std::fs::write(d.join("secrets/smtp_password"), "unused").unwrap();
-    // The offsite store of dc1 (dc2's object store, with object lock) is a moto bucket.
-    let vault = common::s3::moto(
-        &d.join("secrets"),
-        &unique("dc2vault").replace('_', "-"),
-        true,
-        false,
-    );
-    std::fs::copy(&vault.key_id_file, d.join("secrets/s3_dc2_access_key_id")).unwrap();
-    std::fs::copy(
-        &vault.secret_file,
-        d.join("secrets/s3_dc2_secret_access_key"),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(repo_root().join("compose/config/agent-dc1.toml")).unwrap();
-    let mapped = text
-        .replace(
-            "\"https://s3.dc2.example.org\"",
-            &format!("{:?}", vault.url),
-        )
-        .replace("\"mariadb-backups\"", &format!("{:?}", vault.bucket))
-        .replace("region = \"dc2\"", "region = \"us-east-1\"")
-        .replace("/run/secrets/", &format!("{}/secrets/", d.display()))
-        .replace("/etc/backup-agent/", &format!("{}/etc/", d.display()))
-        .replace(
-            "\"/var/lib/backup-agent\"",
-            &format!("{:?}", d.join("state")),
-        )
-        .replace(
-            "\"/var/backups/mariadb\"",
-            &format!("{:?}", d.join("backups")),
-        )
-        .replace(
-            "host = \"galera1\"\nport = 3306",
-            &format!("host = \"127.0.0.1\"\nport = {}", src.port),
-        )
-        .replace(
-            "user = \"backup\"",
-            &format!(
-                "user = \"{}\"\ndatabases = {{ include = [\"{db}\"] }}",
-                setup.dump_user
-            ),
-        );
-    let cfg = d.join("agent-dc1.toml");
-    std::fs::write(&cfg, mapped).unwrap();
-    let run = |args: &[&str]| {
-        Command::new(agent_bin())
-            .arg("--config")
-            .arg(&cfg)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let o = run(&["check-config"]);
-    ok(&o, "check-config of the compose config");
-    let o = run(&["backup"]);
-    ok(&o, "backup with the compose config");
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("policy: compliant"),
-        "local + locked offsite meets 2 copies, 2 media, 1 offsite, 1 immutable: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(
-        vault.keys("galera/").len(),
-        3,
-        "the offsite copy is in dc2's bucket"
-    );
-    let o = run(&["healthcheck"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "no drill yet (drill_max_age is set): {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert!(String::from_utf8_lossy(&o.stdout).contains("no restore drill on record"));
-    src.drop_db(&db);
 }

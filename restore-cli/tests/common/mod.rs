@@ -322,6 +322,10 @@ pub struct Setup {
     pub stores: String,
     /// The [policy] table (default: one verified copy is enough, for single-store tests).
     pub policy: String,
+    /// Replaces the source's `host`/`port` lines (e.g. a `nodes = [...]` list).
+    pub source_addr: Option<String>,
+    /// The agent's site.
+    pub site: String,
 }
 
 impl Setup {
@@ -349,6 +353,8 @@ impl Setup {
             tail: String::new(),
             stores: String::new(),
             policy: "[policy]\ncopies = 1\nmedia = 1\noffsite = 0\n".into(),
+            source_addr: None,
+            site: "dc1".into(),
         }
     }
 
@@ -379,14 +385,13 @@ impl Setup {
         let certs: Vec<String> = self.dpo_certs.iter().map(|c| format!("{c:?}")).collect();
         let cfg = format!(
             r#"[agent]
-site = "dc1"
+site = "{site}"
 state_dir = {state:?}
 {agent_extra}
 
 [[source]]
 name = "main"
-host = "127.0.0.1"
-port = {port}
+{addr}
 user = "{user}"
 password_file = {pw:?}
 databases = {{ include = ["{db}"] }}
@@ -405,7 +410,11 @@ media = "disk"
 {tail}
 "#,
             state = self.path("state"),
-            port = src.port,
+            site = self.site,
+            addr = self
+                .source_addr
+                .clone()
+                .unwrap_or_else(|| format!("host = \"127.0.0.1\"\nport = {}", src.port)),
             user = self.dump_user,
             pw = self.path("db.password"),
             db = self.db,
