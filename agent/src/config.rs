@@ -390,6 +390,7 @@ pub const ALL_EVENTS: &[&str] = &[
     "policy_degraded",
     "drill_failed",
     "drill_succeeded",
+    "desync_stuck",
     "recovered",
 ];
 

@@ -298,7 +298,48 @@ pub async fn backup_once(
         }
         Err(e) => record_failure(cfg, src, state, alerter, e, started).await,
     }
+    desync_condition(cfg, src, alerter).await;
     result
+}
+
+/// Alerts `desync_stuck` while a node this agent desynced could not be turned back (its
+/// marker remains: the turning off failed, here or at a start), and `recovered` once a
+/// later run or start managed it.
+pub async fn desync_condition(cfg: &Config, src: &SourceConfig, alerter: &Alerter) {
+    if src.galera.is_none() {
+        return;
+    }
+    let stuck = galera::stuck_desyncs(&cfg.agent.state_dir, src);
+    let alert = || {
+        let nodes: Vec<String> = stuck
+            .iter()
+            .map(|(_, m)| format!("{} ({}) since {}", m.node, m.endpoint, m.since.to_rfc3339()))
+            .collect();
+        let mut a = Alert::new(
+            "desync_stuck",
+            &src.name,
+            false,
+            format!(
+                "source {}: wsrep_desync is still ON on {}: the node is outside flow control and may fall behind the cluster; the agent retries at every run and start; to fix it now, run SET GLOBAL wsrep_desync=OFF on that node (the agent then notices at its next run)",
+                src.name,
+                nodes.join(", ")
+            ),
+        );
+        a.details = serde_json::json!({
+            "nodes": stuck.iter().map(|(p, m)| serde_json::json!({
+                "node": m.node, "address": m.endpoint, "since": m.since, "marker": p,
+            })).collect::<Vec<_>>(),
+        });
+        a
+    };
+    alerter
+        .condition(
+            &format!("{}/desync", src.name),
+            !stuck.is_empty(),
+            alert,
+            &src.name,
+        )
+        .await;
 }
 
 /// A failed run: state, log, alert (once, then every repeat interval).
@@ -556,6 +597,9 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
         state,
         started: Utc::now(),
     });
+    for src in &cfg.sources {
+        desync_condition(&cfg, src, &d.alerter).await;
+    }
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
 
     let listener = tokio::net::TcpListener::bind(&cfg.agent.http_bind)

@@ -320,6 +320,49 @@ async fn set_desync(
     })
 }
 
+/// Whether the marker belongs to a run that is going on right now in another backup-agent
+/// process (e.g. `backup-agent backup` by hand next to the daemon on the same state dir).
+/// A marker of this very process is never "in progress elsewhere": runs of one source
+/// are serialized within a process, and after a container restart the new agent may well
+/// have the pid of the one that was killed.
+fn in_progress_elsewhere(m: &DesyncMarker) -> bool {
+    if m.pid == std::process::id() {
+        return false;
+    }
+    std::fs::read(format!("/proc/{}/cmdline", m.pid))
+        .map(|c| String::from_utf8_lossy(&c).contains("backup-agent"))
+        .unwrap_or(false)
+}
+
+fn read_markers(state_dir: &Path, src: &str) -> Vec<(PathBuf, DesyncMarker)> {
+    let Ok(rd) = std::fs::read_dir(marker_dir(state_dir)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(PathBuf, DesyncMarker)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                return None;
+            }
+            let m = serde_json::from_slice::<DesyncMarker>(&std::fs::read(&p).ok()?).ok()?;
+            (m.source == src).then_some((p, m))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Desyncs of `src` this agent switched on and could not switch off yet (their markers
+/// remain), leaving out runs in progress in another process. Each one is a node that
+/// stays out of flow control and may fall behind until someone turns it off.
+pub fn stuck_desyncs(state_dir: &Path, src: &SourceConfig) -> Vec<(PathBuf, DesyncMarker)> {
+    read_markers(state_dir, &src.name)
+        .into_iter()
+        .filter(|(_, m)| !in_progress_elsewhere(m))
+        .collect()
+}
+
 /// Turns off every desync a previous run of this agent left on (killed mid-dump), for
 /// `src`. Returns the nodes it turned off; markers whose node cannot be reached stay for
 /// the next attempt (and are reported).
@@ -332,20 +375,7 @@ pub async fn clear_leftover_desync(
     let Some(g) = &src.galera else {
         return (cleared, errors);
     };
-    let Ok(rd) = std::fs::read_dir(marker_dir(state_dir)) else {
-        return (cleared, errors);
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Some(m) = std::fs::read(&p)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<DesyncMarker>(&b).ok())
-        else {
-            continue;
-        };
-        if m.source != src.name {
-            continue;
-        }
+    for (p, m) in stuck_desyncs(state_dir, src) {
         let Some(node) = src.nodes.iter().find(|n| n.name == m.node) else {
             errors.push(format!(
                 "desync marker {} names node {:?}, which is no longer configured; turn wsrep_desync OFF on it by hand and delete the file",
@@ -365,7 +395,7 @@ pub async fn clear_leftover_desync(
                 cleared.push(m.node);
             }
             Err(e) => errors.push(format!(
-                "a run interrupted at {} left wsrep_desync=ON on node {}; turning it off failed: {e}",
+                "a run of {} left wsrep_desync=ON on node {}; turning it off failed: {e}",
                 m.since, m.node
             )),
         }

@@ -1470,6 +1470,91 @@ fn a_cancelled_run_turns_the_desync_off() {
     c.node(1).drop_db(&db);
 }
 
+/// The admin account stops working during the dump (its password changed on the server):
+/// the backup itself is good, but wsrep_desync stays ON. The agent says so (`desync_stuck`
+/// naming the node, the marker kept), and once the account works again the next run turns
+/// it off at its start and sends `recovered`.
+#[test]
+fn a_desync_that_cannot_be_turned_off_alerts_until_a_later_run_clears_it() {
+    let c = cluster();
+    let db = filler_db(&c, 2000);
+    let hook = Receiver::start(Mode::Ok);
+    let mut s = n1_setup(
+        &c,
+        &db,
+        "rate_limit = \"256KiB\"",
+        "lease = false\ndesync = true",
+    );
+    let (admin, admin_pw) = desync_admin(&c, &s);
+    s.extra.push_str(&format!(
+        "admin_user = \"{admin}\"\nadmin_password_file = {admin_pw:?}\n"
+    ));
+    webhook(&mut s, &hook);
+    let set_admin_password = |pw: &str| {
+        for host in ["127.0.0.1", "localhost"] {
+            c.node(1).sql(&format!(
+                "ALTER USER '{admin}'@'{host}' IDENTIFIED BY '{pw}'"
+            ));
+        }
+    };
+
+    let mut child = spawn_agent(&s, &c, &["backup"], "stuck");
+    c.wait_status(
+        1,
+        "wsrep_local_state_comment",
+        "Donor/Desynced",
+        Duration::from_secs(15),
+    );
+    set_admin_password("changed-meanwhile");
+    let st = wait_child(&mut child, Duration::from_secs(60));
+    let log = read_log(&s, "stuck");
+    // The backup is complete and verified: it counts as made.
+    assert!(st.success(), "{log}");
+    assert_eq!(manifests(&s.store()).len(), 1, "{log}");
+    assert!(log.contains("desync_off_failed"), "{log}");
+    assert_eq!(c.desync_flag(1), "1", "the OFF should have failed: {log}");
+    assert_eq!(markers(&s).len(), 1, "the marker stays: {log}");
+    let a = hook.wait_event("desync_stuck", Duration::from_secs(5));
+    assert_eq!(a["status"], "error", "{a}");
+    let msg = a["message"].as_str().unwrap();
+    assert!(
+        msg.contains("wsrep_desync is still ON on n1 (127.0.0.1:")
+            && msg.contains("SET GLOBAL wsrep_desync=OFF"),
+        "{a}"
+    );
+    assert_eq!(a["details"]["nodes"][0]["node"], "n1", "{a}");
+    assert!(
+        !hook.bodies().iter().any(|b| b["event"] == "backup_failed"),
+        "the backup itself did not fail: {:?}",
+        hook.bodies()
+    );
+
+    // The account works again: the next run turns the desync off before anything else,
+    // backs up, and the condition clears.
+    set_admin_password("adm-pw");
+    let (o, node) = backup(&s, &c, &[]);
+    ok(&o, "backup after the admin account was fixed");
+    assert!(node.is_some(), "{}", text(&o));
+    assert!(text(&o).contains("desync_cleared"), "{}", text(&o));
+    assert_eq!(c.desync_flag(1), "0");
+    assert!(markers(&s).is_empty(), "{:?}", markers(&s));
+    wait_for("the recovered alert", Duration::from_secs(5), || {
+        hook.bodies().iter().any(|b| {
+            b["event"] == "recovered" && b["message"].as_str().unwrap_or("").contains("desync")
+        })
+    });
+    assert_eq!(
+        hook.bodies()
+            .iter()
+            .filter(|b| b["event"] == "desync_stuck")
+            .count(),
+        1,
+        "{:?}",
+        hook.bodies()
+    );
+    c.node(1).drop_db(&db);
+}
+
 #[test]
 fn a_missing_or_ungranted_lease_table_fails_the_slot_with_the_sql_to_fix_it() {
     let c = cluster();
