@@ -103,6 +103,60 @@ type StoreOutcome = (String, Result<(), String>);
 struct Tee {
     slots: Vec<(String, Option<Box<dyn ObjectWriter>>)>,
     outcome: Arc<Mutex<Vec<StoreOutcome>>>,
+    commits: Arc<Mutex<Commits>>,
+}
+
+/// Shared by a run and its sealing thread, which outlives the run when the run is dropped
+/// (cancelled at shutdown, or its cluster lease lost) after the dump's end marker: whether
+/// the run was abandoned, and where the data object was committed (made visible).
+#[derive(Default)]
+struct Commits {
+    abandoned: bool,
+    stores: Vec<String>,
+}
+
+/// Keeps a run from leaving anything visible unless it returns a backup: dropped (on an
+/// error return or a cancellation) it stops the sealer from committing and removes what
+/// was committed or published already, in every store.
+struct Uncommitted<'a> {
+    commits: Arc<Mutex<Commits>>,
+    targets: &'a [Target<'a>],
+    prefix: &'a str,
+    id: String,
+    kept: bool,
+}
+
+impl Drop for Uncommitted<'_> {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        // Waits for a commit in progress; later ones see `abandoned` and discard.
+        let stores = {
+            let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+            c.abandoned = true;
+            std::mem::take(&mut c.stores)
+        };
+        for name in stores {
+            let Some(Ok(store)) = self
+                .targets
+                .iter()
+                .find(|t| t.cfg.name == name)
+                .map(|t| t.store.as_ref())
+            else {
+                continue;
+            };
+            match copies::remove_backup(*store, self.prefix, &self.id) {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::warn!(event = "unfinished_copy_removed", store = %name, backup = %self.id, "the run ended before this copy was complete and verified; removed")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(event = "unfinished_copy_left", store = %name, backup = %self.id, error = %e, "the run ended before this copy was complete; removing it failed (the next prune removes it as debris)")
+                }
+            }
+        }
+    }
 }
 
 impl Tee {
@@ -159,7 +213,20 @@ impl ObjectWriter for Tee {
         for i in 0..self.slots.len() {
             if let Some(w) = self.slots[i].1.take() {
                 let name = self.slots[i].0.clone();
-                let r = w.commit().map_err(|e| e.to_string());
+                // Held across the commit, so that an abandoning run waits for it and
+                // removes what it made visible.
+                let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+                let r = if c.abandoned {
+                    drop(w);
+                    Err("the run was cancelled before its end; the object was discarded".into())
+                } else {
+                    let r = w.commit().map_err(|e| e.to_string());
+                    if r.is_ok() {
+                        c.stores.push(name.clone());
+                    }
+                    r
+                };
+                drop(c);
                 self.outcome.lock().expect("lock").push((name, r));
             }
         }
@@ -249,9 +316,18 @@ pub async fn run_backup(
         });
     }
     let outcome = Arc::new(Mutex::new(Vec::new()));
+    let commits = Arc::new(Mutex::new(Commits::default()));
+    let mut uncommitted = Uncommitted {
+        commits: commits.clone(),
+        targets,
+        prefix: &source.prefix,
+        id: id.clone(),
+        kept: false,
+    };
     let tee = Box::new(Tee {
         slots,
         outcome: outcome.clone(),
+        commits,
     });
     let (tx, sealer) = pipeline::spawn_sealer(
         keys.clone(),
@@ -385,6 +461,7 @@ pub async fn run_backup(
             failures,
         });
     }
+    uncommitted.kept = true;
     Ok(BackupReport {
         manifest: m,
         stores,
@@ -416,4 +493,108 @@ fn galera_field(summary: &dump::DumpSummary, from: &DumpFrom<'_>) -> Option<serd
     m.insert("cluster_size".into(), pos.cluster_size.into());
     m.insert("local_state".into(), pos.local_state.clone().into());
     Some(serde_json::Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigPath, StoreKind, VerifyMode};
+    use crate::store::LocalStore;
+
+    fn store_config(name: &str, dir: &std::path::Path) -> StoreConfig {
+        StoreConfig {
+            name: name.into(),
+            kind: StoreKind::Local {
+                path: ConfigPath {
+                    path: dir.to_path_buf(),
+                    key: "stores.path".into(),
+                    position: None,
+                },
+            },
+            media: "disk".into(),
+            site: "dc1".into(),
+            verify: VerifyMode::ReadBack,
+            retention: Default::default(),
+        }
+    }
+
+    const ID: &str = "mariadb_2026-11-21_120000";
+
+    fn tee(stores: &[&LocalStore], commits: &Arc<Mutex<Commits>>) -> Box<Tee> {
+        let key = format!("main/{ID}{DATA_SUFFIX}");
+        let slots = stores
+            .iter()
+            .map(|s| (s.name().to_string(), Some(s.create(&key).unwrap())))
+            .collect();
+        let mut t = Box::new(Tee {
+            slots,
+            outcome: Arc::new(Mutex::new(Vec::new())),
+            commits: commits.clone(),
+        });
+        t.write_all(b"sealed bytes").unwrap();
+        t
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("main"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A run dropped while its sealer finishes (cancelled at shutdown, or its lease lost
+    /// after the dump's end marker) leaves nothing visible, whichever comes first: the
+    /// commit or the drop.
+    #[test]
+    fn an_abandoned_run_keeps_nothing_whether_the_sealer_committed_or_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (d1, d2) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (s1, s2) = (LocalStore::new("a", &d1), LocalStore::new("b", &d2));
+        let (c1, c2) = (store_config("a", &d1), store_config("b", &d2));
+        let targets = [
+            Target {
+                cfg: &c1,
+                store: Ok(&s1 as &dyn Store),
+            },
+            Target {
+                cfg: &c2,
+                store: Ok(&s2 as &dyn Store),
+            },
+        ];
+        let guard = |commits: &Arc<Mutex<Commits>>| Uncommitted {
+            commits: commits.clone(),
+            targets: &targets,
+            prefix: "main",
+            id: ID.into(),
+            kept: false,
+        };
+
+        // Committed first, then the run is dropped: the visible objects are removed again.
+        let commits = Arc::new(Mutex::new(Commits::default()));
+        let g = guard(&commits);
+        tee(&[&s1, &s2], &commits).commit().unwrap();
+        assert_eq!(files(&d1), vec![format!("{ID}{DATA_SUFFIX}")]);
+        assert_eq!(files(&d2), vec![format!("{ID}{DATA_SUFFIX}")]);
+        drop(g);
+        assert!(files(&d1).is_empty(), "{:?}", files(&d1));
+        assert!(files(&d2).is_empty(), "{:?}", files(&d2));
+
+        // Dropped first: the sealer's late commit discards the objects.
+        let commits = Arc::new(Mutex::new(Commits::default()));
+        let t = tee(&[&s1, &s2], &commits);
+        drop(guard(&commits));
+        assert!(t.commit().is_err());
+        assert!(files(&d1).is_empty(), "{:?}", files(&d1));
+        assert!(files(&d2).is_empty(), "{:?}", files(&d2));
+
+        // Kept (the run returned its backup): nothing is removed.
+        let commits = Arc::new(Mutex::new(Commits::default()));
+        let mut g = guard(&commits);
+        tee(&[&s1], &commits).commit().unwrap();
+        g.kept = true;
+        drop(g);
+        assert_eq!(files(&d1), vec![format!("{ID}{DATA_SUFFIX}")]);
+    }
 }

@@ -139,8 +139,8 @@ pub async fn connect_as(
 pub struct SqlOutput {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
-    /// Bytes per second at most, and the pace so far.
-    rate: Option<(u64, tokio::time::Instant, u64)>,
+    /// Bytes per second at most, and when the next bytes may go.
+    rate: Option<(u64, tokio::time::Instant)>,
 }
 
 const CHUNK: usize = 256 * 1024;
@@ -156,15 +156,14 @@ impl SqlOutput {
 
     /// Limits the dump to `bytes_per_sec` of SQL: the reader waits when it is ahead.
     pub fn with_rate_limit(mut self, bytes_per_sec: Option<u64>) -> Self {
-        self.rate = bytes_per_sec.map(|r| (r.max(1), tokio::time::Instant::now(), 0));
+        self.rate = bytes_per_sec.map(|r| (r.max(1), tokio::time::Instant::now()));
         self
     }
 
     async fn pace(&mut self, n: usize) {
-        if let Some((rate, start, sent)) = &mut self.rate {
-            *sent += n as u64;
-            let due = *start + std::time::Duration::from_secs_f64(*sent as f64 / *rate as f64);
-            tokio::time::sleep_until(due).await;
+        if let Some((rate, next)) = &mut self.rate {
+            *next = pace_after(*next, tokio::time::Instant::now(), n as u64, *rate);
+            tokio::time::sleep_until(*next).await;
         }
     }
 
@@ -195,6 +194,20 @@ impl SqlOutput {
         }
         Ok(())
     }
+}
+
+/// When `n` more bytes at `rate` bytes/s may have gone, given that the previous ones were
+/// due at `next`. Time lost behind (a slow consumer, a frozen process) is credited for one
+/// second at most, so the dump never bursts above its limit to catch up.
+fn pace_after(
+    next: tokio::time::Instant,
+    now: tokio::time::Instant,
+    n: u64,
+    rate: u64,
+) -> tokio::time::Instant {
+    let credit = std::time::Duration::from_secs(1);
+    let from = next.max(now.checked_sub(credit).unwrap_or(now));
+    from + std::time::Duration::from_secs_f64(n as f64 / rate.max(1) as f64)
 }
 
 type RawRow = Vec<Option<Vec<u8>>>;
@@ -1281,6 +1294,26 @@ pub async fn table_digest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_limit_paces_and_never_bursts_to_catch_up() {
+        use std::time::Duration;
+        let t0 = tokio::time::Instant::now();
+        // On pace: 100 KiB at 100 KiB/s are due one second after the previous bytes.
+        let next = pace_after(t0, t0, 102_400, 102_400);
+        assert_eq!(next - t0, Duration::from_secs(1));
+        let next = pace_after(next, t0 + Duration::from_millis(300), 51_200, 102_400);
+        assert_eq!(next - t0, Duration::from_millis(1500));
+        // Ten seconds behind (the process was frozen): only one second is credited, so
+        // the next ten seconds' worth of bytes take nine seconds, not zero.
+        let now = t0 + Duration::from_secs(20);
+        let mut next = pace_after(next, now, 102_400, 102_400);
+        assert_eq!(next, now);
+        for _ in 0..9 {
+            next = pace_after(next, now, 102_400, 102_400);
+        }
+        assert_eq!(next - now, Duration::from_secs(9));
+    }
 
     #[test]
     fn classification() {
