@@ -102,24 +102,24 @@ type StoreOutcome = (String, Result<(), String>);
 /// others go on. Fails only when no store is left.
 struct Tee {
     slots: Vec<(String, Option<Box<dyn ObjectWriter>>)>,
-    outcome: Arc<Mutex<Vec<StoreOutcome>>>,
-    commits: Arc<Mutex<Commits>>,
+    outcome: Arc<Mutex<Outcome>>,
 }
 
 /// Shared by a run and its sealing thread, which outlives the run when the run is dropped
-/// (cancelled at shutdown, or its cluster lease lost) after the dump's end marker: whether
-/// the run was abandoned, and where the data object was committed (made visible).
+/// (cancelled at shutdown, or its cluster lease lost) after the dump's end marker: how
+/// each store's write ended (Ok: the data object is committed, i.e. visible), and whether
+/// the run was abandoned.
 #[derive(Default)]
-struct Commits {
+struct Outcome {
+    stores: Vec<StoreOutcome>,
     abandoned: bool,
-    stores: Vec<String>,
 }
 
 /// Keeps a run from leaving anything visible unless it returns a backup: dropped (on an
 /// error return or a cancellation) it stops the sealer from committing and removes what
 /// was committed or published already, in every store.
 struct Uncommitted<'a> {
-    commits: Arc<Mutex<Commits>>,
+    outcome: Arc<Mutex<Outcome>>,
     targets: &'a [Target<'a>],
     prefix: &'a str,
     id: String,
@@ -132,10 +132,14 @@ impl Drop for Uncommitted<'_> {
             return;
         }
         // Waits for a commit in progress; later ones see `abandoned` and discard.
-        let stores = {
-            let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
-            c.abandoned = true;
-            std::mem::take(&mut c.stores)
+        let stores: Vec<String> = {
+            let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            o.abandoned = true;
+            o.stores
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(n, _)| n.clone())
+                .collect()
         };
         for name in stores {
             let Some(Ok(store)) = self
@@ -163,7 +167,11 @@ impl Tee {
     fn fail(&mut self, i: usize, e: String) {
         let name = self.slots[i].0.clone();
         self.slots[i].1 = None;
-        self.outcome.lock().expect("lock").push((name, Err(e)));
+        self.outcome
+            .lock()
+            .expect("lock")
+            .stores
+            .push((name, Err(e)));
     }
     fn live(&self) -> usize {
         self.slots.iter().filter(|s| s.1.is_some()).count()
@@ -171,7 +179,8 @@ impl Tee {
     fn all_failed(&self) -> io::Error {
         let o = self.outcome.lock().expect("lock");
         io::Error::other(
-            o.iter()
+            o.stores
+                .iter()
                 .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("store {n}: {e}")))
                 .collect::<Vec<_>>()
                 .join("; "),
@@ -215,23 +224,18 @@ impl ObjectWriter for Tee {
                 let name = self.slots[i].0.clone();
                 // Held across the commit, so that an abandoning run waits for it and
                 // removes what it made visible.
-                let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
-                let r = if c.abandoned {
+                let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                let r = if o.abandoned {
                     drop(w);
                     Err("the run was cancelled before its end; the object was discarded".into())
                 } else {
-                    let r = w.commit().map_err(|e| e.to_string());
-                    if r.is_ok() {
-                        c.stores.push(name.clone());
-                    }
-                    r
+                    w.commit().map_err(|e| e.to_string())
                 };
-                drop(c);
-                self.outcome.lock().expect("lock").push((name, r));
+                o.stores.push((name, r));
             }
         }
         let o = self.outcome.lock().expect("lock");
-        if o.iter().any(|(_, r)| r.is_ok()) {
+        if o.stores.iter().any(|(_, r)| r.is_ok()) {
             Ok(())
         } else {
             Err(StoreError::Remote {
@@ -239,6 +243,7 @@ impl ObjectWriter for Tee {
                 action: "committing",
                 key: "the data object".into(),
                 message: o
+                    .stores
                     .iter()
                     .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("store {n}: {e}")))
                     .collect::<Vec<_>>()
@@ -315,10 +320,9 @@ pub async fn run_backup(
             failures,
         });
     }
-    let outcome = Arc::new(Mutex::new(Vec::new()));
-    let commits = Arc::new(Mutex::new(Commits::default()));
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
     let mut uncommitted = Uncommitted {
-        commits: commits.clone(),
+        outcome: outcome.clone(),
         targets,
         prefix: &source.prefix,
         id: id.clone(),
@@ -327,7 +331,6 @@ pub async fn run_backup(
     let tee = Box::new(Tee {
         slots,
         outcome: outcome.clone(),
-        commits,
     });
     let (tx, sealer) = pipeline::spawn_sealer(
         keys.clone(),
@@ -419,8 +422,9 @@ pub async fn run_backup(
 
     // Per store: the data object is visible; verify it, then the .sha256 file and the
     // manifest; if anything fails, remove this backup's objects from that store again.
-    let committed: Vec<(String, Result<(), String>)> =
-        std::mem::take(&mut *outcome.lock().expect("lock"));
+    // Cloned, not taken: until this run returns its backup, the guard removes every
+    // committed copy if the run is dropped or fails.
+    let committed: Vec<StoreOutcome> = outcome.lock().expect("lock").stores.clone();
     let mut stores = Vec::new();
     let mut marks = Vec::new();
     for (name, r) in committed {
@@ -520,7 +524,7 @@ mod tests {
 
     const ID: &str = "mariadb_2026-11-21_120000";
 
-    fn tee(stores: &[&LocalStore], commits: &Arc<Mutex<Commits>>) -> Box<Tee> {
+    fn tee(stores: &[&LocalStore], outcome: &Arc<Mutex<Outcome>>) -> Box<Tee> {
         let key = format!("main/{ID}{DATA_SUFFIX}");
         let slots = stores
             .iter()
@@ -528,8 +532,7 @@ mod tests {
             .collect();
         let mut t = Box::new(Tee {
             slots,
-            outcome: Arc::new(Mutex::new(Vec::new())),
-            commits: commits.clone(),
+            outcome: outcome.clone(),
         });
         t.write_all(b"sealed bytes").unwrap();
         t
@@ -563,8 +566,8 @@ mod tests {
                 store: Ok(&s2 as &dyn Store),
             },
         ];
-        let guard = |commits: &Arc<Mutex<Commits>>| Uncommitted {
-            commits: commits.clone(),
+        let guard = |outcome: &Arc<Mutex<Outcome>>| Uncommitted {
+            outcome: outcome.clone(),
             targets: &targets,
             prefix: "main",
             id: ID.into(),
@@ -572,9 +575,9 @@ mod tests {
         };
 
         // Committed first, then the run is dropped: the visible objects are removed again.
-        let commits = Arc::new(Mutex::new(Commits::default()));
-        let g = guard(&commits);
-        tee(&[&s1, &s2], &commits).commit().unwrap();
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        let g = guard(&outcome);
+        tee(&[&s1, &s2], &outcome).commit().unwrap();
         assert_eq!(files(&d1), vec![format!("{ID}{DATA_SUFFIX}")]);
         assert_eq!(files(&d2), vec![format!("{ID}{DATA_SUFFIX}")]);
         drop(g);
@@ -582,17 +585,17 @@ mod tests {
         assert!(files(&d2).is_empty(), "{:?}", files(&d2));
 
         // Dropped first: the sealer's late commit discards the objects.
-        let commits = Arc::new(Mutex::new(Commits::default()));
-        let t = tee(&[&s1, &s2], &commits);
-        drop(guard(&commits));
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        let t = tee(&[&s1, &s2], &outcome);
+        drop(guard(&outcome));
         assert!(t.commit().is_err());
         assert!(files(&d1).is_empty(), "{:?}", files(&d1));
         assert!(files(&d2).is_empty(), "{:?}", files(&d2));
 
         // Kept (the run returned its backup): nothing is removed.
-        let commits = Arc::new(Mutex::new(Commits::default()));
-        let mut g = guard(&commits);
-        tee(&[&s1], &commits).commit().unwrap();
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        let mut g = guard(&outcome);
+        tee(&[&s1], &outcome).commit().unwrap();
         g.kept = true;
         drop(g);
         assert_eq!(files(&d1), vec![format!("{ID}{DATA_SUFFIX}")]);

@@ -618,6 +618,17 @@ fn desync_admin(c: &Cluster, s: &Setup) -> (String, PathBuf) {
     (user, s.path("admin.pw"))
 }
 
+/// `n1_setup` without the lease, with desync by a SUPER-only admin account; returns the
+/// setup and the admin user.
+fn n1_desync_setup(c: &Cluster, db: &str, source_extra: &str) -> (Setup, String) {
+    let mut s = n1_setup(c, db, source_extra, "lease = false\ndesync = true");
+    let (admin, admin_pw) = desync_admin(c, &s);
+    s.extra.push_str(&format!(
+        "admin_user = \"{admin}\"\nadmin_password_file = {admin_pw:?}\n"
+    ));
+    (s, admin)
+}
+
 fn markers(s: &Setup) -> Vec<String> {
     std::fs::read_dir(s.path("state").join("desync"))
         .into_iter()
@@ -1429,16 +1440,11 @@ fn a_holder_frozen_past_its_lease_loses_the_slot_and_keeps_nothing() {
 fn a_cancelled_run_turns_the_desync_off() {
     let c = cluster();
     let db = filler_db(&c, 2000);
-    let mut s = n1_setup(
+    let (mut s, _) = n1_desync_setup(
         &c,
         &db,
         "rate_limit = \"128KiB\"\nschedule = \"*/2 * * * * *\"",
-        "lease = false\ndesync = true",
     );
-    let (admin, admin_pw) = desync_admin(&c, &s);
-    s.extra.push_str(&format!(
-        "admin_user = \"{admin}\"\nadmin_password_file = {admin_pw:?}\n"
-    ));
     s.agent_extra
         .push_str(&format!("http_bind = \"127.0.0.1:{}\"\n", free_port()));
     let mut d = spawn_agent(&s, &c, &["run", "--shutdown-timeout", "1h"], "daemon");
@@ -1479,16 +1485,7 @@ fn a_desync_that_cannot_be_turned_off_alerts_until_a_later_run_clears_it() {
     let c = cluster();
     let db = filler_db(&c, 2000);
     let hook = Receiver::start(Mode::Ok);
-    let mut s = n1_setup(
-        &c,
-        &db,
-        "rate_limit = \"256KiB\"",
-        "lease = false\ndesync = true",
-    );
-    let (admin, admin_pw) = desync_admin(&c, &s);
-    s.extra.push_str(&format!(
-        "admin_user = \"{admin}\"\nadmin_password_file = {admin_pw:?}\n"
-    ));
+    let (mut s, admin) = n1_desync_setup(&c, &db, "rate_limit = \"256KiB\"");
     webhook(&mut s, &hook);
     let set_admin_password = |pw: &str| {
         for host in ["127.0.0.1", "localhost"] {

@@ -1,6 +1,7 @@
 # Shell helpers for a 3-node Galera cluster on loopback (Debian galera-4), for the tests and
 # the demo. Node N (1..3) listens on SQL port BASE+N, gcomm BASE+1000+N, IST BASE+1010+N,
-# SST BASE+1020+N; data, socket, pid and log under DIR/nodeN. Needs ba_log (mariadb.sh).
+# SST BASE+1020+N; data, socket, pid and log under DIR/nodeN. Needs ba_log and
+# ba_admin_account (mariadb.sh).
 
 ba_galera_port() { echo $(($1 + $2)); }
 
@@ -178,14 +179,9 @@ ba_galera_up() {
   return 1
 }
 
+# The admin account on the cluster (created on node 1, replicated to the others).
 ba_galera_admin() {
-  local dir=$1 pw=$2
-  mariadb --socket="$dir/node1/mysqld.sock" -uroot <<SQL
-CREATE USER IF NOT EXISTS 'test_admin'@'127.0.0.1' IDENTIFIED BY '$pw';
-CREATE USER IF NOT EXISTS 'test_admin'@'localhost' IDENTIFIED BY '$pw';
-GRANT ALL PRIVILEGES ON *.* TO 'test_admin'@'127.0.0.1' WITH GRANT OPTION;
-GRANT ALL PRIVILEGES ON *.* TO 'test_admin'@'localhost' WITH GRANT OPTION;
-SQL
+  ba_admin_account "$1/node1/mysqld.sock" "$2"
 }
 
 ba_galera_down() {

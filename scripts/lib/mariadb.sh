@@ -78,9 +78,15 @@ CNF
     tail -n 30 "$dir/error.log" >&2 || true
     return 1
   fi
+  ba_admin_account "$sock" "$admin_pw"
+}
+
+# ba_admin_account SOCKET PASSWORD: the tests' admin account test_admin (TCP and socket).
+ba_admin_account() {
+  local sock=$1 pw=$2
   mariadb --socket="$sock" -uroot <<SQL
-CREATE USER IF NOT EXISTS 'test_admin'@'127.0.0.1' IDENTIFIED BY '$admin_pw';
-CREATE USER IF NOT EXISTS 'test_admin'@'localhost' IDENTIFIED BY '$admin_pw';
+CREATE USER IF NOT EXISTS 'test_admin'@'127.0.0.1' IDENTIFIED BY '$pw';
+CREATE USER IF NOT EXISTS 'test_admin'@'localhost' IDENTIFIED BY '$pw';
 GRANT ALL PRIVILEGES ON *.* TO 'test_admin'@'127.0.0.1' WITH GRANT OPTION;
 GRANT ALL PRIVILEGES ON *.* TO 'test_admin'@'localhost' WITH GRANT OPTION;
 SQL
