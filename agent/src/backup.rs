@@ -8,22 +8,24 @@ use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::{EncryptionConfig, SourceConfig, StoreConfig};
 use crate::copies;
-use crate::crypto::SealingKeys;
-use crate::dump::{self, DumpError, SqlOutput};
-use crate::manifest::{self, DataObject, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use crate::pipeline::{self, PipelineError};
-use crate::secret::read_secret_file;
-use crate::state::CopyMark;
-use crate::store::{ObjectWriter, Store, StoreError};
+use crate::seal::crypto::SealingKeys;
+use crate::seal::pipeline::{self, PipelineError};
+use crate::source::dump::{self, DumpError, SqlOutput};
+use backup_core::config::{EncryptionConfig, SourceConfig, StoreConfig};
+use backup_core::manifest::{
+    self, DataObject, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX,
+};
+use backup_core::secret::read_secret_file;
+use backup_core::state::CopyMark;
+use backup_core::store::{ObjectWriter, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("source {source_name}: {err}")]
     Secret {
         source_name: String,
-        err: crate::secret::SecretError,
+        err: backup_core::secret::SecretError,
     },
     #[error("source {source_name}: {err}")]
     Dump {
@@ -70,7 +72,7 @@ pub struct BackupReport {
 /// Which node to dump, and what the manifest's `galera` field adds to the position the
 /// dump reads (node, site, desync, lease, attempts).
 pub struct DumpFrom<'a> {
-    pub node: &'a crate::config::NodeConfig,
+    pub node: &'a backup_core::config::NodeConfig,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -502,8 +504,8 @@ fn galera_field(summary: &dump::DumpSummary, from: &DumpFrom<'_>) -> Option<serd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ConfigPath, StoreKind, VerifyMode};
-    use crate::store::LocalStore;
+    use backup_core::config::{ConfigPath, StoreKind, VerifyMode};
+    use backup_core::store::LocalStore;
 
     fn store_config(name: &str, dir: &std::path::Path) -> StoreConfig {
         StoreConfig {

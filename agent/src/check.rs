@@ -2,9 +2,9 @@
 //! certificates usable, signing key a usable secret key, store directories writable.
 //! Every problem is reported, not just the first.
 
-use crate::config::{Config, ConfigProblem, StoreKind};
-use crate::crypto;
-use crate::secret::read_secret_file;
+use crate::seal::crypto;
+use backup_core::config::{Config, ConfigProblem, StoreKind};
+use backup_core::secret::read_secret_file;
 
 /// What check-config found: problems (config invalid) and notes (facts worth printing).
 #[derive(Debug, Default)]
@@ -122,13 +122,13 @@ pub fn check(cfg: &Config) -> CheckReport {
             }
             StoreKind::S3(s3) => {
                 // Credentials readable, bucket reachable and listable.
-                let problem = |m: String| crate::config::ConfigProblem {
+                let problem = |m: String| backup_core::config::ConfigProblem {
                     file: file.to_path_buf(),
                     position: None,
                     key: format!("store {}", st.name),
                     message: m,
                 };
-                match crate::store::open_store(st) {
+                match backup_core::store::open_store(st) {
                     Err(e) => r.problems.push(problem(e.to_string())),
                     Ok(store) => match store.list_entries("") {
                         Ok(_) => r.notes.push(format!(

@@ -1,31 +1,16 @@
 //! backup-agent: consistent MariaDB/Galera dumps, sealed with gzip and OpenPGP for the
-//! DPO, kept in verified stores. The `backup-agent` binary is a thin layer on top; the
-//! `restore` binary (restore-cli) uses the shared parts: config, dump format, digests,
-//! manifest, stores.
+//! DPO, kept in verified stores. The `backup-agent` binary is a thin layer on top. What
+//! the `restore` binary shares with it (config model, dump format, digests, manifest,
+//! stores, alert channels, state) lives in the `backup-core` crate; this crate adds the
+//! writing side: the source (dumper, Galera), the seal (gzip, OpenPGP, sha256), a backup
+//! run, the upkeep of copies, health and metrics, and the daemon. See
+//! docs/architecture.md.
 
-pub mod alert;
 pub mod backup;
-pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod copies;
-pub mod crypto;
 pub mod daemon;
-pub mod digest;
-pub mod dump;
-pub mod format;
-pub mod galera;
-pub mod health;
-pub mod inventory;
-pub mod logging;
-pub mod maintain;
-pub mod manifest;
-pub mod metrics;
-pub mod pipeline;
-pub mod policy;
-pub mod retention;
-pub mod s3;
-pub mod schedule;
-pub mod secret;
-pub mod state;
-pub mod store;
+pub mod observe;
+pub mod seal;
+pub mod source;

@@ -6,10 +6,16 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use backup_agent::alert::Alerter;
-use backup_agent::config::{Config, DEFAULT_CONFIG_PATH};
-use backup_agent::state::StateStore;
-use backup_agent::{check, crypto, daemon, health, inventory, logging, maintain};
+use backup_agent::check;
+use backup_agent::copies::inventory;
+use backup_agent::copies::maintain;
+use backup_agent::daemon;
+use backup_agent::observe::health;
+use backup_agent::seal::crypto;
+use backup_core::alert::Alerter;
+use backup_core::config::{Config, DEFAULT_CONFIG_PATH};
+use backup_core::logging;
+use backup_core::state::StateStore;
 
 #[derive(Parser)]
 #[command(
@@ -105,7 +111,7 @@ fn parse_now(now: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(matches!(cli.command, Command::Run { .. }));
-    let cfg = match Config::load(&cli.config) {
+    let cfg = match backup_agent::config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             if matches!(cli.command, Command::Healthcheck) {
@@ -192,7 +198,7 @@ fn check_config(cfg: &Config) -> ExitCode {
 fn sources_or_exit<'a>(
     cfg: &'a Config,
     only: Option<&str>,
-) -> Result<Vec<&'a backup_agent::config::SourceConfig>, ExitCode> {
+) -> Result<Vec<&'a backup_core::config::SourceConfig>, ExitCode> {
     if cfg.stores.is_empty() {
         eprintln!(
             "backup-agent: no [[store]] configured in {}",
@@ -206,7 +212,7 @@ fn sources_or_exit<'a>(
     })
 }
 
-fn verdict_text(v: &backup_agent::policy::Verdict) -> String {
+fn verdict_text(v: &backup_core::policy::Verdict) -> String {
     if v.compliant {
         "compliant".to_string()
     } else {
@@ -458,7 +464,7 @@ async fn run_backups(
             tracing::error!(event = "backup_failed", error = %e, "cannot load keys");
             eprintln!("backup-agent: backup failed: {e}");
             for src in &sources {
-                let a = backup_agent::alert::Alert::new(
+                let a = backup_core::alert::Alert::new(
                     "backup_failed",
                     &src.name,
                     false,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use backup_agent::config::{Config, Env};
+use backup_core::config::Env;
 
 struct NoEnv;
 impl Env for NoEnv {
@@ -19,8 +19,8 @@ fn every_example_config_parses() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
             let text = std::fs::read_to_string(&p).unwrap();
-            let cfg =
-                Config::parse(&p, &text, &NoEnv).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let cfg = backup_agent::config::parse(&p, &text, &NoEnv)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             cfg.require_backup_parts()
                 .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;

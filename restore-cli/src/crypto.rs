@@ -21,7 +21,7 @@ use openpgp::types::SymmetricAlgorithm;
 use openpgp::{Fingerprint, KeyHandle};
 use sequoia_openpgp as openpgp;
 
-use backup_agent::secret::read_secret_file;
+use backup_core::secret::read_secret_file;
 
 /// The DPO's unlocked decryption keys.
 pub struct DpoKey {

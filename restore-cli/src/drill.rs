@@ -16,12 +16,13 @@ use chrono::Utc;
 use mysql_async::prelude::*;
 use serde::Serialize;
 
-use backup_agent::config::{Config, Endpoint, StoreKind};
-use backup_agent::digest::definition_digest;
-use backup_agent::format::{qualified, quote_str, Trailer};
-use backup_agent::manifest::{self, Manifest, DATA_SUFFIX};
-use backup_agent::store::{open_store, put_bytes};
-use backup_agent::{catalog, dump};
+use backup_core::catalog;
+use backup_core::config::{Config, Endpoint, StoreKind};
+use backup_core::digest::definition_digest;
+use backup_core::digest::table::table_digest;
+use backup_core::format::{qualified, quote_str, Trailer};
+use backup_core::manifest::{self, Manifest, DATA_SUFFIX};
+use backup_core::store::{open_store, put_bytes};
 
 use crate::crypto::{DpoKey, TrustedSigners};
 use crate::restore;
@@ -72,7 +73,7 @@ pub struct DrillArgs<'a> {
     pub backup: Option<&'a str>,
     pub store: Option<&'a str>,
     pub scratch: Option<&'a str>,
-    pub scratch_password: Option<backup_agent::secret::Secret>,
+    pub scratch_password: Option<backup_core::secret::Secret>,
 }
 
 /// Where the backup to drill is.
@@ -89,7 +90,7 @@ struct Chosen {
 /// Downloads a backup's data, `.sha256` and manifest objects from a remote store into a
 /// temp dir (the data is the encrypted message: nothing in plaintext reaches the disk).
 fn fetch(
-    store: &dyn backup_agent::store::Store,
+    store: &dyn backup_core::store::Store,
     prefix: &str,
     m: &Manifest,
 ) -> Result<(tempfile::TempDir, PathBuf)> {
@@ -407,7 +408,7 @@ async fn compare(
         .await?;
     for t in &trailer.tables {
         let name = format!("{}.{}", t.db, t.table);
-        let d = match dump::table_digest(conn, &t.db, &t.table).await {
+        let d = match table_digest(conn, &t.db, &t.table).await {
             Ok(d) => d,
             Err(e) => {
                 report.mismatches.push(format!(
@@ -646,7 +647,7 @@ pub async fn run(
             let _ = conn
                 .query_drop(format!(
                     "DROP DATABASE IF EXISTS {}",
-                    backup_agent::format::quote_ident(d)
+                    backup_core::format::quote_ident(d)
                 ))
                 .await;
         }
@@ -660,7 +661,7 @@ pub async fn run(
 pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
     let mut notes = Vec::new();
     let Some(cfg) = cfg else { return notes };
-    let rec = backup_agent::state::DrillRecord {
+    let rec = backup_core::state::DrillRecord {
         finished_at: Utc::now(),
         success: report.success,
         backup_id: report.backup_id.clone(),

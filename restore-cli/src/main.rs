@@ -15,8 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgGroup, Parser};
 use mysql_async::prelude::*;
 
-use backup_agent::config::Config;
-use backup_agent::secret::{read_secret_file, Secret};
+use backup_core::config::Config;
+use backup_core::secret::{read_secret_file, Secret};
 
 #[derive(Parser)]
 #[command(
@@ -93,7 +93,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    backup_agent::logging::init(false);
+    backup_core::logging::init(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -297,7 +297,7 @@ async fn run(cli: Cli) -> Result<()> {
         eprintln!("restore: --force: dropping database {d} on {target}");
         conn.query_drop(format!(
             "DROP DATABASE {}",
-            backup_agent::format::quote_ident(d)
+            backup_core::format::quote_ident(d)
         ))
         .await?;
     }
@@ -335,8 +335,8 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
     {
         for st in &cfg.stores {
-            let store = backup_agent::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
-            let list = backup_agent::catalog::complete_backups(store.as_ref(), &src.prefix)
+            let store = backup_core::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
+            let list = backup_core::catalog::complete_backups(store.as_ref(), &src.prefix)
                 .map_err(|e| anyhow!("{e}"))?;
             for m in list {
                 rows.push(serde_json::json!({
@@ -401,9 +401,9 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
     report.finished_at = Some(chrono::Utc::now().to_rfc3339());
     let notes = drill::record(cfg, &report);
     if let Some(cfg) = cfg {
-        let alerter = backup_agent::alert::Alerter::new(
+        let alerter = backup_core::alert::Alerter::new(
             cfg.alerts.clone(),
-            backup_agent::state::StateStore::new(&cfg.agent.state_dir),
+            backup_core::state::StateStore::new(&cfg.agent.state_dir),
         );
         let src = report.source.clone().unwrap_or_else(|| "-".into());
         let (event, msg) = if report.success {
@@ -428,7 +428,7 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                 ),
             )
         };
-        let mut a = backup_agent::alert::Alert::new(event, &src, report.success, msg);
+        let mut a = backup_core::alert::Alert::new(event, &src, report.success, msg);
         a.backup = report.backup_id.clone();
         a.details = serde_json::json!({"tables_compared": report.tables_compared, "restore_seconds": report.restore_seconds, "mismatches": report.mismatches});
         alerter.send(&a).await;

@@ -13,9 +13,9 @@ use flate2::read::MultiGzDecoder;
 use mysql_async::prelude::*;
 use tokio::sync::mpsc;
 
-use backup_agent::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
-use backup_agent::manifest::{self, Manifest};
-use backup_agent::pipeline::hash_stream;
+use backup_core::checksum::hash_stream;
+use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
+use backup_core::manifest::{self, Manifest};
 
 use crate::crypto::{self, DpoKey, Outcome, TrustedSigners};
 
@@ -243,8 +243,8 @@ impl Selection {
         {
             return;
         }
-        self.in_users = c.starts_with(backup_agent::dump::USERS_SECTION)
-            || c.starts_with(backup_agent::dump::GRANTS_SECTION);
+        self.in_users = c.starts_with(backup_core::format::USERS_SECTION)
+            || c.starts_with(backup_core::format::GRANTS_SECTION);
     }
 
     pub fn wants(&mut self, stmt: &[u8]) -> bool {

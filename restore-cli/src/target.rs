@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use mysql_async::{Conn, OptsBuilder};
 
-use backup_agent::secret::Secret;
+use backup_core::secret::Secret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

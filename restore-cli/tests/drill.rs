@@ -12,8 +12,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup_agent::config::{ConfigPath, EncryptionConfig};
-use backup_agent::crypto::SealingKeys;
+use backup_agent::seal::crypto::SealingKeys;
+use backup_core::config::{ConfigPath, EncryptionConfig};
 
 fn key_args() -> Vec<String> {
     vec![
@@ -246,10 +246,10 @@ fn seal(sql: &str, dir: &Path, n: usize) -> PathBuf {
     }
     let path = d.join(name);
     std::fs::write(&path, &out).unwrap();
-    let sum = backup_agent::pipeline::hash_stream(&out[..]).unwrap();
+    let sum = backup_core::checksum::hash_stream(&out[..]).unwrap();
     std::fs::write(
         d.join(format!("{name}.sha256")),
-        backup_agent::manifest::sha256_line(&sum.sha256, name),
+        backup_core::manifest::sha256_line(&sum.sha256, name),
     )
     .unwrap();
     path
@@ -417,17 +417,17 @@ fn bad_files_fail_the_drill_before_any_server_is_touched() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), &bytes).unwrap();
         let digest = if resum {
-            backup_agent::pipeline::hash_stream(&bytes[..])
+            backup_core::checksum::hash_stream(&bytes[..])
                 .unwrap()
                 .sha256
         } else {
-            backup_agent::pipeline::hash_stream(&good[..])
+            backup_core::checksum::hash_stream(&good[..])
                 .unwrap()
                 .sha256
         };
         std::fs::write(
             d.join(format!("{name}.sha256")),
-            backup_agent::manifest::sha256_line(&digest, name),
+            backup_core::manifest::sha256_line(&digest, name),
         )
         .unwrap();
         let (o, r) = drill(&[

@@ -230,7 +230,7 @@ fn galera_setup(
     galera: &str,
 ) -> Setup {
     let n1 = c.node(1);
-    n1.sql(&backup_agent::galera::lease_ddl("backup_agent"));
+    n1.sql(&backup_agent::source::galera::lease_ddl("backup_agent"));
     let mut s = Setup::new(n1, db);
     for host in ["127.0.0.1", "localhost"] {
         n1.sql(&format!(
@@ -1576,7 +1576,7 @@ fn a_missing_or_ungranted_lease_table_fails_the_slot_with_the_sql_to_fix_it() {
     assert!(manifests(&s.store()).is_empty());
     hook.wait_event("backup_failed", Duration::from_secs(5));
     // The table exists but the account has no grant on it.
-    for stmt in backup_agent::galera::lease_ddl(&lease_db).split(";\n") {
+    for stmt in backup_agent::source::galera::lease_ddl(&lease_db).split(";\n") {
         c.node(1).sql(stmt);
     }
     let (o, _) = backup(&s, &c, &[]);

@@ -28,10 +28,10 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GaleraConfig, NodeConfig, SourceConfig};
-use crate::dump::{self, name_values, DumpError};
-use crate::format::quote_ident;
-use crate::secret::{read_secret_file, Secret};
+use crate::source::dump::{self, name_values, DumpError};
+use backup_core::config::{GaleraConfig, NodeConfig, SourceConfig};
+use backup_core::format::quote_ident;
+use backup_core::secret::{read_secret_file, Secret};
 
 /// What a node said about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -1002,7 +1002,7 @@ impl Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Endpoint;
+    use backup_core::config::Endpoint;
 
     fn node(name: &str, site: &str) -> NodeConfig {
         NodeConfig {

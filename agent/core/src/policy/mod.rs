@@ -6,6 +6,8 @@
 //! differs from the agent's, and at least `immutable` of them under an object lock that
 //! has not expired. A copy that failed its last verification counts as missing.
 
+pub mod retention;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 

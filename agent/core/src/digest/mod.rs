@@ -7,6 +7,8 @@
 //! depend on row order, and unlike XOR it counts duplicates: three equal rows digest
 //! differently from one.
 
+pub mod table;
+
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 //! per-table digests, the completion line, and a streaming statement splitter that reads
 //! what the stock `mariadb` client reads (quotes, comments, `DELIMITER`).
 
+pub mod columns;
+
 use std::io::{self, BufRead};
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,10 @@ pub const DATABASE_TRAILER_PREFIX: &str = "-- trailer database ";
 pub const OBJECT_TRAILER_PREFIX: &str = "-- trailer object ";
 /// The line that starts the trailer; trailer lines before it are not trailer lines.
 pub const TRAILER_START: &str = "-- Trailer: backup-agent dump format 1";
+/// Comment lines that open the accounts part of a dump: a `--database` restore skips
+/// these sections.
+pub const USERS_SECTION: &str = "-- Users and roles";
+pub const GRANTS_SECTION: &str = "-- Grants";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// Largest INSERT the dumper writes, unless a single row is larger.

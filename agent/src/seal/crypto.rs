@@ -17,8 +17,8 @@ use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient, S
 use openpgp::types::{DataFormat, Features, SymmetricAlgorithm};
 use sequoia_openpgp as openpgp;
 
-use crate::config::{ConfigPath, EncryptionConfig};
-use crate::secret::read_secret_file;
+use backup_core::config::{ConfigPath, EncryptionConfig};
+use backup_core::secret::read_secret_file;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

@@ -12,8 +12,9 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::crypto::SealingKeys;
-use crate::store::{ObjectWriter, StoreError};
+use crate::seal::crypto::SealingKeys;
+use backup_core::checksum::ObjectSum;
+use backup_core::store::{ObjectWriter, StoreError};
 
 /// Chunks in flight between the dumper and the sealer (each up to ~1 MiB).
 pub const CHANNEL_CHUNKS: usize = 8;
@@ -25,18 +26,11 @@ pub enum PipelineError {
     #[error("writing {target}: {source}; check free space and permissions there")]
     Write { target: String, source: io::Error },
     #[error(transparent)]
-    Crypto(#[from] crate::crypto::CryptoError),
+    Crypto(#[from] crate::seal::crypto::CryptoError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the sealing thread failed: {0}")]
     Thread(String),
-}
-
-/// Size and sha256 of what was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sealed {
-    pub size: u64,
-    pub sha256: String,
 }
 
 struct Hashing<W> {
@@ -66,10 +60,10 @@ pub fn spawn_sealer(
     target: String,
 ) -> (
     mpsc::Sender<Vec<u8>>,
-    tokio::task::JoinHandle<Result<Sealed, PipelineError>>,
+    tokio::task::JoinHandle<Result<ObjectSum, PipelineError>>,
 ) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
-    let handle = tokio::task::spawn_blocking(move || -> Result<Sealed, PipelineError> {
+    let handle = tokio::task::spawn_blocking(move || -> Result<ObjectSum, PipelineError> {
         let werr = |source: io::Error| PipelineError::Write {
             target: target.clone(),
             source,
@@ -104,29 +98,10 @@ pub fn spawn_sealer(
         } = sink;
         let object = inner.into_inner().map_err(|e| werr(e.into_error()))?;
         object.commit()?;
-        Ok(Sealed {
+        Ok(ObjectSum {
             size: bytes,
             sha256: hex::encode(hasher.finalize()),
         })
     });
     (tx, handle)
-}
-
-/// Reads a stream to its end and returns its size and sha256.
-pub fn hash_stream(mut r: impl io::Read) -> io::Result<Sealed> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok(Sealed {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-    })
 }

@@ -3,7 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dump::BinlogPosition;
+/// Binlog coordinates of the dump's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinlogPosition {
+    pub file: String,
+    pub position: u64,
+    pub gtid: Option<String>,
+}
 
 pub const MANIFEST_VERSION: u32 = 1;
 pub const DATA_SUFFIX: &str = ".sql.gz.gpg";

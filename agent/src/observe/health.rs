@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::catalog;
-use crate::config::Config;
-use crate::crypto;
-use crate::state::{load_drill, DrillRecord, State, StateStore};
-use crate::store::open_store;
+use crate::seal::crypto;
+use backup_core::catalog;
+use backup_core::config::Config;
+use backup_core::state::{load_drill, DrillRecord, State, StateStore};
+use backup_core::store::open_store;
 
 pub const OK: u8 = 0;
 pub const CRITICAL: u8 = 1;
@@ -26,7 +26,7 @@ pub struct SourceFacts {
     /// Which configured stores hold the newest backup.
     pub stores_with_newest: Vec<String>,
     /// The 3-2-1 verdict of the newest backup, as last cached.
-    pub policy: Option<crate::state::PolicyMark>,
+    pub policy: Option<backup_core::state::PolicyMark>,
     /// How long a newest backup may stay non-compliant.
     pub policy_grace: Duration,
 }
@@ -155,7 +155,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
     let stores: Vec<_> = cfg
         .stores
         .iter()
-        .filter(|c| matches!(c.kind, crate::config::StoreKind::Local { .. }))
+        .filter(|c| matches!(c.kind, backup_core::config::StoreKind::Local { .. }))
         .filter_map(|c| open_store(c).ok())
         .collect();
     let mut sources = Vec::new();
@@ -251,7 +251,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
 /// Caches in the state dir (drill.json) the newest drill record found in any store,
 /// remote ones included, when it is newer than the one there: the daemon calls this on
 /// its listing timer, so that the fast healthcheck learns of drills run elsewhere.
-pub fn cache_remote_drill(cfg: &Config, stores: &[crate::inventory::OpenStore]) {
+pub fn cache_remote_drill(cfg: &Config, stores: &[crate::copies::inventory::OpenStore]) {
     let mut best = load_drill(&cfg.agent.state_dir);
     let mut changed = false;
     for src in &cfg.sources {
@@ -275,7 +275,10 @@ pub fn cache_remote_drill(cfg: &Config, stores: &[crate::inventory::OpenStore]) 
 }
 
 /// The newest `drills/drill_*.json` report under a source's prefix in a store.
-fn newest_drill_in_store(store: &dyn crate::store::Store, prefix: &str) -> Option<DrillRecord> {
+fn newest_drill_in_store(
+    store: &dyn backup_core::store::Store,
+    prefix: &str,
+) -> Option<DrillRecord> {
     let dir = format!("{prefix}/drills");
     let name = store
         .list(&dir)

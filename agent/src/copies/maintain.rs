@@ -10,13 +10,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, SourceConfig};
 use crate::copies;
-use crate::inventory::{self, Inventory, OpenStore};
-use crate::retention::{self, Candidate};
-use crate::state::{CopyMark, PolicyMark, StateStore};
+use crate::copies::inventory::{self, Inventory, OpenStore};
+use backup_core::config::{Config, SourceConfig};
+use backup_core::policy::retention::{self, Candidate};
+use backup_core::state::{CopyMark, PolicyMark, StateStore};
 
-fn store_of<'a>(stores: &'a [OpenStore], name: &str) -> Option<&'a dyn crate::store::Store> {
+fn store_of<'a>(stores: &'a [OpenStore], name: &str) -> Option<&'a dyn backup_core::store::Store> {
     stores
         .iter()
         .find(|s| s.cfg.name == name)
@@ -63,7 +63,7 @@ pub fn refresh(
                 .collect(),
             checked_at: now,
         };
-        let newest = crate::state::NewestBackup {
+        let newest = backup_core::state::NewestBackup {
             id: b.id.clone(),
             finished_at: b.finished_at,
             size: b.size,
@@ -108,7 +108,7 @@ pub fn repair_into(
     stores: &[OpenStore],
     state: &StateStore,
     now: DateTime<Utc>,
-    target: impl Fn(&crate::config::StoreConfig) -> bool,
+    target: impl Fn(&backup_core::config::StoreConfig) -> bool,
 ) -> RepairReport {
     let mut rep = RepairReport::default();
     let st = state.load().unwrap_or_default();

@@ -12,17 +12,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Semaphore};
 
-use crate::alert::{Alert, Alerter};
+pub mod schedule;
+
+use schedule::Schedule;
+
 use crate::backup::{self, BackupError, BackupReport};
-use crate::config::{Config, EncryptionConfig, SourceConfig};
-use crate::crypto::SealingKeys;
-use crate::galera::{self, Claim};
-use crate::health;
-use crate::inventory::{self, OpenStore};
-use crate::maintain;
-use crate::policy::Verdict;
-use crate::state::{NewestBackup, StateStore};
-use crate::store::clean_local_debris;
+use crate::copies::inventory::{self, OpenStore};
+use crate::copies::maintain;
+use crate::observe::health;
+use crate::seal::crypto::SealingKeys;
+use crate::source::galera::{self, Claim};
+use backup_core::alert::{Alert, Alerter};
+use backup_core::config::{Config, EncryptionConfig, SourceConfig};
+use backup_core::policy::Verdict;
+use backup_core::state::{NewestBackup, StateStore};
+use backup_core::store::clean_local_debris;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -71,11 +75,12 @@ async fn dump_from_best_node(
     for e in &leftover {
         tracing::error!(event = "desync_leftover", source = %src.name, error = %e);
     }
-    let password = crate::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
-        .map_err(|err| BackupError::Secret {
-            source_name: src.name.clone(),
-            err,
-        })?;
+    let password =
+        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+            .map_err(|err| BackupError::Secret {
+                source_name: src.name.clone(),
+                err,
+            })?;
     let probes = galera::probe_all(src, &password).await;
     drop(password);
     let chosen = galera::choose(&probes, &cfg.agent.site, &own_desync);
@@ -412,7 +417,7 @@ async fn confirm_elsewhere(
         // This site's own disks get a copy too (if their retention keeps it); the shared
         // stores are the lease holder's.
         let rep = maintain::repair_into(&c, &s, &stores, &st, now, |sc| {
-            matches!(sc.kind, crate::config::StoreKind::Local { .. })
+            matches!(sc.kind, backup_core::config::StoreKind::Local { .. })
         });
         for x in &rep.copied {
             tracing::info!(event = "copied_from_other_agent", source = %s.name, copy = %x);
@@ -560,6 +565,8 @@ struct Daemon {
     alerter: Arc<Alerter>,
     sem: Arc<Semaphore>,
     started: DateTime<Utc>,
+    /// Per source, in the order of `cfg.sources`.
+    schedules: Vec<Schedule>,
 }
 
 pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> {
@@ -568,10 +575,24 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .clone();
     let keys = Arc::new(SealingKeys::load(&enc)?);
+    let schedules = cfg
+        .sources
+        .iter()
+        .map(|s| {
+            Schedule::of(&s.schedule).map_err(|e| {
+                anyhow::anyhow!(
+                    "source {}: schedule {:?}: {}; fix it and run check-config",
+                    s.name,
+                    s.schedule.expr,
+                    e.message
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let state = StateStore::new(&cfg.agent.state_dir);
     state.update(|_| ())?;
     for st in &cfg.stores {
-        if let crate::config::StoreKind::Local { path } = &st.kind {
+        if let backup_core::config::StoreKind::Local { path } = &st.kind {
             let n = clean_local_debris(&path.path);
             if n > 0 {
                 tracing::warn!(event = "debris_removed", store = %st.name, files = n, "removed temp files of an interrupted run");
@@ -596,6 +617,7 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
         keys,
         state,
         started: Utc::now(),
+        schedules,
     });
     for src in &cfg.sources {
         desync_condition(&cfg, src, &d.alerter).await;
@@ -674,6 +696,7 @@ async fn reached(rx: &mut watch::Receiver<Phase>, want: Phase) {
 
 async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>) {
     let src = &d.cfg.sources[i];
+    let schedule = &d.schedules[i];
     let now = Utc::now();
     let last_slot = d
         .state
@@ -681,7 +704,7 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         .ok()
         .and_then(|s| s.sources.get(&src.name).and_then(|x| x.last_slot));
     // A slot missed while the daemon was down is run once, now; older ones are not.
-    let mut owed = last_slot.and_then(|ls| src.schedule.missed_slot(ls, now));
+    let mut owed = last_slot.and_then(|ls| schedule.missed_slot(ls, now));
     if let Some(s) = owed {
         tracing::info!(event = "catch_up", source = %src.name, slot = %s, "running a slot missed while the agent was down");
     }
@@ -689,7 +712,7 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         let slot = match owed.take() {
             Some(s) => s,
             None => {
-                let Some(next) = src.schedule.next_after(Utc::now()) else {
+                let Some(next) = schedule.next_after(Utc::now()) else {
                     return;
                 };
                 let wait = (next - Utc::now()).to_std().unwrap_or_default();
@@ -869,7 +892,7 @@ async fn serve_http(listener: tokio::net::TcpListener, cfg: Arc<Config>) {
                 async move {
                     let body = tokio::task::spawn_blocking(move || {
                         let (v, facts, state) = health::check(&cfg);
-                        crate::metrics::render(&state, &facts, v.code)
+                        crate::observe::metrics::render(&state, &facts, v.code)
                     })
                     .await
                     .expect("metrics task");

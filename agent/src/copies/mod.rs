@@ -1,16 +1,21 @@
-//! Operations on one backup's copy in one store: verify it, copy it from another store
-//! (repair), remove it (manifest first, so no half-deleted backup looks valid).
+//! The copies of backups across the stores. Here: operations on one backup's copy in one
+//! store: verify it, copy it from another store (repair), remove it (manifest first, so
+//! no half-deleted backup looks valid). `inventory` sees every copy of a source with its
+//! verification state and 3-2-1 verdict; `maintain` keeps them: repair, scrub, prune.
 
 use std::io::{Read, Write};
+
+pub mod inventory;
+pub mod maintain;
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
-use crate::config::VerifyMode;
-use crate::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use crate::pipeline::hash_stream;
-use crate::state::CopyMark;
-use crate::store::{put_bytes, Store, StoreError};
+use backup_core::checksum::hash_stream;
+use backup_core::config::VerifyMode;
+use backup_core::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::state::CopyMark;
+use backup_core::store::{put_bytes, Store, StoreError};
 
 pub fn key(prefix: &str, id: &str, suffix: &str) -> String {
     format!("{prefix}/{id}{suffix}")

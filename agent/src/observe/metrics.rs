@@ -2,8 +2,8 @@
 
 use std::fmt::Write;
 
-use crate::health::Facts;
-use crate::state::State;
+use crate::observe::health::Facts;
+use backup_core::state::State;
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -100,7 +100,7 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         "gauge",
         "Verified copies of the newest backup on each store (0 or 1).",
     );
-    let verified_of = |s: &crate::health::SourceFacts| -> Option<Vec<String>> {
+    let verified_of = |s: &crate::observe::health::SourceFacts| -> Option<Vec<String>> {
         let p = s.policy.as_ref()?;
         (s.newest.as_ref()?.0 == p.backup_id).then(|| p.verified_stores.clone())
     };
@@ -140,7 +140,7 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         o.sample(
             "backup_stale",
             &[("source", &s.name)],
-            if crate::health::is_stale(s, facts.now) {
+            if crate::observe::health::is_stale(s, facts.now) {
                 1.0
             } else {
                 0.0

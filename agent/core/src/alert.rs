@@ -36,7 +36,7 @@ impl Alert {
             timestamp: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             event: event.into(),
             source: source.into(),
-            host: hostname(),
+            host: crate::os::hostname(),
             backup: None,
             details: serde_json::json!({}),
         }
@@ -59,18 +59,6 @@ impl Alert {
         }
         b
     }
-}
-
-pub fn hostname() -> String {
-    std::env::var("BACKUP_AGENT_HOSTNAME")
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// What happened to one alert on each channel.

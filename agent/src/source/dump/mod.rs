@@ -20,13 +20,19 @@
 use std::collections::{HashMap, HashSet};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder, Row, Value};
+use mysql_async::{Conn, OptsBuilder, Row};
 use tokio::sync::mpsc;
 
-use crate::config::{Endpoint, SourceConfig};
-use crate::digest::{definition_digest, TableDigest};
-use crate::format::{self, push_hex, push_quoted, qualified, quote_ident, quote_str, TableTrailer};
-use crate::secret::Secret;
+use backup_core::config::{Endpoint, SourceConfig};
+use backup_core::digest::{definition_digest, TableDigest};
+use backup_core::format::columns::{
+    data_column, push_value, raw, select_rows_sql, text, Column, RawRow, COLUMNS_QUERY,
+};
+use backup_core::format::{
+    self, qualified, quote_ident, quote_str, TableTrailer, GRANTS_SECTION, USERS_SECTION,
+};
+use backup_core::manifest::BinlogPosition;
+use backup_core::secret::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -50,14 +56,6 @@ pub enum DumpError {
 fn server(during: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> DumpError {
     let during = during.into();
     move |source| DumpError::Server { during, source }
-}
-
-/// Binlog coordinates of the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BinlogPosition {
-    pub file: String,
-    pub position: u64,
-    pub gtid: Option<String>,
 }
 
 /// Where in the cluster's history a dump of a Galera node stands: read on the dump's own
@@ -210,159 +208,13 @@ fn pace_after(
     from + std::time::Duration::from_secs_f64(n as f64 / rate.max(1) as f64)
 }
 
-type RawRow = Vec<Option<Vec<u8>>>;
-
-fn raw(row: Row) -> RawRow {
-    row.unwrap_raw()
-        .into_iter()
-        .map(|v| match v {
-            None | Some(Value::NULL) => None,
-            Some(Value::Bytes(b)) => Some(b),
-            Some(other) => Some(other.as_sql(true).into_bytes()),
-        })
-        .collect()
-}
-
 async fn fetch(conn: &mut Conn, sql: &str, during: &str) -> Result<Vec<RawRow>, DumpError> {
     let rows: Vec<Row> = conn.query(sql).await.map_err(server(during))?;
     Ok(rows.into_iter().map(raw).collect())
 }
 
-fn text(v: &Option<Vec<u8>>) -> String {
-    v.as_deref()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default()
-}
-
 fn bytes(v: &Option<Vec<u8>>) -> Vec<u8> {
     v.clone().unwrap_or_default()
-}
-
-/// How a column's values are written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ColKind {
-    /// Integers, DECIMAL, YEAR: the server's text is a valid literal.
-    Number,
-    /// FLOAT/DOUBLE: as text, with negative zero kept negative.
-    Float,
-    Bits,
-    /// Text in a charset whose bytes are valid in a utf8mb4 string literal.
-    Utf8Text,
-    /// Text in another charset: `_cs X'..'`, exact whatever the bytes.
-    OtherText(String),
-    /// Binary strings and geometry: `_binary '...'` with the six special bytes escaped.
-    /// Exact because the stream's client charset is utf8mb4, whose lexer never takes an
-    /// escaped byte as part of a multi-byte character; and smaller after gzip than hex.
-    Binary,
-    /// Temporal, INET, UUID and unknown types: an escaped string.
-    Quoted,
-}
-
-fn classify(data_type: &str, charset: Option<&str>) -> ColKind {
-    match data_type.to_ascii_lowercase().as_str() {
-        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" | "decimal"
-        | "numeric" | "year" => ColKind::Number,
-        "float" | "double" | "real" => ColKind::Float,
-        "bit" => ColKind::Bits,
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry"
-        | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
-        | "multipolygon" | "geometrycollection" => ColKind::Binary,
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
-        | "json" => match charset {
-            None | Some("binary") => ColKind::Binary,
-            Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii") => ColKind::Utf8Text,
-            Some(cs) => ColKind::OtherText(cs.to_string()),
-        },
-        _ => ColKind::Quoted,
-    }
-}
-
-/// `0x..`: a hex literal, which in a BIT column's numeric context is the big-endian value.
-fn push_hex_number(out: &mut Vec<u8>, v: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if v.is_empty() {
-        out.push(b'0');
-        return;
-    }
-    out.extend_from_slice(b"0x");
-    for &b in v {
-        out.push(HEX[(b >> 4) as usize]);
-        out.push(HEX[(b & 15) as usize]);
-    }
-}
-
-fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
-    match kind {
-        ColKind::Number => out.extend_from_slice(v),
-        ColKind::Float => {
-            out.extend_from_slice(v);
-            // "-0" would parse as the integer 0; "-0e0" is the double negative zero.
-            if v == b"-0" {
-                out.extend_from_slice(b"e0");
-            }
-        }
-        ColKind::Bits => push_hex_number(out, v),
-        ColKind::Utf8Text | ColKind::Quoted => push_quoted(out, v),
-        ColKind::OtherText(cs) => {
-            out.push(b'_');
-            out.extend_from_slice(cs.as_bytes());
-            out.push(b' ');
-            push_hex(out, v);
-        }
-        ColKind::Binary => {
-            out.extend_from_slice(b"_binary ");
-            push_quoted(out, v);
-        }
-    }
-}
-
-struct Column {
-    name: String,
-    kind: ColKind,
-    /// What the SELECT reads: the column, or for FLOAT `CAST(col AS DOUBLE)`, because the
-    /// server prints FLOAT with 6 significant digits, which loses bits; the double's
-    /// shortest form is exact and converts back to the same float on insert.
-    select: String,
-}
-
-const COLUMNS_QUERY: &str =
-    "SELECT TABLE_NAME, COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, EXTRA, IS_GENERATED \
-     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=";
-
-/// The columns whose values are dumped, from a COLUMNS_QUERY row: generated columns and
-/// system-versioning period columns are computed by the server, never inserted.
-fn data_column(r: &RawRow) -> Option<(String, Column)> {
-    let extra = text(&r[4]).to_ascii_uppercase();
-    if text(&r[5]).eq_ignore_ascii_case("ALWAYS")
-        || extra.contains("GENERATED")
-        || extra.contains("ROW START")
-        || extra.contains("ROW END")
-    {
-        return None;
-    }
-    let name = text(&r[1]);
-    let data_type = text(&r[2]);
-    let cs = r[3]
-        .as_ref()
-        .map(|b| String::from_utf8_lossy(b).into_owned());
-    let select = if data_type.eq_ignore_ascii_case("float") {
-        format!("CAST({} AS DOUBLE)", quote_ident(&name))
-    } else {
-        quote_ident(&name)
-    };
-    Some((
-        text(&r[0]),
-        Column {
-            kind: classify(&data_type, cs.as_deref()),
-            name,
-            select,
-        },
-    ))
-}
-
-fn select_rows_sql(db: &str, table: &str, cols: &[Column]) -> String {
-    let list: Vec<&str> = cols.iter().map(|c| c.select.as_str()).collect();
-    format!("SELECT {} FROM {}", list.join(","), qualified(db, table))
 }
 
 struct TableInfo {
@@ -1203,10 +1055,6 @@ fn granted_role(stmt: &str) -> Option<String> {
     after.trim_start().starts_with("TO ").then_some(role)
 }
 
-/// Marks the sections a `--database` restore skips.
-pub const USERS_SECTION: &str = "-- Users and roles";
-pub const GRANTS_SECTION: &str = "-- Grants";
-
 async fn write_accounts(out: &mut SqlOutput, a: &Accounts) -> Result<(), DumpError> {
     if a.creates.is_empty() {
         return Ok(());
@@ -1257,40 +1105,6 @@ async fn write_grants(
     Ok(dropped)
 }
 
-/// Reads the rows of one table and digests them the way the dumper does; used by the
-/// restore drill to recompute a table's digest on a scratch server.
-pub async fn table_digest(
-    conn: &mut Conn,
-    db: &str,
-    table: &str,
-) -> Result<TableDigest, DumpError> {
-    let sql = format!(
-        "{COLUMNS_QUERY}{} AND TABLE_NAME={} ORDER BY ORDINAL_POSITION",
-        quote_str(db),
-        quote_str(table)
-    );
-    let cols: Vec<Column> = fetch(conn, &sql, "reading columns")
-        .await?
-        .iter()
-        .filter_map(data_column)
-        .map(|(_, c)| c)
-        .collect();
-    let mut d = TableDigest::new();
-    if cols.is_empty() {
-        return Ok(d);
-    }
-    let during = format!("reading {db}.{table}");
-    let mut result = conn
-        .query_iter(select_rows_sql(db, table, &cols))
-        .await
-        .map_err(server(during.clone()))?;
-    while let Some(row) = result.next().await.map_err(server(during.clone()))? {
-        let v = raw(row);
-        d.add_row(v.iter().map(|x| x.as_deref()));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1313,31 +1127,6 @@ mod tests {
             next = pace_after(next, now, 102_400, 102_400);
         }
         assert_eq!(next - now, Duration::from_secs(9));
-    }
-
-    #[test]
-    fn classification() {
-        assert_eq!(classify("bigint", None), ColKind::Number);
-        assert_eq!(classify("varchar", Some("utf8mb4")), ColKind::Utf8Text);
-        assert_eq!(
-            classify("varchar", Some("latin1")),
-            ColKind::OtherText("latin1".into())
-        );
-        assert_eq!(classify("varbinary", None), ColKind::Binary);
-        assert_eq!(classify("point", None), ColKind::Binary);
-        assert_eq!(classify("inet6", None), ColKind::Quoted);
-        let mut v = Vec::new();
-        push_value(&mut v, &ColKind::Float, b"-0");
-        assert_eq!(v, b"-0e0");
-        v.clear();
-        push_value(&mut v, &ColKind::OtherText("latin1".into()), &[0xE9]);
-        assert_eq!(v, b"_latin1 X'E9'");
-        v.clear();
-        push_value(&mut v, &ColKind::Bits, &[1, 0xFF]);
-        assert_eq!(v, b"0x01FF");
-        v.clear();
-        push_value(&mut v, &ColKind::Binary, b"a'\0");
-        assert_eq!(v, b"_binary 'a\\'\\0'");
     }
 
     fn obj(db: &str, name: &str, body: &str) -> Object {

@@ -8,11 +8,11 @@ use std::io::Read;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, SourceConfig, StoreConfig};
-use crate::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use crate::policy::{self, CopyFact, Verdict};
-use crate::state::{CopyMark, State};
-use crate::store::{open_store, Store, TEMP_PREFIX};
+use backup_core::config::{Config, SourceConfig, StoreConfig};
+use backup_core::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::policy::{self, CopyFact, Verdict};
+use backup_core::state::{CopyMark, State};
+use backup_core::store::{open_store, Store, TEMP_PREFIX};
 
 /// A configured store, opened (or why it could not be).
 pub struct OpenStore {
@@ -137,7 +137,7 @@ pub fn build(
                 continue;
             }
         };
-        let names: BTreeMap<&str, &crate::store::Entry> =
+        let names: BTreeMap<&str, &backup_core::store::Entry> =
             entries.iter().map(|e| (e.name.as_str(), e)).collect();
         for e in &entries {
             let n = e.name.as_str();
@@ -221,7 +221,7 @@ pub fn build(
             });
         }
         let verdict = policy::evaluate(&cfg.policy, &cfg.agent.site, &facts, now);
-        let finished_at = crate::catalog::finished_at(&m)
+        let finished_at = backup_core::catalog::finished_at(&m)
             .or_else(|| manifest::id_time(&id))
             .unwrap_or(now);
         inv.backups.push(BackupRow {

@@ -22,6 +22,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{StoreConfig, StoreKind};
 
+pub mod s3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {store}: {action} {key}: {source}")]
@@ -135,7 +137,7 @@ pub fn open_store(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
             name: cfg.name.clone(),
             root: path.path.clone(),
         }),
-        StoreKind::S3(s3) => Box::new(crate::s3::S3Store::new(&cfg.name, s3)?),
+        StoreKind::S3(s3) => Box::new(crate::store::s3::S3Store::new(&cfg.name, s3)?),
     })
 }
 

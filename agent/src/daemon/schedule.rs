@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use backup_core::config::{ScheduleProblem, ScheduleSpec};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
@@ -14,36 +15,46 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn parse(expr: &str, tz: &str) -> Result<Schedule, String> {
+    /// The schedule of a loaded configuration.
+    pub fn of(spec: &ScheduleSpec) -> Result<Schedule, ScheduleProblem> {
+        Schedule::parse(&spec.expr, &spec.timezone)
+    }
+
+    /// The check the configuration loader runs on every source's schedule.
+    pub fn check(expr: &str, tz: &str) -> Result<(), ScheduleProblem> {
+        Schedule::parse(expr, tz).map(drop)
+    }
+
+    pub fn parse(expr: &str, tz: &str) -> Result<Schedule, ScheduleProblem> {
+        let bad = |message: String| ScheduleProblem {
+            time_zone: false,
+            message,
+        };
         let fields: Vec<&str> = expr.split_whitespace().collect();
         let full = match fields.len() {
             5 => {
-                let dow = crontab_weekdays(fields[4])?;
+                let dow = crontab_weekdays(fields[4]).map_err(bad)?;
                 format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
             }
             6 => expr.to_string(),
             _ => {
-                return Err(format!(
+                return Err(bad(format!(
                     "{expr:?} is not a cron schedule: give 5 fields (minute hour day month weekday) or 6 with seconds first"
-                ))
+                )))
             }
         };
         let cron = cron::Schedule::from_str(&full)
-            .map_err(|e| format!("{expr:?} is not a valid cron schedule: {e}"))?;
-        let tz: Tz = tz.parse().map_err(|_| {
-            format!(
+            .map_err(|e| bad(format!("{expr:?} is not a valid cron schedule: {e}")))?;
+        let tz: Tz = tz.parse().map_err(|_| ScheduleProblem {
+            time_zone: true,
+            message: format!(
                 "unknown time zone {tz:?}; use an IANA name such as \"Europe/Berlin\" or \"UTC\""
-            )
+            ),
         })?;
         if cron.after(&Utc::now().with_timezone(&tz)).next().is_none() {
-            return Err(format!("{expr:?} never fires"));
+            return Err(bad(format!("{expr:?} never fires")));
         }
         Ok(Schedule { cron, tz })
-    }
-
-    /// 02:00 UTC every day.
-    pub fn default_daily() -> Schedule {
-        Schedule::parse("0 2 * * *", "UTC").expect("valid")
     }
 
     /// The first slot strictly after `t`.
@@ -130,6 +141,7 @@ mod tests {
         assert!(Schedule::parse("61 * * * *", "UTC").is_err());
         assert!(Schedule::parse("0 2 * * *", "Mars/Olympus")
             .unwrap_err()
+            .message
             .contains("time zone"));
     }
 

@@ -1,0 +1,18 @@
+//! What both binaries share: the `backup-agent` daemon/CLI writes backups and the
+//! `restore` binary (the one program that holds the DPO's secret key) reads them. This
+//! crate holds the common ground and nothing of either side's machinery: no scheduler,
+//! no HTTP server, no dumper, no OpenPGP. See docs/architecture.md for the map.
+
+pub mod alert;
+pub mod catalog;
+pub mod checksum;
+pub mod config;
+pub mod digest;
+pub mod format;
+pub mod logging;
+pub mod manifest;
+pub mod os;
+pub mod policy;
+pub mod secret;
+pub mod state;
+pub mod store;
