@@ -13,9 +13,9 @@ use crate::seal::crypto::SealingKeys;
 use crate::seal::pipeline::{self, PipelineError};
 use crate::source::dump::{self, DumpError, SqlOutput};
 use backup_core::config::{EncryptionConfig, SourceConfig, StoreConfig};
-use backup_core::manifest::{
-    self, DataObject, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX,
-};
+use backup_core::layout;
+use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::manifest::{self, DataObject, Manifest};
 use backup_core::secret::read_secret_file;
 use backup_core::state::CopyMark;
 use backup_core::store::{ObjectWriter, Store, StoreError};
@@ -266,9 +266,9 @@ pub async fn run_backup(
 ) -> Result<BackupReport, BackupError> {
     let sname = source.name.clone();
     let t0 = Instant::now();
-    let id = manifest::backup_id(started);
-    let data_name = format!("{id}{DATA_SUFFIX}");
-    let key = |suffix: &str| format!("{}/{id}{suffix}", source.prefix);
+    let id = layout::backup_id(started);
+    let data_name = layout::object_name(&id, DATA_SUFFIX);
+    let key = |suffix: &str| layout::object_key(&source.prefix, &id, suffix);
 
     let password = read_secret_file(&source.password_file.path, &source.password_file.key)
         .map_err(|err| BackupError::Secret {

@@ -21,12 +21,14 @@ use backup_core::config::{Config, Endpoint, StoreKind};
 use backup_core::digest::definition_digest;
 use backup_core::digest::table::table_digest;
 use backup_core::format::{qualified, quote_str, Trailer};
-use backup_core::manifest::{self, Manifest, DATA_SUFFIX};
+use backup_core::layout::DATA_SUFFIX;
+use backup_core::manifest::Manifest;
 use backup_core::store::{open_store, put_bytes};
 
 use crate::crypto::{DpoKey, TrustedSigners};
 use crate::restore;
 use crate::target::{self, Target};
+use backup_core::layout;
 
 #[derive(Debug, Serialize, Clone)]
 pub struct Check {
@@ -103,10 +105,10 @@ fn fetch(
         .with_context(|| format!("creating a temp dir in {} for the download", base.display()))?;
     for name in [
         m.data.name.clone(),
-        format!("{}{}", m.backup_id, manifest::SHA256_SUFFIX),
-        format!("{}{}", m.backup_id, manifest::MANIFEST_SUFFIX),
+        format!("{}{}", m.backup_id, layout::SHA256_SUFFIX),
+        format!("{}{}", m.backup_id, layout::MANIFEST_SUFFIX),
     ] {
-        let key = format!("{prefix}/{name}");
+        let key = layout::key(prefix, &name);
         let mut r = store.open(&key).map_err(|e| anyhow!("{e}"))?;
         let path = dir.path().join(&name);
         let mut f =
@@ -490,7 +492,7 @@ pub async fn run(
     report.file = Some(chosen.file.display().to_string());
     report.store = chosen.store.clone();
     report.source = chosen.source.clone();
-    report.backup_id = manifest::backup_id_of(
+    report.backup_id = layout::backup_id_of(
         &chosen
             .file
             .file_name()
@@ -701,11 +703,7 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
                     return notes;
                 }
             };
-            let key = format!(
-                "{}/drills/drill_{}.json",
-                s.prefix,
-                Utc::now().format("%Y-%m-%d_%H%M%S_%3f")
-            );
+            let key = layout::new_drill_key(&s.prefix, Utc::now());
             let full = serde_json::to_vec_pretty(report).expect("serializable");
             match put_bytes(store.as_ref(), &key, &full) {
                 Ok(()) => notes.push(format!("drill report stored as {}", store.describe(&key))),

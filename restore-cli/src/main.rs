@@ -342,7 +342,7 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                 rows.push(serde_json::json!({
                     "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
                     "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,
-                    "file": store.describe(&format!("{}/{}", src.prefix, m.data.name)),
+                    "file": store.describe(&backup_core::layout::key(&src.prefix, &m.data.name)),
                 }));
             }
         }

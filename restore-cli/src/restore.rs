@@ -15,9 +15,11 @@ use tokio::sync::mpsc;
 
 use backup_core::checksum::hash_stream;
 use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
-use backup_core::manifest::{self, Manifest};
+use backup_core::manifest::Manifest;
 
 use crate::crypto::{self, DpoKey, Outcome, TrustedSigners};
+use backup_core::checksum;
+use backup_core::layout;
 
 /// The files of one backup.
 #[derive(Debug)]
@@ -39,15 +41,15 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
     let sha_text = std::fs::read_to_string(&sha_path).with_context(|| {
         format!("cannot read the checksum file {} that belongs beside the backup; a backup is not trusted without it", sha_path.display())
     })?;
-    let expected = manifest::parse_sha256_line(&sha_text, &file_name).ok_or_else(|| {
+    let expected = checksum::parse_sha256_line(&sha_text, &file_name).ok_or_else(|| {
         anyhow!(
             "checksum file {} is malformed or names another file",
             sha_path.display()
         )
     })?;
-    let manifest = match manifest::backup_id_of(&file_name) {
+    let manifest = match layout::backup_id_of(&file_name) {
         Some(id) => {
-            let mp = data.with_file_name(format!("{id}{}", manifest::MANIFEST_SUFFIX));
+            let mp = data.with_file_name(layout::object_name(id, layout::MANIFEST_SUFFIX));
             match std::fs::read(&mp) {
                 Ok(b) => Some(
                     serde_json::from_slice::<Manifest>(&b)

@@ -249,7 +249,7 @@ fn seal(sql: &str, dir: &Path, n: usize) -> PathBuf {
     let sum = backup_core::checksum::hash_stream(&out[..]).unwrap();
     std::fs::write(
         d.join(format!("{name}.sha256")),
-        backup_core::manifest::sha256_line(&sum.sha256, name),
+        backup_core::checksum::sha256_line(&sum.sha256, name),
     )
     .unwrap();
     path
@@ -427,7 +427,7 @@ fn bad_files_fail_the_drill_before_any_server_is_touched() {
         };
         std::fs::write(
             d.join(format!("{name}.sha256")),
-            backup_core::manifest::sha256_line(&digest, name),
+            backup_core::checksum::sha256_line(&digest, name),
         )
         .unwrap();
         let (o, r) = drill(&[

@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{self, Manifest, MANIFEST_SUFFIX};
+use crate::layout;
+use crate::layout::MANIFEST_SUFFIX;
+use crate::manifest::Manifest;
 use crate::store::{Store, StoreError};
 
 /// Complete backups of `prefix` in `store`, oldest first.
@@ -14,12 +16,12 @@ pub fn complete_backups(store: &dyn Store, prefix: &str) -> Result<Vec<Manifest>
         let Some(id) = n.strip_suffix(MANIFEST_SUFFIX) else {
             continue;
         };
-        if !manifest::is_backup_id(id) {
+        if !layout::is_backup_id(id) {
             continue;
         }
         let mut text = Vec::new();
         if store
-            .open(&format!("{prefix}/{n}"))
+            .open(&layout::key(prefix, n))
             .and_then(|mut r| {
                 std::io::Read::read_to_end(&mut r, &mut text).map_err(|source| StoreError::Io {
                     store: store.name().into(),
@@ -38,7 +40,7 @@ pub fn complete_backups(store: &dyn Store, prefix: &str) -> Result<Vec<Manifest>
         if m.backup_id != id || !names.contains(&m.data.name) {
             continue;
         }
-        if store.size(&format!("{prefix}/{}", m.data.name))? != Some(m.data.size) {
+        if store.size(&layout::key(prefix, &m.data.name))? != Some(m.data.size) {
             continue;
         }
         out.push(m);

@@ -29,3 +29,28 @@ pub fn hash_stream(mut r: impl io::Read) -> io::Result<ObjectSum> {
         sha256: hex::encode(hasher.finalize()),
     })
 }
+
+/// The `.sha256` file's content: `<hex>  <file name>\n`, as `sha256sum` writes it.
+pub fn sha256_line(hex: &str, file_name: &str) -> String {
+    format!("{hex}  {file_name}\n")
+}
+
+/// Parses a `.sha256` file; returns the hex digest if it names `file_name`.
+pub fn parse_sha256_line(text: &str, file_name: &str) -> Option<String> {
+    let line = text.lines().next()?;
+    let (hex, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
+    (name.trim() == file_name && hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_file_line() {
+        let l = sha256_line(&"a".repeat(64), "x.gpg");
+        assert_eq!(parse_sha256_line(&l, "x.gpg"), Some("a".repeat(64)));
+        assert_eq!(parse_sha256_line(&l, "y.gpg"), None);
+    }
+}

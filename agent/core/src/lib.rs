@@ -9,6 +9,7 @@ pub mod checksum;
 pub mod config;
 pub mod digest;
 pub mod format;
+pub mod layout;
 pub mod logging;
 pub mod manifest;
 pub mod os;

@@ -12,9 +12,6 @@ pub struct BinlogPosition {
 }
 
 pub const MANIFEST_VERSION: u32 = 1;
-pub const DATA_SUFFIX: &str = ".sql.gz.gpg";
-pub const SHA256_SUFFIX: &str = ".sql.gz.gpg.sha256";
-pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -50,72 +47,4 @@ pub struct DataObject {
     pub sha256: String,
     pub compression: String,
     pub encryption: String,
-}
-
-/// `mariadb_YYYY-MM-DD_HHMMSS` for a UTC time.
-pub fn backup_id(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("mariadb_%Y-%m-%d_%H%M%S").to_string()
-}
-
-/// Whether a file name is one of ours, and of which backup.
-pub fn backup_id_of(file_name: &str) -> Option<&str> {
-    for suffix in [SHA256_SUFFIX, DATA_SUFFIX, MANIFEST_SUFFIX] {
-        if let Some(id) = file_name.strip_suffix(suffix) {
-            if is_backup_id(id) {
-                return Some(id);
-            }
-        }
-    }
-    None
-}
-
-/// The UTC time a backup id names.
-pub fn id_time(id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::NaiveDateTime::parse_from_str(id, "mariadb_%Y-%m-%d_%H%M%S")
-        .ok()
-        .map(|t| t.and_utc())
-}
-
-pub fn is_backup_id(id: &str) -> bool {
-    chrono::NaiveDateTime::parse_from_str(id, "mariadb_%Y-%m-%d_%H%M%S").is_ok()
-}
-
-/// The `.sha256` file's content: `<hex>  <file name>\n`, as `sha256sum` writes it.
-pub fn sha256_line(hex: &str, file_name: &str) -> String {
-    format!("{hex}  {file_name}\n")
-}
-
-/// Parses a `.sha256` file; returns the hex digest if it names `file_name`.
-pub fn parse_sha256_line(text: &str, file_name: &str) -> Option<String> {
-    let line = text.lines().next()?;
-    let (hex, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
-    (name.trim() == file_name && hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| hex.to_ascii_lowercase())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T02:00:00Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc);
-        let id = backup_id(t);
-        assert_eq!(id, "mariadb_2026-11-21_020000");
-        assert_eq!(
-            backup_id_of(&format!("{id}{DATA_SUFFIX}")),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            backup_id_of(&format!("{id}{SHA256_SUFFIX}")),
-            Some(id.as_str())
-        );
-        assert_eq!(backup_id_of("mariadb_latest.sql.gz.gpg"), None);
-        assert_eq!(backup_id_of("notes.txt"), None);
-        let l = sha256_line(&"a".repeat(64), "x.gpg");
-        assert_eq!(parse_sha256_line(&l, "x.gpg"), Some("a".repeat(64)));
-        assert_eq!(parse_sha256_line(&l, "y.gpg"), None);
-    }
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use backup_core::config::{Config, SourceConfig, StoreConfig};
-use backup_core::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::layout;
+use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::manifest::Manifest;
 use backup_core::policy::{self, CopyFact, Verdict};
 use backup_core::state::{CopyMark, State};
 use backup_core::store::{open_store, Store, TEMP_PREFIX};
@@ -83,7 +85,7 @@ impl Inventory {
 }
 
 pub fn ledger_key(prefix: &str, id: &str) -> String {
-    format!("{prefix}/{id}")
+    layout::backup_key(prefix, id)
 }
 
 pub fn mark<'a>(state: &'a State, store: &str, prefix: &str, id: &str) -> Option<&'a CopyMark> {
@@ -144,7 +146,7 @@ pub fn build(
             if n.starts_with(TEMP_PREFIX) {
                 continue;
             }
-            let Some(id) = manifest::backup_id_of(n) else {
+            let Some(id) = layout::backup_id_of(n) else {
                 inv.foreign
                     .entry(os.cfg.name.clone())
                     .or_default()
@@ -152,7 +154,7 @@ pub fn build(
                 continue;
             };
             if !n.ends_with(MANIFEST_SUFFIX) {
-                if !names.contains_key(format!("{id}{MANIFEST_SUFFIX}").as_str()) {
+                if !names.contains_key(layout::object_name(id, MANIFEST_SUFFIX).as_str()) {
                     inv.orphans
                         .entry(os.cfg.name.clone())
                         .or_default()
@@ -160,7 +162,7 @@ pub fn build(
                 }
                 continue;
             }
-            let m = match read_manifest(store, &format!("{prefix}/{n}")) {
+            let m = match read_manifest(store, &layout::key(prefix, n)) {
                 Ok(m) => m,
                 Err(err) => {
                     inv.notes.push(format!("store {}: {err}", os.cfg.name));
@@ -172,8 +174,8 @@ pub fn build(
                 && names
                     .get(m.data.name.as_str())
                     .is_some_and(|d| d.size == m.data.size)
-                && m.data.name == format!("{id}{DATA_SUFFIX}")
-                && names.contains_key(format!("{id}{SHA256_SUFFIX}").as_str());
+                && m.data.name == layout::object_name(id, DATA_SUFFIX)
+                && names.contains_key(layout::object_name(id, SHA256_SUFFIX).as_str());
             if !data_ok {
                 inv.notes.push(format!(
                     "store {}: {prefix}/{n} does not match its data object (missing, other size, or other source); left alone, check it by hand",
@@ -183,7 +185,7 @@ pub fn build(
             }
             let lock = if store.immutable() {
                 store
-                    .stat(&format!("{prefix}/{}", m.data.name))
+                    .stat(&layout::key(prefix, &m.data.name))
                     .ok()
                     .flatten()
                     .and_then(|i| i.lock_until)
@@ -222,7 +224,7 @@ pub fn build(
         }
         let verdict = policy::evaluate(&cfg.policy, &cfg.agent.site, &facts, now);
         let finished_at = backup_core::catalog::finished_at(&m)
-            .or_else(|| manifest::id_time(&id))
+            .or_else(|| layout::id_time(&id))
             .unwrap_or(now);
         inv.backups.push(BackupRow {
             id,

@@ -362,7 +362,9 @@ pub fn prune(
         }
         // Debris of our own, past the grace period.
         if !dry_run {
-            match store.clean_debris(&src.prefix, cfg.policy.debris_grace) {
+            match store.clean_debris(&src.prefix, cfg.policy.debris_grace, &|n| {
+                backup_core::layout::backup_id_of(n).is_some()
+            }) {
                 Ok(v) => {
                     for k in v {
                         let _ = audit(cfg, &src.name, name, &k, "debris");

@@ -11,15 +11,14 @@ pub mod maintain;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
 
+use backup_core::checksum;
 use backup_core::checksum::hash_stream;
 use backup_core::config::VerifyMode;
-use backup_core::manifest::{self, Manifest, DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::layout;
+use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
+use backup_core::manifest::Manifest;
 use backup_core::state::CopyMark;
 use backup_core::store::{put_bytes, Store, StoreError};
-
-pub fn key(prefix: &str, id: &str, suffix: &str) -> String {
-    format!("{prefix}/{id}{suffix}")
-}
 
 /// Checks a stored copy against its manifest. HEAD-only checks size and the sha256 the
 /// store keeps in metadata, or (without one) the ETag recorded at the last full check;
@@ -36,7 +35,7 @@ pub fn verify_copy(
         return mark;
     }
     // The .sha256 file must name the same digest.
-    let sha_key = key(prefix, &m.backup_id, SHA256_SUFFIX);
+    let sha_key = layout::object_key(prefix, &m.backup_id, SHA256_SUFFIX);
     let mut text = String::new();
     let read = store.open(&sha_key).and_then(|mut r| {
         r.read_to_string(&mut text)
@@ -50,7 +49,7 @@ pub fn verify_copy(
     let problem = match read {
         Err(e) => Some(e.to_string()),
         Ok(_)
-            if manifest::parse_sha256_line(&text, &m.data.name).as_deref()
+            if checksum::parse_sha256_line(&text, &m.data.name).as_deref()
                 != Some(m.data.sha256.as_str()) =>
         {
             Some(format!("{sha_key} does not hold the manifest's sha256"))
@@ -76,7 +75,7 @@ pub fn verify_data(
     prev: Option<&CopyMark>,
 ) -> CopyMark {
     let now = Utc::now();
-    let data_key = format!("{prefix}/{}", m.data.name);
+    let data_key = layout::key(prefix, &m.data.name);
     let fail = |method: &str, size: u64, etag: Option<String>, e: String| CopyMark {
         verified: false,
         checked_at: now,
@@ -170,12 +169,12 @@ pub fn verify_data(
 pub fn publish(store: &dyn Store, prefix: &str, m: &Manifest) -> Result<(), StoreError> {
     put_bytes(
         store,
-        &key(prefix, &m.backup_id, SHA256_SUFFIX),
-        manifest::sha256_line(&m.data.sha256, &m.data.name).as_bytes(),
+        &layout::object_key(prefix, &m.backup_id, SHA256_SUFFIX),
+        checksum::sha256_line(&m.data.sha256, &m.data.name).as_bytes(),
     )?;
     put_bytes(
         store,
-        &key(prefix, &m.backup_id, MANIFEST_SUFFIX),
+        &layout::object_key(prefix, &m.backup_id, MANIFEST_SUFFIX),
         &serde_json::to_vec_pretty(m).expect("manifest serializes"),
     )
 }
@@ -185,7 +184,7 @@ pub fn publish(store: &dyn Store, prefix: &str, m: &Manifest) -> Result<(), Stor
 pub fn remove_backup(store: &dyn Store, prefix: &str, id: &str) -> Result<Vec<String>, StoreError> {
     let mut removed = Vec::new();
     for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
-        let k = key(prefix, id, suffix);
+        let k = layout::object_key(prefix, id, suffix);
         if store.exists(&k)? {
             store.remove(&k)?;
             removed.push(k);
@@ -203,7 +202,7 @@ pub fn copy_backup(
     prefix: &str,
     m: &Manifest,
 ) -> Result<(), String> {
-    let data_key = format!("{prefix}/{}", m.data.name);
+    let data_key = layout::key(prefix, &m.data.name);
     let result = (|| -> Result<(), String> {
         let mut r = from.open(&data_key).map_err(|e| e.to_string())?;
         let mut w = to

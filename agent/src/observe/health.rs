@@ -279,15 +279,21 @@ fn newest_drill_in_store(
     store: &dyn backup_core::store::Store,
     prefix: &str,
 ) -> Option<DrillRecord> {
-    let dir = format!("{prefix}/drills");
+    let dir = backup_core::layout::drills_prefix(prefix);
     let name = store
         .list(&dir)
         .ok()?
         .into_iter()
-        .filter(|n| n.starts_with("drill_") && n.ends_with(".json"))
+        .filter(|n| backup_core::layout::is_drill_record(n))
         .max()?;
     let mut text = Vec::new();
-    std::io::Read::read_to_end(&mut store.open(&format!("{dir}/{name}")).ok()?, &mut text).ok()?;
+    std::io::Read::read_to_end(
+        &mut store
+            .open(&backup_core::layout::drill_key(prefix, &name))
+            .ok()?,
+        &mut text,
+    )
+    .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
     let finished_at = DateTime::parse_from_rfc3339(v["finished_at"].as_str()?)
         .ok()?

@@ -111,15 +111,15 @@ pub fn candidates_from_names<'a>(
 ) -> Vec<Candidate> {
     let mut ids = BTreeSet::new();
     for n in names {
-        if let Some(id) = n.strip_suffix(crate::manifest::MANIFEST_SUFFIX) {
-            if crate::manifest::is_backup_id(id) {
+        if let Some(id) = n.strip_suffix(crate::layout::MANIFEST_SUFFIX) {
+            if crate::layout::is_backup_id(id) {
                 ids.insert(id.to_string());
             }
         }
     }
     ids.into_iter()
         .filter_map(|id| {
-            let t = crate::manifest::id_time(&id)?;
+            let t = crate::layout::id_time(&id)?;
             Some(Candidate {
                 compliant: compliant(&id),
                 id,
@@ -256,7 +256,7 @@ mod tests {
 
     fn cand(t: DateTime<Utc>, compliant: bool) -> Candidate {
         Candidate {
-            id: crate::manifest::backup_id(t),
+            id: crate::layout::backup_id(t),
             time: t,
             compliant,
         }
@@ -428,11 +428,11 @@ mod tests {
             foreign in prop::collection::vec("[a-zA-Z0-9_./-]{1,40}", 0..30),
         ) {
             let now = now_of(&v, extra);
-            let ours: Vec<String> = v.iter().map(|c| format!("{}{}", c.id, crate::manifest::MANIFEST_SUFFIX)).collect();
+            let ours: Vec<String> = v.iter().map(|c| format!("{}{}", c.id, crate::layout::MANIFEST_SUFFIX)).collect();
             let mut names: Vec<String> = ours.clone();
             // Look-alikes and arbitrary names: other prefixes, other suffixes, bad dates.
             names.extend(foreign.iter().cloned());
-            names.extend(v.iter().map(|c| format!("x{}{}", c.id, crate::manifest::MANIFEST_SUFFIX)));
+            names.extend(v.iter().map(|c| format!("x{}{}", c.id, crate::layout::MANIFEST_SUFFIX)));
             names.extend(v.iter().map(|c| format!("{}.manifest.json.bak", c.id)));
             names.push("mariadb_2026-13-40_999999.manifest.json".into());
             let cands = candidates_from_names(names.iter().map(|s| s.as_str()), &|_| true);

@@ -122,11 +122,13 @@ pub trait Store: Send + Sync {
         false
     }
     /// Removes our own debris under `prefix` older than `grace`: temp files of writers
-    /// that are gone, pending multipart uploads. Returns what was removed.
+    /// that are gone, pending multipart uploads of objects whose name (the part after
+    /// the prefix) `ours` accepts. Returns what was removed.
     fn clean_debris(
         &self,
         prefix: &str,
         grace: std::time::Duration,
+        ours: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, StoreError>;
 }
 
@@ -321,6 +323,7 @@ impl Store for LocalStore {
         &self,
         prefix: &str,
         grace: std::time::Duration,
+        _ours: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut removed = Vec::new();
         let now = Utc::now();

@@ -893,15 +893,21 @@ impl Store for S3Store {
         self.lock.is_some()
     }
 
-    fn clean_debris(&self, prefix: &str, grace: Duration) -> Result<Vec<String>, StoreError> {
+    fn clean_debris(
+        &self,
+        prefix: &str,
+        grace: Duration,
+        ours: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
         let now = Utc::now();
         let mut removed = Vec::new();
         for (key, id, initiated) in self.pending_uploads(prefix)? {
             let old = initiated.is_none_or(|t| (now - t).to_std().unwrap_or_default() > grace);
-            let ours = key.rsplit('/').next().is_some_and(|n| {
-                crate::manifest::backup_id_of(n).is_some() || n.starts_with(TEMP_PREFIX)
-            });
-            if old && ours {
+            let mine = key
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| ours(n) || n.starts_with(TEMP_PREFIX));
+            if old && mine {
                 self.abort_upload(&key, &id)?;
                 removed.push(format!("{key} (upload {id})"));
             }
