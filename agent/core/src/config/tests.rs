@@ -1,0 +1,326 @@
+//! Validation of whole configuration texts.
+use super::*;
+use std::collections::HashMap;
+
+struct MapEnv(HashMap<String, String>);
+impl Env for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+fn env(pairs: &[(&str, &str)]) -> MapEnv {
+    MapEnv(
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+    )
+}
+
+const GOOD: &str = r#"
+[agent]
+site = "dc1"
+
+[[source]]
+name = "main"
+host = "127.0.0.1"
+port = 3306
+user = "backup"
+password_file = "/run/secrets/db"
+databases = { exclude = ["scratch"] }
+
+[encryption]
+dpo_certificates = ["/etc/dpo.asc"]
+signing_key_file = "/run/secrets/agent.key"
+
+[[store]]
+name = "local"
+kind = "local"
+path = "/var/backups"
+"#;
+
+#[test]
+fn good_config_parses() {
+    let c = Config::parse(Path::new("c.toml"), GOOD, &env(&[])).unwrap();
+    assert_eq!(c.sources[0].prefix, "main");
+    assert_eq!(
+        c.sources[0].nodes[0].endpoint,
+        Endpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 3306
+        }
+    );
+    assert!(c.sources[0].selects("app"));
+    assert!(!c.sources[0].selects("scratch"));
+    assert!(!c.sources[0].selects("mysql"));
+    assert!(!c.sources[0].selects("INFORMATION_SCHEMA"));
+    assert_eq!(c.stores[0].site, "dc1");
+    assert_eq!(c.sources[0].password_file.position, Some((10, 17)));
+    c.require_backup_parts().unwrap();
+}
+
+const CLUSTER: &str = "nodes = [{ name = \"db1\", host = \"10.0.1.1\", site = \"dc1\" }, { host = \"10.0.2.1\", port = 3307, site = \"dc2\" }, { socket = \"/run/db3.sock\" }]";
+
+fn cluster(galera: &str) -> String {
+    GOOD.replace("host = \"127.0.0.1\"\nport = 3306", CLUSTER)
+        .replace("[encryption]", &format!("{galera}\n[encryption]"))
+}
+
+#[test]
+fn galera_nodes_and_options() {
+    let text = cluster("[source.galera]\ndesync = true\nadmin_user = \"adm\"\nadmin_password_file = \"/run/secrets/adm\"\nlease_ttl = \"90s\"\n");
+    let c = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap();
+    let s = &c.sources[0];
+    assert_eq!(s.nodes.len(), 3);
+    assert_eq!(s.nodes[0].name, "db1");
+    assert_eq!(s.nodes[1].name, "10.0.2.1:3307");
+    assert_eq!(s.nodes[1].site.as_deref(), Some("dc2"));
+    assert_eq!(
+        s.nodes[2].endpoint,
+        Endpoint::Socket("/run/db3.sock".into())
+    );
+    let g = s.galera.as_ref().unwrap();
+    assert!(g.desync && g.lease);
+    assert_eq!(g.lease_database, "backup_agent");
+    assert_eq!(g.lease_ttl, std::time::Duration::from_secs(90));
+    assert_eq!(g.dump_retries, 3);
+    // The lease database is never dumped.
+    assert!(!s.selects("backup_agent") && s.selects("app"));
+    assert!(c.agent.name.starts_with("dc1@"), "{}", c.agent.name);
+}
+
+#[test]
+fn galera_mistakes_are_named() {
+    let cases = [
+        (cluster(""), "source[0].nodes", "[source.galera]"),
+        (
+            cluster("[source.galera]\ndesync = true\n"),
+            "source[0].galera.desync",
+            "SUPER",
+        ),
+        (
+            cluster("[source.galera]\nadmin_password = \"x\"\n"),
+            "source[0].galera.admin_password",
+            "admin_password_file",
+        ),
+        (
+            cluster("[source.galera]\nlease_ttl = \"1s\"\n"),
+            "source[0].galera.lease_ttl",
+            "at least 3s",
+        ),
+        (
+            cluster("[source.galera]\nlease_database = \"a-b\"\n"),
+            "source[0].galera.lease_database",
+            "letters",
+        ),
+        (
+            GOOD.replace("port = 3306", &format!("port = 3306\n{CLUSTER}")),
+            "source[0].nodes",
+            "not both",
+        ),
+        (
+            cluster("[source.galera]\n")
+                .replace("exclude = [\"scratch\"]", "include = [\"backup_agent\"]"),
+            "source[0].databases.include",
+            "lease database",
+        ),
+        (
+            GOOD.replace("port = 3306", "port = 3306\nrate_limit = \"1k\""),
+            "source[0].rate_limit",
+            "64KiB",
+        ),
+    ];
+    for (text, key, says) in cases {
+        let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(says)),
+            "{key}: {e}"
+        );
+        assert!(!e.to_string().contains("\"x\""));
+    }
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = GOOD.replace("user = \"backup\"", "user = \"backup\"\nuserr = 1");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    let p = &e.problems[0];
+    assert_eq!(p.position.unwrap().0, 10, "{e}");
+    assert!(p.message.contains("userr"), "{e}");
+}
+
+#[test]
+fn plain_password_is_refused_with_the_twin_named() {
+    let text = GOOD.replace(
+        "password_file = \"/run/secrets/db\"",
+        "password = \"hunter2\"",
+    );
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    let all = e.to_string();
+    assert!(
+        all.contains("source[0].password") && all.contains("password_file"),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2"), "secret value leaked: {all}");
+}
+
+#[test]
+fn env_secret_and_twin() {
+    let e = Config::parse(
+        Path::new("c.toml"),
+        GOOD,
+        &env(&[
+            ("BACKUP_DB_PASSWORD", "x"),
+            ("BACKUP_DB_PASSWORD_FILE", "/f"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("both set"), "{e}");
+    let e = Config::parse(
+        Path::new("c.toml"),
+        GOOD,
+        &env(&[("BACKUP_DB_PASSWORD", "x")]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("BACKUP_DB_PASSWORD_FILE"), "{e}");
+}
+
+#[test]
+fn env_password_file_fills_a_single_source() {
+    let text = GOOD.replace("password_file = \"/run/secrets/db\"\n", "");
+    let c = Config::parse(
+        Path::new("c.toml"),
+        &text,
+        &env(&[("BACKUP_DB_PASSWORD_FILE", "/s/pw")]),
+    )
+    .unwrap();
+    assert_eq!(c.sources[0].password_file.path, PathBuf::from("/s/pw"));
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    assert!(e.to_string().contains("missing password_file"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let text = GOOD
+        .replace("kind = \"local\"", "kind = \"tape\"")
+        .replace("host = \"127.0.0.1\"\n", "")
+        .replace(
+            "databases = { exclude = [\"scratch\"] }",
+            "databases = { include = [\"mysql\"] }",
+        );
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    assert_eq!(e.problems.len(), 3, "{e}");
+    assert!(e.problems.iter().all(|p| p.position.is_some()), "{e}");
+}
+
+#[test]
+fn s3_store_policy_and_retention() {
+    let text = format!(
+        r#"{GOOD}
+[[store]]
+name = "offsite"
+kind = "s3"
+site = "dc2"
+endpoint = "http://127.0.0.1:9000"
+bucket = "backups"
+region = "garage"
+path_style = true
+key_prefix = "/fire/"
+access_key_id_file = "/run/secrets/s3id"
+secret_access_key_file = "/run/secrets/s3key"
+checksum = "off"
+part_size = "8MiB"
+object_lock_mode = "compliance"
+object_lock_days = 30
+verify = "head"
+[store.retention]
+keep_daily = 7
+keep_within = "2d"
+
+[policy]
+copies = 2
+immutable = 1
+"#
+    );
+    let c = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap();
+    let st = &c.stores[1];
+    assert_eq!(
+        (st.media.as_str(), st.site.as_str()),
+        ("object-storage", "dc2")
+    );
+    assert_eq!(st.verify, VerifyMode::Head);
+    assert_eq!(st.retention.keep_daily, 7);
+    assert_eq!(st.retention.keep_within, Some(chrono::Duration::days(2)));
+    let StoreKind::S3(s3) = &st.kind else {
+        panic!()
+    };
+    assert_eq!(s3.key_prefix, "fire/");
+    assert_eq!(s3.part_size, 8 << 20);
+    assert_eq!(s3.checksum, ChecksumMode::Off);
+    assert_eq!(
+        s3.object_lock,
+        Some(ObjectLock {
+            mode: LockMode::Compliance,
+            days: 30
+        })
+    );
+    assert_eq!(
+        (
+            c.policy.copies,
+            c.policy.media,
+            c.policy.offsite,
+            c.policy.immutable
+        ),
+        (2, 2, 1, 1)
+    );
+    assert!(c.stores[0].retention.is_empty());
+
+    // Plain keys, half a key pair, a part too small, a lock without days: all named.
+    let bad = text
+        .replace(
+            "access_key_id_file = \"/run/secrets/s3id\"",
+            "access_key_id = \"AKIAEXAMPLE\"",
+        )
+        .replace("part_size = \"8MiB\"", "part_size = \"1MiB\"")
+        .replace("object_lock_days = 30", "");
+    let e = Config::parse(Path::new("c.toml"), &bad, &env(&[])).unwrap_err();
+    let all = e.to_string();
+    assert!(all.contains("store[1].access_key_id:"), "{all}");
+    assert!(all.contains("store[1].part_size"), "{all}");
+    assert!(all.contains("object_lock_days"), "{all}");
+    assert!(!all.contains("AKIAEXAMPLE"), "{all}");
+    // A static secret in the environment is refused when the default chain is used.
+    let chain = text
+        .replace("access_key_id_file = \"/run/secrets/s3id\"\n", "")
+        .replace("secret_access_key_file = \"/run/secrets/s3key\"\n", "");
+    let c = Config::parse(Path::new("c.toml"), &chain, &env(&[])).unwrap();
+    let StoreKind::S3(s3) = &c.stores[1].kind else {
+        panic!()
+    };
+    assert!(matches!(s3.credentials, S3Credentials::DefaultChain));
+    let e = Config::parse(
+        Path::new("c.toml"),
+        &chain,
+        &env(&[("AWS_SECRET_ACCESS_KEY", "x")]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("AWS_SHARED_CREDENTIALS_FILE"), "{e}");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("16MiB"), Some(16 << 20));
+    assert_eq!(parse_size("5 GiB"), Some(5 << 30));
+    assert_eq!(parse_size("1024"), Some(1024));
+    assert_eq!(parse_size("16MB"), None);
+    assert_eq!(parse_size("MiB"), None);
+}
+
+#[test]
+fn missing_sections_for_backup() {
+    let c = Config::parse(Path::new("c.toml"), "[agent]\nsite = \"x\"\n", &env(&[])).unwrap();
+    let e = c.require_backup_parts().unwrap_err();
+    assert_eq!(e.problems.len(), 3);
+}

@@ -1,0 +1,401 @@
+//! `[[source]]`: names, nodes, credentials, databases, schedule.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use toml::Spanned;
+
+use super::super::raw::{RawGalera, RawNode, RawSource};
+use super::super::*;
+use super::Validator;
+
+/// What one source's validation must know of the others.
+struct Seen {
+    names: BTreeSet<String>,
+    prefixes: BTreeSet<String>,
+    n_sources: usize,
+    env_password_file: Option<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn sources(&mut self, raw: Vec<RawSource>) -> Vec<SourceConfig> {
+        let mut seen = Seen {
+            names: BTreeSet::new(),
+            prefixes: BTreeSet::new(),
+            n_sources: raw.len(),
+            env_password_file: self.env.var(ENV_DB_PASSWORD_FILE),
+        };
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, s)| self.source(i, s, &mut seen))
+            .collect()
+    }
+
+    fn source(&mut self, i: usize, s: RawSource, seen: &mut Seen) -> SourceConfig {
+        let k = |f: &str| format!("source[{i}].{f}");
+        let name_span = s.name.span();
+        let name = s.name.into_inner();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.problem(
+                k("name"),
+                Some(name_span.clone()),
+                "must be non-empty and use only letters, digits, '-', '_' and '.'",
+            );
+        }
+        if !seen.names.insert(name.clone()) {
+            self.problem(
+                k("name"),
+                Some(name_span.clone()),
+                format!("duplicate source name {name:?}"),
+            );
+        }
+        if let Some(pw) = &s.password {
+            self.problem(k("password"), Some(pw.span()), "passwords are not accepted in the configuration; put the password in a file and set password_file");
+        }
+        let nodes = self.nodes(i, s.nodes, s.host, s.port, s.socket, name_span.clone());
+        let galera = s.galera.map(|g| self.galera(i, g));
+        if nodes.len() > 1 && galera.is_none() {
+            self.problem(k("nodes"), Some(name_span.clone()), "several nodes are the nodes of a Galera cluster: add a [source.galera] table (it may be empty)");
+        }
+        let rate_limit = s.rate_limit.and_then(|r| {
+            let span = r.span();
+            match parse_size(r.get_ref()) {
+                Some(x) if x >= 64 * 1024 => Some(x),
+                _ => {
+                    self.problem(
+                        k("rate_limit"),
+                        Some(span),
+                        format!(
+                            "{:?} is not a rate of at least 64KiB per second; write e.g. \"20MiB\"",
+                            r.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let password_file = match (s.password_file, &seen.env_password_file) {
+            (Some(p), _) => self.path(k("password_file"), p),
+            (None, Some(envp)) if seen.n_sources == 1 => ConfigPath {
+                path: PathBuf::from(envp),
+                key: format!("environment {ENV_DB_PASSWORD_FILE}"),
+                position: None,
+            },
+            (None, _) => {
+                self.problem(
+                    k("password_file"),
+                    Some(name_span.clone()),
+                    format!(
+                        "missing password_file (or {ENV_DB_PASSWORD_FILE} with a single source)"
+                    ),
+                );
+                ConfigPath {
+                    path: PathBuf::new(),
+                    key: k("password_file"),
+                    position: None,
+                }
+            }
+        };
+        let prefix = self.prefix(&k, s.prefix, &name);
+        if !seen.prefixes.insert(prefix.clone()) {
+            self.problem(
+                k("prefix"),
+                Some(name_span.clone()),
+                format!("prefix {prefix:?} is used by another source; each source needs its own"),
+            );
+        }
+        let include: Vec<String> = s
+            .databases
+            .include
+            .into_iter()
+            .map(|d| d.into_inner())
+            .collect();
+        let exclude: Vec<String> = s
+            .databases
+            .exclude
+            .into_iter()
+            .map(|d| d.into_inner())
+            .collect();
+        for d in &include {
+            if SYSTEM_DATABASES.iter().any(|x| x.eq_ignore_ascii_case(d)) {
+                self.problem(k("databases.include"), Some(name_span.clone()), format!("{d:?} is a system database and is never dumped (users and grants are dumped as statements instead)"));
+            }
+        }
+        let schedule = self.schedule(&k, s.schedule, s.timezone);
+        let max_age = s
+            .max_age
+            .and_then(|d| self.duration(&k("max_age"), d))
+            .unwrap_or(std::time::Duration::from_secs(26 * 3600));
+        let user_span = s.user.span();
+        let user = s.user.into_inner();
+        if user.is_empty() {
+            self.problem(k("user"), Some(user_span), "must not be empty");
+        }
+        if let Some(g) = &galera {
+            if g.lease
+                && include
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&g.lease_database))
+            {
+                self.problem(
+                    k("databases.include"),
+                    Some(name_span.clone()),
+                    format!(
+                        "{:?} is the lease database of [source.galera] and is never dumped",
+                        g.lease_database
+                    ),
+                );
+            }
+        }
+        SourceConfig {
+            name,
+            nodes,
+            galera,
+            rate_limit,
+            user,
+            password_file,
+            include,
+            exclude,
+            users_and_grants: s.users_and_grants.unwrap_or(true),
+            prefix,
+            connect_timeout_secs: s.connect_timeout_secs.unwrap_or(10),
+            schedule,
+            max_age,
+        }
+    }
+
+    /// A source's servers: `nodes = [...]` or one host/port/socket.
+    fn nodes(
+        &mut self,
+        i: usize,
+        nodes: Option<Spanned<Vec<RawNode>>>,
+        host: Option<String>,
+        port: Option<u16>,
+        socket: Option<PathBuf>,
+        name_span: Range<usize>,
+    ) -> Vec<NodeConfig> {
+        let k = |f: &str| format!("source[{i}].{f}");
+        match nodes {
+            Some(list) => {
+                let span = list.span();
+                if host.is_some() || socket.is_some() || port.is_some() {
+                    self.problem(
+                        k("nodes"),
+                        Some(span.clone()),
+                        "give either nodes or host/port/socket, not both",
+                    );
+                }
+                if list.get_ref().is_empty() {
+                    self.problem(
+                        k("nodes"),
+                        Some(span.clone()),
+                        "must list at least one node",
+                    );
+                }
+                let mut out: Vec<NodeConfig> = Vec::new();
+                for (j, n) in list.into_inner().into_iter().enumerate() {
+                    let nk = format!("source[{i}].nodes[{j}]");
+                    let endpoint = self.endpoint(&nk, n.host, n.port, n.socket, span.clone());
+                    let name = n.name.unwrap_or_else(|| endpoint.to_string());
+                    if out.iter().any(|o| o.name == name) {
+                        self.problem(
+                            format!("{nk}.name"),
+                            Some(span.clone()),
+                            format!("duplicate node name {name:?}"),
+                        );
+                    }
+                    out.push(NodeConfig {
+                        name,
+                        endpoint,
+                        site: n.site,
+                    });
+                }
+                out
+            }
+            None => {
+                let endpoint = self.endpoint(
+                    &format!("source[{i}]"),
+                    host,
+                    port,
+                    socket,
+                    name_span.clone(),
+                );
+                vec![NodeConfig {
+                    name: endpoint.to_string(),
+                    endpoint,
+                    site: None,
+                }]
+            }
+        }
+    }
+
+    fn prefix(
+        &mut self,
+        k: &dyn Fn(&str) -> String,
+        prefix: Option<Spanned<String>>,
+        name: &str,
+    ) -> String {
+        match prefix {
+            Some(p) => {
+                let span = p.span();
+                let p = p.into_inner();
+                if p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/').any(|c| c == ".." || c.is_empty())
+                {
+                    self.problem(
+                        k("prefix"),
+                        Some(span),
+                        "must be a relative path without '..' or empty parts",
+                    );
+                }
+                p
+            }
+            None => name.to_string(),
+        }
+    }
+
+    fn schedule(
+        &mut self,
+        k: &dyn Fn(&str) -> String,
+        schedule: Option<Spanned<String>>,
+        timezone_raw: Option<Spanned<String>>,
+    ) -> ScheduleSpec {
+        let timezone = timezone_raw
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_else(|| DEFAULT_TIMEZONE.into());
+        match schedule {
+            Some(sp) => {
+                let span = sp.span();
+                let spec = ScheduleSpec {
+                    expr: sp.into_inner(),
+                    timezone,
+                };
+                if let Some(check) = self.schedule_check {
+                    if let Err(e) = check(&spec.expr, &spec.timezone) {
+                        let (key, span) = if e.time_zone {
+                            (
+                                k("timezone"),
+                                timezone_raw.as_ref().map(|t| t.span()).unwrap_or(span),
+                            )
+                        } else {
+                            (k("schedule"), span)
+                        };
+                        self.problem(key, Some(span), e.message);
+                    }
+                }
+                spec
+            }
+            None => ScheduleSpec {
+                expr: DEFAULT_SCHEDULE.into(),
+                timezone,
+            },
+        }
+    }
+
+    /// A server address: host (and port) or socket.
+    fn endpoint(
+        &mut self,
+        key: &str,
+        host: Option<String>,
+        port: Option<u16>,
+        socket: Option<PathBuf>,
+        span: Range<usize>,
+    ) -> Endpoint {
+        match (host, socket) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{key}.socket"),
+                    Some(span),
+                    "give either host (and port) or socket, not both",
+                );
+                Endpoint::Tcp {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+            (Some(host), None) => Endpoint::Tcp {
+                host,
+                port: port.unwrap_or(3306),
+            },
+            (None, Some(sock)) => Endpoint::Socket(sock),
+            (None, None) => {
+                self.problem(
+                    format!("{key}.host"),
+                    Some(span),
+                    "no server address: set host (and port) or socket",
+                );
+                Endpoint::Tcp {
+                    host: String::new(),
+                    port: 0,
+                }
+            }
+        }
+    }
+
+    fn galera(&mut self, i: usize, g: RawGalera) -> GaleraConfig {
+        let k = |f: &str| format!("source[{i}].galera.{f}");
+        if let Some(pw) = &g.admin_password {
+            self.problem(k("admin_password"), Some(pw.span()), "passwords are not accepted in the configuration; put it in a file and set admin_password_file");
+        }
+        let desync = g.desync.unwrap_or(false);
+        let admin_user = g.admin_user.map(|u| u.into_inner());
+        let admin_password_file = g
+            .admin_password_file
+            .map(|p| self.path(k("admin_password_file"), p));
+        if admin_user.is_some() != admin_password_file.is_some() {
+            self.problem(
+                k("admin_user"),
+                None,
+                "the admin credential needs both admin_user and admin_password_file",
+            );
+        }
+        if desync && admin_user.is_none() {
+            self.problem(k("desync"), None, "desync = true needs admin_user and admin_password_file: setting wsrep_desync needs SUPER, which the dump account should not have");
+        }
+        let lease_database = match g.lease_database {
+            Some(d) => {
+                let span = d.span();
+                let d = d.into_inner();
+                if d.is_empty()
+                    || d.len() > 64
+                    || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    self.problem(
+                        k("lease_database"),
+                        Some(span),
+                        "must be 1 to 64 letters, digits or '_'",
+                    );
+                }
+                d
+            }
+            None => "backup_agent".into(),
+        };
+        let lease_ttl = g
+            .lease_ttl
+            .and_then(|d| self.duration(&k("lease_ttl"), d))
+            .unwrap_or(std::time::Duration::from_secs(300));
+        if lease_ttl < std::time::Duration::from_secs(3) {
+            self.problem(
+                k("lease_ttl"),
+                None,
+                "must be at least 3s (it is renewed every third of it)",
+            );
+        }
+        GaleraConfig {
+            desync,
+            admin_user,
+            admin_password_file,
+            lease: g.lease.unwrap_or(true),
+            lease_database,
+            lease_ttl,
+            dump_retries: g.dump_retries.unwrap_or(3),
+        }
+    }
+}
