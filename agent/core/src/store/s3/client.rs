@@ -1,0 +1,221 @@
+//! The S3 client: building it from the configuration (endpoint, region, path style,
+//! credentials, TLS), running SDK calls from blocking code, and its error messages.
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::Client;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+
+use crate::config::{ChecksumMode, S3Config, S3Credentials};
+use crate::secret::read_secret_file;
+use crate::store::StoreError;
+
+use super::*;
+
+pub(super) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("s3-io")
+            .enable_all()
+            .build()
+            .expect("the S3 runtime starts")
+    })
+}
+
+/// Runs a future on the S3 runtime and waits for it (from any thread).
+pub(super) fn run<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std_mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().expect("the S3 task reports back")
+}
+
+pub(super) fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_string(),
+                _ => DisplayErrorContext(e).to_string(),
+            }
+        }
+        _ => DisplayErrorContext(e).to_string(),
+    }
+}
+
+pub(super) fn status_of<E, R>(e: &SdkError<E, R>) -> Option<u16>
+where
+    R: HttpStatus,
+{
+    e.raw_response().map(|r| r.status_code())
+}
+
+/// The HTTP status of a raw response (the SDK's response type).
+pub(super) trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+pub(super) fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub(super) fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+impl S3Store {
+    pub fn new(name: &str, cfg: &S3Config) -> Result<S3Store, StoreError> {
+        let err = |message: String| StoreError::Remote {
+            store: name.into(),
+            action: "configuring",
+            key: format!("bucket {}", cfg.bucket),
+            message,
+        };
+        let creds = match &cfg.credentials {
+            S3Credentials::Files {
+                access_key_id_file,
+                secret_access_key_file,
+            } => {
+                let id = read_secret_file(&access_key_id_file.path, &access_key_id_file.key)
+                    .map_err(|e| err(e.to_string()))?;
+                let secret =
+                    read_secret_file(&secret_access_key_file.path, &secret_access_key_file.key)
+                        .map_err(|e| err(e.to_string()))?;
+                Some(aws_sdk_s3::config::Credentials::new(
+                    id.expose().trim(),
+                    secret.expose().trim(),
+                    None,
+                    None,
+                    "backup-agent-files",
+                ))
+            }
+            S3Credentials::DefaultChain => None,
+        };
+        let http_client = match &cfg.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(&ca.path).map_err(|e| {
+                    err(format!(
+                        "{} ({}): cannot read CA file: {e}",
+                        ca.key,
+                        ca.path.display()
+                    ))
+                })?;
+                use aws_smithy_http_client::tls;
+                let ctx = tls::TlsContext::builder()
+                    .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+                    .build()
+                    .map_err(|e| err(format!("{}: {e}", ca.key)))?;
+                Some(
+                    aws_smithy_http_client::Builder::new()
+                        .tls_provider(tls::Provider::Rustls(
+                            tls::rustls_provider::CryptoMode::Ring,
+                        ))
+                        .tls_context(ctx)
+                        .build_https(),
+                )
+            }
+            None => None,
+        };
+        let region = cfg.region.clone();
+        let timeout = cfg.timeout;
+        let sdk = run(async move {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(region))
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .operation_attempt_timeout(timeout)
+                        .build(),
+                )
+                .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+            loader = match creds {
+                Some(c) => loader.credentials_provider(c),
+                None => {
+                    use aws_config::meta::credentials::CredentialsProviderChain;
+                    // The default chain minus environment variables: no static secret
+                    // from the environment (CONTRACT: secrets come from files).
+                    let chain = CredentialsProviderChain::first_try(
+                        "Profile",
+                        aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
+                    )
+                    .or_else(
+                        "WebIdentityToken",
+                        aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                            .build(),
+                    )
+                    .or_else(
+                        "EcsContainer",
+                        aws_config::ecs::EcsCredentialsProvider::builder().build(),
+                    )
+                    .or_else(
+                        "Ec2InstanceMetadata",
+                        aws_config::imds::credentials::ImdsCredentialsProvider::builder().build(),
+                    );
+                    loader.credentials_provider(chain)
+                }
+            };
+            if let Some(h) = http_client {
+                loader = loader.http_client(h);
+            }
+            loader.load().await
+        });
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(cfg.path_style);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        if cfg.checksum != ChecksumMode::Crc32 {
+            // Our own SHA-256 (or none): the SDK adds its CRC only where an operation
+            // requires a checksum.
+            b = b
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
+        }
+        Ok(S3Store {
+            name: name.into(),
+            bucket: cfg.bucket.clone(),
+            key_prefix: cfg.key_prefix.clone(),
+            part_size: cfg.part_size as usize,
+            parts_in_flight: cfg.parts_in_flight,
+            checksum: cfg.checksum,
+            lock: cfg.object_lock,
+            client: Client::from_conf(b.build()),
+        })
+    }
+
+    pub(super) fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    pub(super) fn remote(&self, action: &'static str, key: &str, message: String) -> StoreError {
+        StoreError::Remote {
+            store: self.name.clone(),
+            action,
+            key: key.into(),
+            message,
+        }
+    }
+}
