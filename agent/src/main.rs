@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use backup_agent::backup::slot;
 use backup_agent::check;
 use backup_agent::copies::inventory;
 use backup_agent::copies::maintain;
@@ -479,13 +480,13 @@ async fn run_backups(
     let mut degraded = false;
     for src in sources {
         let slot_label = match slot {
-            Some(t) => daemon::slot_name(t),
+            Some(t) => slot::slot_name(t),
             None => format!(
                 "manual {}",
-                daemon::slot_name(now.unwrap_or_else(chrono::Utc::now))
+                slot::slot_name(now.unwrap_or_else(chrono::Utc::now))
             ),
         };
-        let outcome = daemon::run_slot(
+        let outcome = slot::run_slot(
             cfg,
             src,
             keys.clone(),
@@ -498,8 +499,8 @@ async fn run_backups(
         )
         .await;
         let result = match outcome {
-            daemon::SlotOutcome::Ran(r) => *r,
-            daemon::SlotOutcome::Elsewhere {
+            slot::SlotOutcome::Ran(r) => *r,
+            slot::SlotOutcome::Elsewhere {
                 holder,
                 backup_id,
                 here,

@@ -4,6 +4,8 @@
 //! fails drops out without stopping the others; what it wrote for this backup is removed
 //! again. The backup is made when at least one copy is verified.
 
+pub mod slot;
+
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
