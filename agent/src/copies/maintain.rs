@@ -374,13 +374,15 @@ pub fn prune(
                 Err(e) => rep.errors.push(format!("{name}: cleaning debris: {e}")),
             }
             for (n, modified) in inv.orphans.get(name).into_iter().flatten() {
+                // Debris ages on the real clock, as the stores' own debris does: `now`
+                // may be injected (tests run retention on other days).
                 let old = modified.is_some_and(|m| {
-                    (now - m).to_std().unwrap_or_default() > cfg.policy.debris_grace
+                    (Utc::now() - m).to_std().unwrap_or_default() > cfg.policy.debris_grace
                 });
                 if !old {
                     continue;
                 }
-                let k = format!("{}/{n}", src.prefix);
+                let k = backup_core::layout::key(&src.prefix, n);
                 let locked = store
                     .stat(&k)
                     .ok()
