@@ -673,23 +673,13 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
             .clone()
             .or_else(|| report.mismatches.first().cloned()),
     };
-    let json = serde_json::to_vec_pretty(&rec).expect("serializable");
-    let dir = &cfg.agent.state_dir;
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(".drill.json.tmp");
-        std::fs::write(&tmp, &json)?;
-        std::fs::rename(&tmp, dir.join("drill.json"))
-    };
-    match write() {
-        Ok(()) => notes.push(format!(
+    let state = backup_core::state::StateStore::new(&cfg.agent.state_dir);
+    match state.record_drill(&rec, false) {
+        Ok(_) => notes.push(format!(
             "drill record written to {}",
-            dir.join("drill.json").display()
+            state.drill_path().display()
         )),
-        Err(e) => notes.push(format!(
-            "could not write the drill record to {}: {e}",
-            dir.display()
-        )),
+        Err(e) => notes.push(format!("could not write the drill record: {e}")),
     }
     if let (Some(store_name), Some(src)) = (&report.store, &report.source) {
         if let (Some(st), Some(s)) = (

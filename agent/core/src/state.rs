@@ -4,12 +4,13 @@
 //! never see half a file and two processes never lose each other's updates.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::os::atomic_write;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -129,8 +130,8 @@ impl StateStore {
         }
     }
 
-    /// Applies `f` to the state under an exclusive lock and writes the result.
-    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+    /// Runs `f` under the state dir's exclusive lock.
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T, StateError>) -> Result<T, StateError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.err(e))?;
         let lock = OpenOptions::new()
             .create(true)
@@ -139,24 +140,44 @@ impl StateStore {
             .open(self.dir.join("state.lock"))
             .map_err(|e| self.err(e))?;
         lock.lock().map_err(|e| self.err(e))?;
-        let mut st = self.load()?;
-        let out = f(&mut st);
-        let tmp = self
-            .dir
-            .join(format!(".state.json.tmp.{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut t = File::create(&tmp)?;
-            t.write_all(&serde_json::to_vec_pretty(&st).expect("serializable"))?;
-            t.sync_all()?;
-            fs::rename(&tmp, self.path())
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r.map_err(|e| self.err(e))?;
+        let out = f();
         drop(lock);
-        Ok(out)
+        out
+    }
+
+    /// Applies `f` to the state under an exclusive lock and writes the result.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+        self.locked(|| {
+            let mut st = self.load()?;
+            let out = f(&mut st);
+            let json = serde_json::to_vec_pretty(&st).expect("serializable");
+            atomic_write(&self.path(), &json).map_err(|e| self.err(e))?;
+            Ok(out)
+        })
+    }
+
+    /// drill.json in the state dir: the newest drill this agent knows of.
+    pub fn drill_path(&self) -> PathBuf {
+        self.dir.join("drill.json")
+    }
+
+    /// Records a drill in drill.json, under the state lock (the one writer of that file).
+    /// With `only_if_newer`, only when it finished after the recorded one (the daemon
+    /// caching drills it found in the stores). Returns whether it was written.
+    pub fn record_drill(&self, rec: &DrillRecord, only_if_newer: bool) -> Result<bool, StateError> {
+        self.locked(|| {
+            if only_if_newer
+                && load_drill(&self.dir).is_some_and(|d| d.finished_at >= rec.finished_at)
+            {
+                return Ok(false);
+            }
+            let json = serde_json::to_vec_pretty(rec).expect("serializable");
+            atomic_write(&self.drill_path(), &json).map_err(|e| StateError {
+                path: self.drill_path().display().to_string(),
+                source: e,
+            })?;
+            Ok(true)
+        })
     }
 }
 

@@ -266,10 +266,8 @@ pub fn cache_remote_drill(cfg: &Config, stores: &[crate::copies::inventory::Open
         }
     }
     if let (true, Some(b)) = (changed, best) {
-        let dir = &cfg.agent.state_dir;
-        let tmp = dir.join(format!(".drill.json.tmp.{}", std::process::id()));
-        if std::fs::write(&tmp, serde_json::to_vec_pretty(&b).expect("serializable")).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join("drill.json"));
+        if let Err(e) = StateStore::new(&cfg.agent.state_dir).record_drill(&b, true) {
+            tracing::warn!(event = "drill_cache_failed", error = %e);
         }
     }
 }

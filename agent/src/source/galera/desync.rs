@@ -187,7 +187,7 @@ impl DesyncGuard {
             since: chrono::Utc::now(),
             pid: std::process::id(),
         };
-        write_synced(&marker, &serde_json::to_vec_pretty(&m).expect("json"))
+        backup_core::os::atomic_write(&marker, &serde_json::to_vec_pretty(&m).expect("json"))
             .map_err(|e| format!("cannot write the desync marker {}: {e}", marker.display()))?;
         if let Err(e) = set_desync(src, node, &user, &pw, true).await {
             let _ = std::fs::remove_file(&marker);
@@ -248,22 +248,3 @@ impl Drop for DesyncGuard {
         self.finish(&r);
     }
 }
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Lease
