@@ -597,10 +597,10 @@ pub async fn run(
                 }
             }
             report.scratch = t.to_string();
-            (t, a.scratch_password.clone())
+            (t, a.scratch_password.as_ref())
         }
     };
-    let mut conn = target::connect(&tgt, password.as_ref()).await?;
+    let mut conn = target::connect(&tgt, password).await?;
     let wsrep: Option<String> = conn
         .query_first("SELECT @@GLOBAL.wsrep_on")
         .await

@@ -4,16 +4,19 @@
 use std::fmt;
 use std::path::Path;
 
-/// A secret string. Debug and Display print a placeholder.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+use zeroize::Zeroizing;
+
+/// A secret string. Debug prints a placeholder; there is no Display. Not `Clone`: one
+/// copy in memory, wiped when dropped (share it by reference or `Arc`).
+#[derive(PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
 
 impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
     pub fn new(s: String) -> Secret {
-        Secret(s)
+        Secret(Zeroizing::new(s))
     }
 }
 
@@ -40,15 +43,16 @@ pub enum SecretError {
 /// Reads a secret from a file, dropping one trailing newline (files written by `echo`).
 pub fn read_secret_file(path: &Path, key: &str) -> Result<Secret, SecretError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| SecretError::Read {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| SecretError::Read {
         path: p.clone(),
         key: key.into(),
         source,
-    })?;
-    let mut s = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
+    })?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| SecretError::NotText {
         path: p.clone(),
         key: key.into(),
     })?;
+    let mut s = Zeroizing::new(text.to_string());
     if s.ends_with('\n') {
         s.pop();
         if s.ends_with('\r') {
