@@ -508,7 +508,71 @@ pub async fn run(
     let _ = &chosen.prefix;
 
     // Every check before any byte reaches any server.
-    let located = match restore::check_checksums(&chosen.file) {
+    let v = verify_chosen(&chosen.file, dpo, trusted, report)?;
+
+    // The scratch server.
+    let eph;
+    let (tgt, password) = match a.scratch {
+        None => {
+            eph = Ephemeral::start()?;
+            report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
+            (eph.target(), None)
+        }
+        Some(url) => {
+            let t = target::parse(url)?;
+            refuse_production(cfg, &t)?;
+            report.scratch = t.to_string();
+            (t, a.scratch_password.as_ref())
+        }
+    };
+    let mut conn = target::connect(&tgt, password).await?;
+    check_scratch(&mut conn, &tgt, &v.trailer.databases).await?;
+    let t0 = Instant::now();
+    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None, v.sql_bytes).await?;
+    report.restore_seconds = Some(t0.elapsed().as_secs_f64());
+    report.check(
+        "replay",
+        true,
+        format!("{n} statements in {:.1}s", t0.elapsed().as_secs_f64()),
+    );
+    compare(&mut conn, &v.trailer, report).await?;
+    let ok = report.mismatches.is_empty();
+    report.check(
+        "tables and objects",
+        ok,
+        if ok {
+            format!(
+                "{} tables identical (rows, content, definition), {} objects present",
+                report.tables_compared, report.objects_checked
+            )
+        } else {
+            report.mismatches.join("; ")
+        },
+    );
+    // Drop what the drill created on a given scratch server.
+    if a.scratch.is_some() {
+        for d in &v.trailer.databases {
+            let _ = conn
+                .query_drop(format!(
+                    "DROP DATABASE IF EXISTS {}",
+                    backup_core::format::quote_ident(d)
+                ))
+                .await;
+        }
+    }
+    let _ = conn.disconnect().await;
+    Ok(())
+}
+
+/// Checks the sha256 (against the .sha256 file and the manifest), then decrypts and
+/// verifies the whole file (MDC, signature, completeness), noting each check.
+fn verify_chosen(
+    file: &Path,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+    report: &mut DrillReport,
+) -> Result<restore::Verified> {
+    let located = match restore::check_checksums(file) {
         Ok(l) => {
             report.check(
                 "sha256",
@@ -535,7 +599,7 @@ pub async fn run(
     if report.source.is_none() {
         report.source = located.manifest.as_ref().map(|m| m.source.clone());
     }
-    let v = match restore::verify_pass(&chosen.file, dpo, trusted) {
+    let v = match restore::verify_pass(file, dpo, trusted) {
         Ok(v) => v,
         Err(e) => {
             report.check(
@@ -573,34 +637,31 @@ pub async fn run(
         ),
     );
     report.sql_bytes = Some(v.sql_bytes);
+    Ok(v)
+}
 
-    // The scratch server.
-    let eph;
-    let (tgt, password) = match a.scratch {
-        None => {
-            eph = Ephemeral::start()?;
-            report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
-            (eph.target(), None)
+/// Refuses a scratch server that is one of the configured production servers.
+fn refuse_production(cfg: Option<&Config>, t: &target::Target) -> Result<()> {
+    let Some(cfg) = cfg else { return Ok(()) };
+    for s in &cfg.sources {
+        let same = s.nodes.iter().any(|n| match (&n.endpoint, &t.socket) {
+            (Endpoint::Tcp { host, port }, None) => *host == t.host && *port == t.port,
+            (Endpoint::Socket(p), Some(q)) => p == q,
+            _ => false,
+        });
+        if same {
+            bail!("--scratch {t} is the production server of source {}; the drill never replays into it", s.name);
         }
-        Some(url) => {
-            let t = target::parse(url)?;
-            if let Some(cfg) = cfg {
-                for s in &cfg.sources {
-                    let same = s.nodes.iter().any(|n| match (&n.endpoint, &t.socket) {
-                        (Endpoint::Tcp { host, port }, None) => *host == t.host && *port == t.port,
-                        (Endpoint::Socket(p), Some(q)) => p == q,
-                        _ => false,
-                    });
-                    if same {
-                        bail!("--scratch {t} is the production server of source {}; the drill never replays into it", s.name);
-                    }
-                }
-            }
-            report.scratch = t.to_string();
-            (t, a.scratch_password.as_ref())
-        }
-    };
-    let mut conn = target::connect(&tgt, password).await?;
+    }
+    Ok(())
+}
+
+/// Refuses a scratch server that is a Galera node or already holds a dumped database.
+async fn check_scratch(
+    conn: &mut mysql_async::Conn,
+    tgt: &target::Target,
+    databases: &[String],
+) -> Result<()> {
     let wsrep: Option<String> = conn
         .query_first("SELECT @@GLOBAL.wsrep_on")
         .await
@@ -609,52 +670,13 @@ pub async fn run(
         bail!("the scratch server {tgt} is a Galera node (wsrep_on=ON): replayed data would replicate to the cluster; use a standalone server");
     }
     let existing: Vec<String> = conn.query("SHOW DATABASES").await?;
-    let clash: Vec<&String> = v
-        .trailer
-        .databases
-        .iter()
-        .filter(|d| existing.contains(d))
-        .collect();
+    let clash: Vec<&String> = databases.iter().filter(|d| existing.contains(d)).collect();
     if !clash.is_empty() {
         bail!(
             "the scratch server {tgt} already holds {}; a drill needs a server without the dumped databases",
             clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
-    let t0 = Instant::now();
-    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None, v.sql_bytes).await?;
-    report.restore_seconds = Some(t0.elapsed().as_secs_f64());
-    report.check(
-        "replay",
-        true,
-        format!("{n} statements in {:.1}s", t0.elapsed().as_secs_f64()),
-    );
-    compare(&mut conn, &v.trailer, report).await?;
-    let ok = report.mismatches.is_empty();
-    report.check(
-        "tables and objects",
-        ok,
-        if ok {
-            format!(
-                "{} tables identical (rows, content, definition), {} objects present",
-                report.tables_compared, report.objects_checked
-            )
-        } else {
-            report.mismatches.join("; ")
-        },
-    );
-    // Drop what the drill created on a given scratch server.
-    if a.scratch.is_some() {
-        for d in &v.trailer.databases {
-            let _ = conn
-                .query_drop(format!(
-                    "DROP DATABASE IF EXISTS {}",
-                    backup_core::format::quote_ident(d)
-                ))
-                .await;
-        }
-    }
-    let _ = conn.disconnect().await;
     Ok(())
 }
 

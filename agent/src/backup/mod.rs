@@ -13,7 +13,8 @@ use std::time::Instant;
 use crate::copies;
 use crate::seal::crypto::SealingKeys;
 use crate::seal::pipeline::{self, PipelineError};
-use crate::source::dump::{self, DumpError, SqlOutput};
+use crate::source::dump::{self, DumpError, DumpSummary, SqlOutput};
+use backup_core::checksum::ObjectSum;
 use backup_core::config::{EncryptionConfig, SourceConfig, StoreConfig};
 use backup_core::layout;
 use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
@@ -269,8 +270,6 @@ pub async fn run_backup(
     let sname = source.name.clone();
     let t0 = Instant::now();
     let id = layout::backup_id(started);
-    let data_name = layout::object_name(&id, DATA_SUFFIX);
-    let key = |suffix: &str| layout::object_key(&source.prefix, &id, suffix);
 
     let password = read_secret_file(&source.password_file.path, &source.password_file.key)
         .map_err(|err| BackupError::Secret {
@@ -286,37 +285,7 @@ pub async fn run_backup(
     drop(password);
 
     // Open the data object on every store that can take it.
-    let mut failures: Vec<(String, String)> = Vec::new();
-    let mut slots = Vec::new();
-    let mut descriptions = Vec::new();
-    for t in targets {
-        let store = match &t.store {
-            Ok(s) => *s,
-            Err(e) => {
-                failures.push((t.cfg.name.clone(), e.clone()));
-                continue;
-            }
-        };
-        let opened =
-            tokio::task::block_in_place(|| -> Result<Box<dyn ObjectWriter>, StoreError> {
-                for suffix in [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX] {
-                    if store.exists(&key(suffix))? {
-                        return Err(StoreError::Exists {
-                            store: store.name().into(),
-                            key: key(suffix),
-                        });
-                    }
-                }
-                store.create(&key(DATA_SUFFIX))
-            });
-        match opened {
-            Ok(w) => {
-                descriptions.push(store.describe(&key(DATA_SUFFIX)));
-                slots.push((t.cfg.name.clone(), Some(w)));
-            }
-            Err(e) => failures.push((t.cfg.name.clone(), e.to_string())),
-        }
-    }
+    let (slots, descriptions, mut failures) = open_targets(targets, &source.prefix, &id);
     if slots.is_empty() {
         let _ = conn.disconnect().await;
         return Err(BackupError::NoCopy {
@@ -397,72 +366,14 @@ pub async fn run_backup(
     };
     let _ = conn.disconnect().await;
 
-    let m = Manifest {
-        format_version: manifest::MANIFEST_VERSION,
-        backup_id: id.clone(),
-        source: source.name.clone(),
-        host: summary.host.clone(),
-        server_version: summary.server_version.clone(),
-        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        finished_at: (started + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default())
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        binlog: summary.binlog.clone(),
-        galera: galera_field(&summary, from),
-        databases: summary.databases.clone(),
-        data: DataObject {
-            name: data_name.clone(),
-            size: sealed.size,
-            sha256: sealed.sha256.clone(),
-            compression: "gzip".into(),
-            encryption: "openpgp-seipdv1-aes256".into(),
-        },
-        dpo_recipients: keys.recipient_fingerprints(),
-        signer: keys.signer_fingerprint().to_string(),
-        tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
-        largest_statement_bytes: summary.largest_statement as u64,
-        tables: summary.tables as u64,
-        warnings: summary.warnings.clone(),
-    };
+    let m = manifest_of(source, &id, started, t0, &summary, &sealed, &keys, from);
 
     // Per store: the data object is visible; verify it, then the .sha256 file and the
     // manifest; if anything fails, remove this backup's objects from that store again.
     // Cloned, not taken: until this run returns its backup, the guard removes every
     // committed copy if the run is dropped or fails.
     let committed: Vec<StoreOutcome> = outcome.lock().expect("lock").stores.clone();
-    let mut stores = Vec::new();
-    let mut marks = Vec::new();
-    for (name, r) in committed {
-        let t = targets
-            .iter()
-            .find(|t| t.cfg.name == name)
-            .expect("a target");
-        let store = t.store.as_ref().expect("opened");
-        if let Err(e) = r {
-            failures.push((name, e));
-            continue;
-        }
-        let prefix = source.prefix.clone();
-        let verified = tokio::task::block_in_place(|| {
-            let mark = copies::verify_data(*store, t.cfg.verify, &prefix, &m, None);
-            if !mark.verified {
-                return Err(mark.error.unwrap_or_default());
-            }
-            copies::publish(*store, &prefix, &m).map_err(|e| e.to_string())?;
-            Ok(mark)
-        });
-        match verified {
-            Ok(mark) => {
-                stores.push(name.clone());
-                marks.push((name, mark));
-            }
-            Err(e) => {
-                let _ = tokio::task::block_in_place(|| {
-                    copies::remove_backup(*store, &source.prefix, &id)
-                });
-                failures.push((name, format!("{e}; the copy was removed")));
-            }
-        }
-    }
+    let (stores, marks) = verify_and_publish(committed, targets, &source.prefix, &m, &mut failures);
     if stores.is_empty() {
         return Err(BackupError::NoCopy {
             source_name: sname,
@@ -479,6 +390,140 @@ pub async fn run_backup(
         non_transactional: summary.non_transactional,
         rows: summary.rows,
     })
+}
+
+/// Opens the data object on every store that can take it (refusing a name that exists):
+/// the writers with their stores' names, their descriptions, and the stores that failed.
+#[allow(clippy::type_complexity)]
+fn open_targets(
+    targets: &[Target<'_>],
+    prefix: &str,
+    id: &str,
+) -> (
+    Vec<(String, Option<Box<dyn ObjectWriter>>)>,
+    Vec<String>,
+    Vec<(String, String)>,
+) {
+    let key = |suffix: &str| layout::object_key(prefix, id, suffix);
+    let mut failures: Vec<(String, String)> = Vec::new();
+    let mut slots = Vec::new();
+    let mut descriptions = Vec::new();
+    for t in targets {
+        let store = match &t.store {
+            Ok(s) => *s,
+            Err(e) => {
+                failures.push((t.cfg.name.clone(), e.clone()));
+                continue;
+            }
+        };
+        let opened =
+            tokio::task::block_in_place(|| -> Result<Box<dyn ObjectWriter>, StoreError> {
+                for suffix in [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX] {
+                    if store.exists(&key(suffix))? {
+                        return Err(StoreError::Exists {
+                            store: store.name().into(),
+                            key: key(suffix),
+                        });
+                    }
+                }
+                store.create(&key(DATA_SUFFIX))
+            });
+        match opened {
+            Ok(w) => {
+                descriptions.push(store.describe(&key(DATA_SUFFIX)));
+                slots.push((t.cfg.name.clone(), Some(w)));
+            }
+            Err(e) => failures.push((t.cfg.name.clone(), e.to_string())),
+        }
+    }
+    (slots, descriptions, failures)
+}
+
+/// The manifest of a sealed dump.
+#[allow(clippy::too_many_arguments)]
+fn manifest_of(
+    source: &SourceConfig,
+    id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    t0: Instant,
+    summary: &DumpSummary,
+    sealed: &ObjectSum,
+    keys: &SealingKeys,
+    from: &DumpFrom<'_>,
+) -> Manifest {
+    Manifest {
+        format_version: manifest::MANIFEST_VERSION,
+        backup_id: id.to_string(),
+        source: source.name.clone(),
+        host: summary.host.clone(),
+        server_version: summary.server_version.clone(),
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        finished_at: (started + chrono::Duration::from_std(t0.elapsed()).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        binlog: summary.binlog.clone(),
+        galera: galera_field(summary, from),
+        databases: summary.databases.clone(),
+        data: DataObject {
+            name: layout::object_name(id, DATA_SUFFIX),
+            size: sealed.size,
+            sha256: sealed.sha256.clone(),
+            compression: "gzip".into(),
+            encryption: "openpgp-seipdv1-aes256".into(),
+        },
+        dpo_recipients: keys.recipient_fingerprints(),
+        signer: keys.signer_fingerprint().to_string(),
+        tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
+        largest_statement_bytes: summary.largest_statement as u64,
+        tables: summary.tables as u64,
+        warnings: summary.warnings.clone(),
+    }
+}
+
+/// Verifies each committed copy and publishes its `.sha256` and manifest; a copy that
+/// fails is removed again and joins `failures`. Returns the stores that hold a verified
+/// copy, and their verification marks.
+fn verify_and_publish(
+    committed: Vec<StoreOutcome>,
+    targets: &[Target<'_>],
+    prefix: &str,
+    m: &Manifest,
+    failures: &mut Vec<(String, String)>,
+) -> (Vec<String>, Vec<(String, CopyMark)>) {
+    let mut stores = Vec::new();
+    let mut marks = Vec::new();
+    for (name, r) in committed {
+        let t = targets
+            .iter()
+            .find(|t| t.cfg.name == name)
+            .expect("a target");
+        let store = t.store.as_ref().expect("opened");
+        if let Err(e) = r {
+            failures.push((name, e));
+            continue;
+        }
+        let prefix = prefix.to_string();
+        let verified = tokio::task::block_in_place(|| {
+            let mark = copies::verify_data(*store, t.cfg.verify, &prefix, m, None);
+            if !mark.verified {
+                return Err(mark.error.unwrap_or_default());
+            }
+            copies::publish(*store, &prefix, m).map_err(|e| e.to_string())?;
+            Ok(mark)
+        });
+        match verified {
+            Ok(mark) => {
+                stores.push(name.clone());
+                marks.push((name, mark));
+            }
+            Err(e) => {
+                let _ = tokio::task::block_in_place(|| {
+                    copies::remove_backup(*store, &prefix, &m.backup_id)
+                });
+                failures.push((name, format!("{e}; the copy was removed")));
+            }
+        }
+    }
+    (stores, marks)
 }
 
 /// The manifest's `galera` field: the node and the position of the snapshot. A dump of a

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::observe::health::Facts;
+use crate::observe::health::{Facts, SourceFacts};
 use backup_core::state::State;
 
 fn label(v: &str) -> String {
@@ -24,6 +24,20 @@ impl Out {
             .collect();
         let _ = writeln!(self.0, "{name}{{{}}} {value}", l.join(","));
     }
+    /// A family with one sample per source.
+    fn per_source(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        sources: &[SourceFacts],
+        value: impl Fn(&SourceFacts) -> f64,
+    ) {
+        self.family(name, kind, help);
+        for s in sources {
+            self.sample(name, &[("source", &s.name)], value(s));
+        }
+    }
 }
 
 fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> f64 {
@@ -35,66 +49,41 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
     let mut o = Out(String::new());
     let src_state = |name: &str| state.sources.get(name).cloned().unwrap_or_default();
 
-    o.family(
+    o.per_source(
         "backup_last_success_timestamp_seconds",
         "gauge",
         "Finish time of the newest complete backup (any agent), Unix seconds; 0 if none.",
+        &facts.sources,
+        |s| ts(s.newest.as_ref().map(|(_, t)| *t)),
     );
-    for s in &facts.sources {
-        o.sample(
-            "backup_last_success_timestamp_seconds",
-            &[("source", &s.name)],
-            ts(s.newest.as_ref().map(|(_, t)| *t)),
-        );
-    }
-    o.family(
+    o.per_source(
         "backup_last_attempt_timestamp_seconds",
         "gauge",
         "Start time of this agent's last backup attempt, Unix seconds.",
+        &facts.sources,
+        |s| ts(src_state(&s.name).last_attempt),
     );
-    for s in &facts.sources {
-        o.sample(
-            "backup_last_attempt_timestamp_seconds",
-            &[("source", &s.name)],
-            ts(src_state(&s.name).last_attempt),
-        );
-    }
-    o.family(
+    o.per_source(
         "backup_last_duration_seconds",
         "gauge",
         "Duration of this agent's last successful backup.",
+        &facts.sources,
+        |s| src_state(&s.name).last_duration_secs.unwrap_or(0.0),
     );
-    for s in &facts.sources {
-        o.sample(
-            "backup_last_duration_seconds",
-            &[("source", &s.name)],
-            src_state(&s.name).last_duration_secs.unwrap_or(0.0),
-        );
-    }
-    o.family(
+    o.per_source(
         "backup_last_size_bytes",
         "gauge",
         "Size of the data object of this agent's last successful backup.",
+        &facts.sources,
+        |s| src_state(&s.name).last_size_bytes.unwrap_or(0) as f64,
     );
-    for s in &facts.sources {
-        o.sample(
-            "backup_last_size_bytes",
-            &[("source", &s.name)],
-            src_state(&s.name).last_size_bytes.unwrap_or(0) as f64,
-        );
-    }
-    o.family(
+    o.per_source(
         "backup_failures_total",
         "counter",
         "Failed backup attempts of this agent.",
+        &facts.sources,
+        |s| src_state(&s.name).failures_total as f64,
     );
-    for s in &facts.sources {
-        o.sample(
-            "backup_failures_total",
-            &[("source", &s.name)],
-            src_state(&s.name).failures_total as f64,
-        );
-    }
     o.family(
         "backup_store_copies",
         "gauge",
@@ -131,22 +120,19 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
             if ok { 1.0 } else { 0.0 },
         );
     }
-    o.family(
+    o.per_source(
         "backup_stale",
         "gauge",
         "1 if the newest complete backup is older than the source's max age (or missing).",
-    );
-    for s in &facts.sources {
-        o.sample(
-            "backup_stale",
-            &[("source", &s.name)],
+        &facts.sources,
+        |s| {
             if crate::observe::health::is_stale(s, facts.now) {
                 1.0
             } else {
                 0.0
-            },
-        );
-    }
+            }
+        },
+    );
     o.family(
         "backup_restore_drill_last_success_timestamp_seconds",
         "gauge",

@@ -182,46 +182,7 @@ impl Validator<'_> {
                 }
             }
         };
-        let env_id = self.env.var(ENV_S3_KEY_ID_FILE);
-        let env_secret = self.env.var(ENV_S3_SECRET_FILE);
-        let credentials = match (s.access_key_id_file.take(), s.secret_access_key_file.take()) {
-            (Some(a), Some(b)) => S3Credentials::Files {
-                access_key_id_file: self.path(k("access_key_id_file"), a),
-                secret_access_key_file: self.path(k("secret_access_key_file"), b),
-            },
-            (None, None) => match (&env_id, &env_secret) {
-                (Some(a), Some(b)) => S3Credentials::Files {
-                    access_key_id_file: ConfigPath {
-                        path: a.into(),
-                        key: format!("environment {ENV_S3_KEY_ID_FILE}"),
-                        position: None,
-                    },
-                    secret_access_key_file: ConfigPath {
-                        path: b.into(),
-                        key: format!("environment {ENV_S3_SECRET_FILE}"),
-                        position: None,
-                    },
-                },
-                _ => {
-                    if self.env.var("AWS_SECRET_ACCESS_KEY").is_some() {
-                        self.problem(
-                            "environment AWS_SECRET_ACCESS_KEY",
-                            None,
-                            "static S3 secrets are not taken from environment values; set secret_access_key_file (or BACKUP_S3_SECRET_ACCESS_KEY_FILE), or use a shared credentials file (AWS_SHARED_CREDENTIALS_FILE)",
-                        );
-                    }
-                    S3Credentials::DefaultChain
-                }
-            },
-            (Some(a), None) | (None, Some(a)) => {
-                self.problem(
-                    k("access_key_id_file"),
-                    Some(a.span()),
-                    "give both access_key_id_file and secret_access_key_file, or neither (the AWS default chain: shared credentials file, web identity, instance role)",
-                );
-                S3Credentials::DefaultChain
-            }
-        };
+        let credentials = self.s3_credentials(k, s);
         let checksum = match s.checksum.take() {
             None => ChecksumMode::Sha256,
             Some(c) => match c.get_ref().as_str() {
@@ -264,7 +225,75 @@ impl Validator<'_> {
                 2
             }
         };
-        let object_lock = match (s.object_lock_mode.take(), s.object_lock_days.take()) {
+        let object_lock = self.object_lock(k, s);
+        let timeout = s
+            .timeout
+            .take()
+            .and_then(|d| self.duration(&k("timeout"), d))
+            .unwrap_or(std::time::Duration::from_secs(120));
+        let ca_file = s.ca_file.take().map(|p| self.path(k("ca_file"), p));
+        Some(S3Config {
+            endpoint,
+            bucket,
+            region: s.region.take().unwrap_or_else(|| "us-east-1".into()),
+            path_style: s.path_style.unwrap_or(false),
+            key_prefix,
+            credentials,
+            ca_file,
+            checksum,
+            part_size,
+            parts_in_flight,
+            object_lock,
+            timeout,
+        })
+    }
+
+    /// Key files, or the AWS default chain (never static secrets from the environment).
+    fn s3_credentials(&mut self, k: &dyn Fn(&str) -> String, s: &mut RawStore) -> S3Credentials {
+        let env_id = self.env.var(ENV_S3_KEY_ID_FILE);
+        let env_secret = self.env.var(ENV_S3_SECRET_FILE);
+        match (s.access_key_id_file.take(), s.secret_access_key_file.take()) {
+            (Some(a), Some(b)) => S3Credentials::Files {
+                access_key_id_file: self.path(k("access_key_id_file"), a),
+                secret_access_key_file: self.path(k("secret_access_key_file"), b),
+            },
+            (None, None) => match (&env_id, &env_secret) {
+                (Some(a), Some(b)) => S3Credentials::Files {
+                    access_key_id_file: ConfigPath {
+                        path: a.into(),
+                        key: format!("environment {ENV_S3_KEY_ID_FILE}"),
+                        position: None,
+                    },
+                    secret_access_key_file: ConfigPath {
+                        path: b.into(),
+                        key: format!("environment {ENV_S3_SECRET_FILE}"),
+                        position: None,
+                    },
+                },
+                _ => {
+                    if self.env.var("AWS_SECRET_ACCESS_KEY").is_some() {
+                        self.problem(
+                            "environment AWS_SECRET_ACCESS_KEY",
+                            None,
+                            "static S3 secrets are not taken from environment values; set secret_access_key_file (or BACKUP_S3_SECRET_ACCESS_KEY_FILE), or use a shared credentials file (AWS_SHARED_CREDENTIALS_FILE)",
+                        );
+                    }
+                    S3Credentials::DefaultChain
+                }
+            },
+            (Some(a), None) | (None, Some(a)) => {
+                self.problem(
+                    k("access_key_id_file"),
+                    Some(a.span()),
+                    "give both access_key_id_file and secret_access_key_file, or neither (the AWS default chain: shared credentials file, web identity, instance role)",
+                );
+                S3Credentials::DefaultChain
+            }
+        }
+    }
+
+    fn object_lock(&mut self, k: &dyn Fn(&str) -> String, s: &mut RawStore) -> Option<ObjectLock> {
+        match (s.object_lock_mode.take(), s.object_lock_days.take()) {
             (None, None) => None,
             (Some(m), Some(d)) => {
                 let mode = match m.get_ref().to_ascii_lowercase().as_str() {
@@ -303,26 +332,6 @@ impl Validator<'_> {
                 );
                 None
             }
-        };
-        let timeout = s
-            .timeout
-            .take()
-            .and_then(|d| self.duration(&k("timeout"), d))
-            .unwrap_or(std::time::Duration::from_secs(120));
-        let ca_file = s.ca_file.take().map(|p| self.path(k("ca_file"), p));
-        Some(S3Config {
-            endpoint,
-            bucket,
-            region: s.region.take().unwrap_or_else(|| "us-east-1".into()),
-            path_style: s.path_style.unwrap_or(false),
-            key_prefix,
-            credentials,
-            ca_file,
-            checksum,
-            part_size,
-            parts_in_flight,
-            object_lock,
-            timeout,
-        })
+        }
     }
 }
