@@ -5,7 +5,7 @@ use std::path::Path;
 
 use backup_core::config::{Config, ConfigError, Env};
 
-use crate::daemon::schedule::Schedule;
+use crate::schedule::Schedule;
 
 /// Reads and validates a configuration file, schedules included.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

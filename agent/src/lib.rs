@@ -12,5 +12,6 @@ pub mod config;
 pub mod copies;
 pub mod daemon;
 pub mod observe;
+pub mod schedule;
 pub mod seal;
 pub mod source;

@@ -12,9 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Semaphore};
 
-pub mod schedule;
-
-use schedule::Schedule;
+use crate::schedule::Schedule;
 
 use crate::backup::slot::{desync_condition, run_slot, slot_name};
 use crate::copies::inventory::{self};

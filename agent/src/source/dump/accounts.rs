@@ -8,7 +8,7 @@ use mysql_async::Conn;
 use backup_core::format::columns::text;
 use backup_core::format::{quote_ident, USERS_SECTION};
 
-use super::data::SqlOutput;
+use super::output::SqlOutput;
 use super::session::{bytes, fetch};
 use super::DumpError;
 

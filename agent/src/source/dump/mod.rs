@@ -29,10 +29,11 @@ use backup_core::manifest::BinlogPosition;
 
 mod accounts;
 mod data;
+mod output;
 mod schema;
 mod session;
 
-pub use data::SqlOutput;
+pub use output::SqlOutput;
 pub(crate) use session::name_values;
 pub use session::{connect, connect_as};
 

@@ -8,7 +8,7 @@ use mysql_async::Conn;
 use backup_core::format::columns::text;
 use backup_core::format::{self, qualified, quote_ident, quote_str, TableTrailer};
 
-use super::data::SqlOutput;
+use super::output::SqlOutput;
 use super::session::{bytes, fetch};
 use super::{DumpError, DumpSummary};
 
