@@ -205,82 +205,86 @@ pub(super) async fn collect_views_triggers_events(
     found: &mut Found,
 ) -> Result<(), DumpError> {
     let lit = quote_str(db);
-    let vs = fetch(
-        conn,
-        &format!("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
-        &format!("listing views of {db}"),
-    )
-    .await?;
-    for r in &vs {
-        let name = text(&r[0]);
-        let c = fetch(
+    // SHOW CREATE VIEW: View, Create View, character_set_client, collation_connection.
+    found.views.extend(
+        collect_objects(
             conn,
-            &format!("SHOW CREATE VIEW {}", qualified(db, &name)),
-            &format!("reading view {db}.{name}"),
+            db,
+            "VIEW",
+            &format!("SELECT TABLE_NAME FROM information_schema.VIEWS WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
+            CreateColumns { create: 1, sql_mode: None, charset_client: 2, collation_connection: 3, time_zone: None },
         )
-        .await?;
-        found.views.push(Object {
-            kind: "VIEW",
-            db: db.to_string(),
-            name,
-            create: bytes(&c[0][1]),
-            sql_mode: None,
-            charset_client: Some(text(&c[0][2])),
-            collation_connection: Some(text(&c[0][3])),
-            time_zone: None,
-        });
-    }
-    let ts = fetch(
-        conn,
-        &format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={lit} ORDER BY EVENT_OBJECT_TABLE, ACTION_ORDER"),
-        &format!("listing triggers of {db}"),
-    )
-    .await?;
-    for r in &ts {
-        let name = text(&r[0]);
-        let c = fetch(
+        .await?,
+    );
+    // SHOW CREATE TRIGGER: Trigger, sql_mode, SQL Original Statement,
+    // character_set_client, collation_connection, ...
+    found.triggers.extend(
+        collect_objects(
             conn,
-            &format!("SHOW CREATE TRIGGER {}", qualified(db, &name)),
-            &format!("reading trigger {db}.{name}"),
+            db,
+            "TRIGGER",
+            &format!("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA={lit} ORDER BY EVENT_OBJECT_TABLE, ACTION_ORDER"),
+            CreateColumns { create: 2, sql_mode: Some(1), charset_client: 3, collation_connection: 4, time_zone: None },
         )
-        .await?;
-        found.triggers.push(Object {
-            kind: "TRIGGER",
-            db: db.to_string(),
-            name,
-            create: bytes(&c[0][2]),
-            sql_mode: Some(text(&c[0][1])),
-            charset_client: Some(text(&c[0][3])),
-            collation_connection: Some(text(&c[0][4])),
-            time_zone: None,
-        });
-    }
-    let es = fetch(
-        conn,
-        &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={lit} ORDER BY EVENT_NAME"),
-        &format!("listing events of {db}"),
-    )
-    .await?;
-    for r in &es {
-        let name = text(&r[0]);
-        let c = fetch(
+        .await?,
+    );
+    // SHOW CREATE EVENT: Event, sql_mode, time_zone, Create Event, character_set_client,
+    // collation_connection, ...
+    found.events.extend(
+        collect_objects(
             conn,
-            &format!("SHOW CREATE EVENT {}", qualified(db, &name)),
-            &format!("reading event {db}.{name}"),
+            db,
+            "EVENT",
+            &format!("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA={lit} ORDER BY EVENT_NAME"),
+            CreateColumns { create: 3, sql_mode: Some(1), charset_client: 4, collation_connection: 5, time_zone: Some(2) },
         )
-        .await?;
-        found.events.push(Object {
-            kind: "EVENT",
-            db: db.to_string(),
-            name,
-            create: bytes(&c[0][3]),
-            sql_mode: Some(text(&c[0][1])),
-            charset_client: Some(text(&c[0][4])),
-            collation_connection: Some(text(&c[0][5])),
-            time_zone: Some(text(&c[0][2])),
-        });
-    }
+        .await?,
+    );
     Ok(())
+}
+
+/// Where a SHOW CREATE result holds what an [`Object`] keeps.
+struct CreateColumns {
+    create: usize,
+    sql_mode: Option<usize>,
+    charset_client: usize,
+    collation_connection: usize,
+    time_zone: Option<usize>,
+}
+
+/// The objects of one kind that `list_sql` names (first column), each with its SHOW
+/// CREATE result.
+async fn collect_objects(
+    conn: &mut Conn,
+    db: &str,
+    kind: &'static str,
+    list_sql: &str,
+    cols: CreateColumns,
+) -> Result<Vec<Object>, DumpError> {
+    let what = kind.to_ascii_lowercase();
+    let rows = fetch(conn, list_sql, &format!("listing {what}s of {db}")).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let name = text(&r[0]);
+        let c = fetch(
+            conn,
+            &format!("SHOW CREATE {kind} {}", qualified(db, &name)),
+            &format!("reading {what} {db}.{name}"),
+        )
+        .await?;
+        let row = &c[0];
+        out.push(Object {
+            kind,
+            db: db.to_string(),
+            name,
+            create: bytes(&row[cols.create]),
+            sql_mode: cols.sql_mode.map(|i| text(&row[i])),
+            charset_client: Some(text(&row[cols.charset_client])),
+            collation_connection: Some(text(&row[cols.collation_connection])),
+            time_zone: cols.time_zone.map(|i| text(&row[i])),
+        });
+    }
+    Ok(out)
 }
 
 pub(super) async fn write_object(
