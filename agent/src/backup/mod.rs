@@ -96,7 +96,7 @@ impl BackupError {
 /// One store's part of a backup.
 pub struct Target<'a> {
     pub cfg: &'a StoreConfig,
-    pub store: Result<&'a dyn Store, String>,
+    pub store: Result<&'a dyn Store, &'a StoreError>,
 }
 
 /// A store's name and how its write ended.
@@ -412,7 +412,7 @@ fn open_targets(
         let store = match &t.store {
             Ok(s) => *s,
             Err(e) => {
-                failures.push((t.cfg.name.clone(), e.clone()));
+                failures.push((t.cfg.name.clone(), e.to_string()));
                 continue;
             }
         };

@@ -84,7 +84,7 @@ async fn dump_from_best_node(
         Some(_) => Some(
             galera::DesyncGuard::engage(&cfg.agent.state_dir, src, node)
                 .await
-                .map_err(gerr)?,
+                .map_err(|e| gerr(e.to_string()))?,
         ),
         None => None,
     };
@@ -160,7 +160,7 @@ pub async fn backup_once(
         .iter()
         .map(|o| backup::Target {
             cfg: &o.cfg,
-            store: o.store.as_ref().map(|b| b.as_ref()).map_err(|e| e.clone()),
+            store: o.store.as_ref().map(|b| b.as_ref()),
         })
         .collect();
     let result = dump_from_best_node(cfg, src, enc, keys, &targets, started, now, lease).await;

@@ -3,7 +3,6 @@
 //! the daemon's freshness timer, repair, scrub and prune all start from it.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -14,12 +13,12 @@ use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
 use backup_core::manifest::Manifest;
 use backup_core::policy::{self, CopyFact, Verdict};
 use backup_core::state::{CopyMark, State};
-use backup_core::store::{open_store, Store, TEMP_PREFIX};
+use backup_core::store::{open_store, Store, StoreError, TEMP_PREFIX};
 
 /// A configured store, opened (or why it could not be).
 pub struct OpenStore {
     pub cfg: StoreConfig,
-    pub store: Result<Box<dyn Store>, String>,
+    pub store: Result<Box<dyn Store>, StoreError>,
 }
 
 pub fn open_all(cfg: &Config) -> Vec<OpenStore> {
@@ -27,7 +26,7 @@ pub fn open_all(cfg: &Config) -> Vec<OpenStore> {
         .iter()
         .map(|c| OpenStore {
             cfg: c.clone(),
-            store: open_store(c).map_err(|e| e.to_string()),
+            store: open_store(c),
         })
         .collect()
 }
@@ -92,17 +91,6 @@ pub fn mark<'a>(state: &'a State, store: &str, prefix: &str, id: &str) -> Option
     state.copies.get(store)?.get(&ledger_key(prefix, id))
 }
 
-/// Reads a manifest from a store.
-pub fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest, String> {
-    let mut text = Vec::new();
-    store
-        .open(key)
-        .map_err(|e| e.to_string())?
-        .read_to_end(&mut text)
-        .map_err(|e| format!("reading {key}: {e}"))?;
-    serde_json::from_slice(&text).map_err(|e| format!("{key}: not a valid manifest: {e}"))
-}
-
 /// Builds the inventory of one source.
 pub fn build(
     cfg: &Config,
@@ -128,7 +116,7 @@ pub fn build(
         let store = match &os.store {
             Ok(s) => s.as_ref(),
             Err(e) => {
-                inv.store_errors.insert(os.cfg.name.clone(), e.clone());
+                inv.store_errors.insert(os.cfg.name.clone(), e.to_string());
                 continue;
             }
         };
@@ -162,7 +150,7 @@ pub fn build(
                 }
                 continue;
             }
-            let m = match read_manifest(store, &layout::key(prefix, n)) {
+            let m = match backup_core::catalog::read_manifest(store, &layout::key(prefix, n)) {
                 Ok(m) => m,
                 Err(err) => {
                     inv.notes.push(format!("store {}: {err}", os.cfg.name));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::source::dump::{self};
+use super::GaleraError;
+use crate::source::dump;
 use backup_core::config::{GaleraConfig, NodeConfig, SourceConfig};
 use backup_core::secret::{read_secret_file, Secret};
 
@@ -39,14 +40,13 @@ fn marker_path(state_dir: &Path, source: &str, node: &str) -> PathBuf {
     marker_dir(state_dir).join(format!("{source}--{safe}.json"))
 }
 
-fn admin_secret(src: &SourceConfig, g: &GaleraConfig) -> Result<(String, Secret), String> {
+fn admin_secret(src: &SourceConfig, g: &GaleraConfig) -> Result<(String, Secret), GaleraError> {
     let (Some(user), Some(pf)) = (&g.admin_user, &g.admin_password_file) else {
-        return Err(format!(
-            "source {}: desync needs [source.galera] admin_user and admin_password_file",
-            src.name
-        ));
+        return Err(GaleraError::NoAdmin {
+            source_name: src.name.clone(),
+        });
     };
-    let pw = read_secret_file(&pf.path, &pf.key).map_err(|e| e.to_string())?;
+    let pw = read_secret_file(&pf.path, &pf.key)?;
     Ok((user.clone(), pw))
 }
 
@@ -56,24 +56,22 @@ async fn set_desync(
     user: &str,
     pw: &Secret,
     on: bool,
-) -> Result<(), String> {
-    let mut conn = dump::connect_as(src, &node.endpoint, user, pw)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), GaleraError> {
+    let mut conn = dump::connect_as(src, &node.endpoint, user, pw).await?;
     let sql = format!("SET GLOBAL wsrep_desync={}", if on { "ON" } else { "OFF" });
     let r = conn.query_drop(&sql).await;
     let _ = conn.disconnect().await;
-    r.map_err(|e| {
-        format!(
-            "{sql} on node {} ({}) as {user:?} failed: {e}{}",
-            node.name,
-            node.endpoint,
-            if matches!(&e, mysql_async::Error::Server(s) if s.code == 1227) {
-                "; the admin account needs SUPER"
-            } else {
-                ""
-            }
-        )
+    r.map_err(|e| GaleraError::Desync {
+        hint: if matches!(&e, mysql_async::Error::Server(s) if s.code == 1227) {
+            "; the admin account needs SUPER"
+        } else {
+            ""
+        },
+        statement: sql,
+        node: node.name.clone(),
+        endpoint: node.endpoint.to_string(),
+        user: user.to_string(),
+        source: Box::new(e),
     })
 }
 
@@ -176,7 +174,7 @@ impl DesyncGuard {
         state_dir: &Path,
         src: &SourceConfig,
         node: &NodeConfig,
-    ) -> Result<DesyncGuard, String> {
+    ) -> Result<DesyncGuard, GaleraError> {
         let g = src.galera.as_ref().expect("galera source");
         let (user, pw) = admin_secret(src, g)?;
         let marker = marker_path(state_dir, &src.name, &node.name);
@@ -188,7 +186,10 @@ impl DesyncGuard {
             pid: std::process::id(),
         };
         backup_core::os::atomic_write(&marker, &serde_json::to_vec_pretty(&m).expect("json"))
-            .map_err(|e| format!("cannot write the desync marker {}: {e}", marker.display()))?;
+            .map_err(|source| GaleraError::Marker {
+                path: marker.display().to_string(),
+                source,
+            })?;
         if let Err(e) = set_desync(src, node, &user, &pw, true).await {
             let _ = std::fs::remove_file(&marker);
             return Err(e);
@@ -204,14 +205,14 @@ impl DesyncGuard {
     }
 
     /// Turns the desync off and removes the marker (kept if that fails).
-    pub async fn release(mut self) -> Result<(), String> {
+    pub async fn release(mut self) -> Result<(), GaleraError> {
         let pw = self.pw.take().expect("not yet released");
         let r = set_desync(&self.src, &self.node, &self.user, &pw, false).await;
         self.finish(&r);
         r
     }
 
-    fn finish(&self, r: &Result<(), String>) {
+    fn finish(&self, r: &Result<(), GaleraError>) {
         match r {
             Ok(()) => {
                 let _ = std::fs::remove_file(&self.marker);
@@ -232,19 +233,21 @@ impl Drop for DesyncGuard {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| {
+                    GaleraError::Cleanup("cannot start a runtime to turn the desync off")
+                })?;
             rt.block_on(async {
                 tokio::time::timeout(
                     Duration::from_secs(src.connect_timeout_secs.max(1) + 5),
                     set_desync(&src, &node, &user, &pw, false),
                 )
                 .await
-                .unwrap_or_else(|_| Err("timed out".into()))
+                .unwrap_or(Err(GaleraError::Cleanup("timed out")))
             })
         });
         let r = worker
             .join()
-            .unwrap_or_else(|_| Err("the helper thread panicked".into()));
+            .unwrap_or(Err(GaleraError::Cleanup("the helper thread panicked")));
         self.finish(&r);
     }
 }

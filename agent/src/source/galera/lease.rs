@@ -5,7 +5,8 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 
-use crate::source::dump::{self};
+use super::GaleraError;
+use crate::source::dump;
 use backup_core::config::{NodeConfig, SourceConfig};
 use backup_core::format::quote_ident;
 use backup_core::secret::{read_secret_file, Secret};
@@ -59,7 +60,7 @@ pub struct Lease {
     pub takeover_from: Option<String>,
     finished: Option<tokio::sync::oneshot::Sender<Outcome>>,
     lost: tokio::sync::watch::Receiver<Option<String>>,
-    renewer: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    renewer: Option<tokio::task::JoinHandle<Result<(), GaleraError>>>,
 }
 
 struct LeaseCtx {
@@ -82,7 +83,7 @@ impl LeaseCtx {
     }
 
     /// A connection to a node in the Primary component: own site first.
-    async fn connect(&self) -> Result<Conn, String> {
+    async fn connect(&self) -> Result<Conn, GaleraError> {
         let mut nodes: Vec<&NodeConfig> = self.src.nodes.iter().collect();
         nodes.sort_by_key(|n| n.site.as_deref() != Some(self.own_site.as_str()));
         let mut errs = Vec::new();
@@ -110,13 +111,12 @@ impl LeaseCtx {
                 Err(e) => errs.push(format!("{}: {e}", n.name)),
             }
         }
-        Err(format!(
-            "no node in the Primary component accepts the lease: {}",
-            errs.join("; ")
-        ))
+        Err(GaleraError::NoLeaseNode {
+            tried: errs.join("; "),
+        })
     }
 
-    async fn ensure_table(&self, c: &mut Conn) -> Result<(), String> {
+    async fn ensure_table(&self, c: &mut Conn) -> Result<(), GaleraError> {
         let probe = c
             .query_drop(format!("SELECT 1 FROM {} LIMIT 0", self.table()))
             .await;
@@ -125,22 +125,22 @@ impl LeaseCtx {
             Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => {
                 let ddl = lease_ddl(&self.db);
                 for stmt in ddl.split(";\n") {
-                    if let Err(e) = c.query_drop(stmt).await {
-                        return Err(format!(
-                            "the lease table {} does not exist and user {:?} cannot create it ({e}); create it once as an administrator:\n{ddl};\nGRANT SELECT, INSERT, UPDATE, DELETE ON {} TO <the dump user>;",
-                            self.table(),
-                            self.src.user,
-                            self.table()
-                        ));
+                    if let Err(source) = c.query_drop(stmt).await {
+                        return Err(GaleraError::LeaseTableMissing {
+                            table: self.table(),
+                            user: self.src.user.clone(),
+                            ddl,
+                            source: Box::new(source),
+                        });
                     }
                 }
                 Ok(())
             }
-            Err(e) => Err(lease_privilege_hint(&e, &self.table(), &self.src.user)),
+            Err(e) => Err(lease_error(e, &self.table(), &self.src.user)),
         }
     }
 
-    async fn try_insert(&self, c: &mut Conn) -> Result<bool, String> {
+    async fn try_insert(&self, c: &mut Conn) -> Result<bool, GaleraError> {
         let sql = format!(
             "INSERT INTO {} (source, slot, holder, state, attempts, claimed_at, expires_at) \
              VALUES (?, ?, ?, 'running', 1, UTC_TIMESTAMP(3), UTC_TIMESTAMP(3) + INTERVAL {} MICROSECOND)",
@@ -153,11 +153,11 @@ impl LeaseCtx {
         {
             Ok(()) => Ok(true),
             Err(mysql_async::Error::Server(e)) if e.code == 1062 || e.code == 1213 => Ok(false),
-            Err(e) => Err(lease_privilege_hint(&e, &self.table(), &self.src.user)),
+            Err(e) => Err(lease_error(e, &self.table(), &self.src.user)),
         }
     }
 
-    async fn renew(&self, c: &mut Conn) -> Result<bool, String> {
+    async fn renew(&self, c: &mut Conn) -> Result<bool, GaleraError> {
         let sql = format!(
             "UPDATE {} SET expires_at = UTC_TIMESTAMP(3) + INTERVAL {} MICROSECOND \
              WHERE source = ? AND slot = ? AND holder = ? AND state = 'running'",
@@ -165,18 +165,25 @@ impl LeaseCtx {
             self.ttl_us()
         );
         c.exec_drop(sql, (&self.src.name, &self.slot, &self.holder))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(c.affected_rows() == 1)
     }
 }
 
-fn lease_privilege_hint(e: &mysql_async::Error, table: &str, user: &str) -> String {
-    match e {
+/// A failed statement on the lease table, with the grant to give when it was refused.
+fn lease_error(source: mysql_async::Error, table: &str, user: &str) -> GaleraError {
+    match &source {
         mysql_async::Error::Server(s) if s.code == 1142 || s.code == 1143 || s.code == 1044 => {
-            format!("user {user:?} may not use the lease table {table} ({e}); grant it: GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO <the dump user>")
+            GaleraError::LeaseDenied {
+                user: user.to_string(),
+                table: table.to_string(),
+                source: Box::new(source),
+            }
         }
-        _ => format!("lease table {table}: {e}"),
+        _ => GaleraError::LeaseTable {
+            table: table.to_string(),
+            source: Box::new(source),
+        },
     }
 }
 
@@ -199,10 +206,9 @@ pub async fn acquire(
     holder: &str,
     slot: &str,
     cancel: impl std::future::Future<Output = ()>,
-) -> Result<Claim, String> {
+) -> Result<Claim, GaleraError> {
     let g = src.galera.as_ref().expect("galera source");
-    let pw = read_secret_file(&src.password_file.path, &src.password_file.key)
-        .map_err(|e| e.to_string())?;
+    let pw = read_secret_file(&src.password_file.path, &src.password_file.key)?;
     let ctx = LeaseCtx {
         src: src.clone(),
         db: g.lease_database.clone(),
@@ -233,7 +239,7 @@ pub async fn acquire(
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = &mut cancel => return Err("shutting down while waiting for the lease".into()),
+            _ = &mut cancel => return Err(GaleraError::ShuttingDown),
         }
     }
 }
@@ -244,14 +250,14 @@ enum Step {
     Wait(String),
 }
 
-async fn claim_step(ctx: &LeaseCtx) -> Result<Step, String> {
+async fn claim_step(ctx: &LeaseCtx) -> Result<Step, GaleraError> {
     let mut c = ctx.connect().await?;
     let r = claim_on(ctx, &mut c).await;
     let _ = c.disconnect().await;
     r
 }
 
-async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, String> {
+async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
     ctx.ensure_table(c).await?;
     if ctx.try_insert(c).await? {
         // Old rows go after a year (the row is the record of who produced each slot).
@@ -277,7 +283,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, String> {
             (&ctx.src.name, &ctx.slot),
         )
         .await
-        .map_err(|e| lease_privilege_hint(&e, &ctx.table(), &ctx.src.user))?;
+        .map_err(|e| lease_error(e, &ctx.table(), &ctx.src.user))?;
     let Some((holder, state, attempts, expired, claimed_at, backup_id)) = row else {
         // The winner's row is not visible here yet: look again.
         return Ok(Step::Wait("another agent".into()));
@@ -341,7 +347,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, String> {
         }
         Ok(()) => Ok(Step::Wait(row.holder)),
         Err(mysql_async::Error::Server(e)) if e.code == 1213 => Ok(Step::Wait(row.holder)),
-        Err(e) => Err(lease_privilege_hint(&e, &ctx.table(), &ctx.src.user)),
+        Err(e) => Err(lease_error(e, &ctx.table(), &ctx.src.user)),
     }
 }
 
@@ -371,7 +377,7 @@ fn start_renewer(ctx: LeaseCtx, takeover_from: Option<String>) -> Lease {
             }
             let renewed = match conn.as_mut() {
                 Some(c) => ctx.renew(c).await,
-                None => Err("no node reachable".into()),
+                None => Err(GaleraError::Unreachable),
             };
             match renewed {
                 Ok(true) => last_ok = tokio::time::Instant::now(),
@@ -411,7 +417,7 @@ async fn finish(
     ok: bool,
     backup_id: Option<String>,
     error: Option<String>,
-) -> Result<(), String> {
+) -> Result<(), GaleraError> {
     let sql = format!(
         "UPDATE {} SET state = ?, backup_id = ?, finished_at = UTC_TIMESTAMP(3), expires_at = UTC_TIMESTAMP(3), \
          history = IF(? IS NULL, history, CONCAT_WS('; ', history, CONCAT('failed: ', LEFT(?, 400)))) \
@@ -419,13 +425,13 @@ async fn finish(
         ctx.table()
     );
     let state = if ok { "done" } else { "failed" };
-    let mut last = String::new();
+    let mut last = None;
     for _ in 0..3 {
         if conn.is_none() {
             match ctx.connect().await {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
-                    last = e;
+                    last = Some(e);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -454,15 +460,16 @@ async fn finish(
                 return Ok(());
             }
             Err(e) => {
-                last = e.to_string();
+                last = Some(GaleraError::from(e));
                 *conn = None;
             }
         }
     }
-    Err(format!(
-        "could not mark slot {} {state} in the lease table: {last}",
-        ctx.slot
-    ))
+    Err(GaleraError::LeaseFinish {
+        slot: ctx.slot.clone(),
+        state,
+        last: Box::new(last.expect("three attempts, each failed")),
+    })
 }
 
 impl Lease {

@@ -21,10 +21,95 @@
 //! failed at the end; another agent takes over a row whose holder stopped renewing (expired)
 //! or failed, a bounded number of times. All times are the cluster's (UTC_TIMESTAMP).
 
+use backup_core::secret::SecretError;
+
+use crate::source::dump::DumpError;
+
 mod desync;
 mod lease;
 mod node;
 
 pub use desync::{clear_leftover_desync, stuck_desyncs, DesyncGuard, DesyncMarker};
 pub use lease::{acquire, lease_ddl, Claim, Lease, MAX_ATTEMPTS};
-pub use node::{choose, eligibility, probe, probe_all, NoEligibleNode, NodeStatus, Probe};
+pub use node::{
+    choose, eligibility, probe, probe_all, Ineligible, NoEligibleNode, NodeStatus, Probe,
+    ProbeError,
+};
+
+/// What went wrong talking to a Galera cluster for a desync or the lease. Each variant
+/// names what failed, where, and (where there is one) the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum GaleraError {
+    /// Connecting to a node failed.
+    #[error(transparent)]
+    Connect(Box<DumpError>),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// A statement failed.
+    #[error(transparent)]
+    Server(Box<mysql_async::Error>),
+    #[error(
+        "source {source_name}: desync needs [source.galera] admin_user and admin_password_file"
+    )]
+    NoAdmin { source_name: String },
+    #[error("{statement} on node {node} ({endpoint}) as {user:?} failed: {source}{hint}")]
+    Desync {
+        statement: String,
+        node: String,
+        endpoint: String,
+        user: String,
+        source: Box<mysql_async::Error>,
+        /// What to grant, when the server said the account lacks a privilege.
+        hint: &'static str,
+    },
+    #[error("cannot write the desync marker {path}: {source}")]
+    Marker {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Turning a desync off from the guard's drop did not finish.
+    #[error("{0}")]
+    Cleanup(&'static str),
+    #[error("shutting down while waiting for the lease")]
+    ShuttingDown,
+    #[error("no node reachable")]
+    Unreachable,
+    #[error("no node in the Primary component accepts the lease: {tried}")]
+    NoLeaseNode { tried: String },
+    #[error("the lease table {table} does not exist and user {user:?} cannot create it ({source}); create it once as an administrator:\n{ddl};\nGRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO <the dump user>;")]
+    LeaseTableMissing {
+        table: String,
+        user: String,
+        ddl: String,
+        source: Box<mysql_async::Error>,
+    },
+    #[error("user {user:?} may not use the lease table {table} ({source}); grant it: GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO <the dump user>")]
+    LeaseDenied {
+        user: String,
+        table: String,
+        source: Box<mysql_async::Error>,
+    },
+    #[error("lease table {table}: {source}")]
+    LeaseTable {
+        table: String,
+        source: Box<mysql_async::Error>,
+    },
+    #[error("could not mark slot {slot} {state} in the lease table: {last}")]
+    LeaseFinish {
+        slot: String,
+        state: &'static str,
+        last: Box<GaleraError>,
+    },
+}
+
+impl From<DumpError> for GaleraError {
+    fn from(e: DumpError) -> Self {
+        GaleraError::Connect(Box::new(e))
+    }
+}
+
+impl From<mysql_async::Error> for GaleraError {
+    fn from(e: mysql_async::Error) -> Self {
+        GaleraError::Server(Box::new(e))
+    }
+}

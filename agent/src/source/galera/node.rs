@@ -1,5 +1,6 @@
 //! Which node to dump: every node probed in parallel, the eligible ones ranked.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::source::dump::{self, name_values, DumpError};
@@ -26,12 +27,40 @@ pub struct NodeStatus {
 #[derive(Debug, Clone)]
 pub struct Probe {
     pub node: NodeConfig,
-    pub status: Result<NodeStatus, String>,
+    pub status: Result<NodeStatus, ProbeError>,
+}
+
+/// Why a node did not answer its probe.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Failed(Arc<DumpError>),
+    #[error("no answer within {secs}s (stopped or overloaded?)")]
+    NoAnswer { secs: u64 },
+}
+
+/// Why a reachable (or unreachable) node may not be dumped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ineligible {
+    #[error("unreachable")]
+    Unreachable,
+    #[error("not in the Primary component (wsrep_cluster_status={status})")]
+    NotPrimary { status: String },
+    #[error("not connected to the cluster (wsrep_connected=OFF)")]
+    NotConnected,
+    #[error("not ready (wsrep_ready=OFF)")]
+    NotReady,
+    #[error("Donor/Desynced: a state transfer donor or desynced by someone else")]
+    DesyncedElsewhere,
+    #[error("state {state}, not Synced")]
+    NotSynced { state: String },
+    #[error("stale: it reports cluster configuration {conf_id} while another node is in {newest} (it was cut off and has not noticed yet)")]
+    Stale { conf_id: i64, newest: i64 },
 }
 
 impl Probe {
     /// One line for messages: name, address, site, what it said.
-    pub fn describe(&self, verdict: &Result<(), String>) -> String {
+    pub fn describe(&self, verdict: &Result<(), Ineligible>) -> String {
         let site = self.node.site.as_deref().unwrap_or("no site");
         let head = format!("{} ({}, {site})", self.node.name, self.node.endpoint);
         let said = match &self.status {
@@ -67,11 +96,8 @@ fn on_off(b: bool) -> &'static str {
 pub async fn probe(src: &SourceConfig, node: &NodeConfig, password: &Secret) -> Probe {
     let t = Duration::from_secs(src.connect_timeout_secs.max(1));
     let status = match tokio::time::timeout(t, probe_inner(src, node, password)).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {}s (stopped or overloaded?)",
-            t.as_secs()
-        )),
+        Ok(r) => r.map_err(|e| ProbeError::Failed(Arc::new(e))),
+        Err(_) => Err(ProbeError::NoAnswer { secs: t.as_secs() }),
     };
     Probe {
         node: node.clone(),
@@ -146,7 +172,7 @@ impl std::fmt::Display for NoEligibleNode {
 }
 
 /// Why each node is or is not eligible (pure).
-pub fn eligibility(probes: &[Probe], own_desync: &[String]) -> Vec<Result<(), String>> {
+pub fn eligibility(probes: &[Probe], own_desync: &[String]) -> Vec<Result<(), Ineligible>> {
     let newest_conf = probes
         .iter()
         .filter_map(|p| p.status.as_ref().ok())
@@ -156,39 +182,38 @@ pub fn eligibility(probes: &[Probe], own_desync: &[String]) -> Vec<Result<(), St
     probes
         .iter()
         .map(|p| {
-            let s = p.status.as_ref().map_err(|_| "unreachable".to_string())?;
+            let s = p.status.as_ref().map_err(|_| Ineligible::Unreachable)?;
             if !s.wsrep_on {
                 return Ok(());
             }
             if s.cluster_status != "Primary" {
-                return Err(format!(
-                    "not in the Primary component (wsrep_cluster_status={})",
-                    s.cluster_status
-                ));
+                return Err(Ineligible::NotPrimary {
+                    status: s.cluster_status.clone(),
+                });
             }
             if !s.connected {
-                return Err("not connected to the cluster (wsrep_connected=OFF)".into());
+                return Err(Ineligible::NotConnected);
             }
             if !s.ready {
-                return Err("not ready (wsrep_ready=OFF)".into());
+                return Err(Ineligible::NotReady);
             }
             let ours = own_desync.iter().any(|n| n == &p.node.name);
             match s.local_state.as_str() {
                 "Synced" => {}
                 "Donor/Desynced" if ours => {}
-                "Donor/Desynced" => {
-                    return Err(
-                        "Donor/Desynced: a state transfer donor or desynced by someone else".into(),
-                    )
+                "Donor/Desynced" => return Err(Ineligible::DesyncedElsewhere),
+                other => {
+                    return Err(Ineligible::NotSynced {
+                        state: other.to_string(),
+                    })
                 }
-                other => return Err(format!("state {other}, not Synced")),
             }
             if let Some(n) = newest_conf {
                 if s.conf_id < n {
-                    return Err(format!(
-                        "stale: it reports cluster configuration {} while another node is in {n} (it was cut off and has not noticed yet)",
-                        s.conf_id
-                    ));
+                    return Err(Ineligible::Stale {
+                        conf_id: s.conf_id,
+                        newest: n,
+                    });
                 }
             }
             Ok(())
@@ -256,7 +281,7 @@ mod tests {
         }
     }
 
-    fn probes(list: Vec<(NodeConfig, Result<NodeStatus, String>)>) -> Vec<Probe> {
+    fn probes(list: Vec<(NodeConfig, Result<NodeStatus, ProbeError>)>) -> Vec<Probe> {
         list.into_iter()
             .map(|(node, status)| Probe { node, status })
             .collect()
@@ -286,14 +311,22 @@ mod tests {
             (node("b", "dc1"), Ok(stale)),
             (node("c", "dc2"), Ok(synced(4, 9))),
             (node("d", "dc1"), Ok(np)),
-            (node("e", "dc1"), Err("refused".into())),
+            (node("e", "dc1"), Err(ProbeError::NoAnswer { secs: 1 })),
         ]);
         assert_eq!(choose(&p, "dc1", &[]), Ok(2));
         // A node this agent desynced itself stays eligible.
         assert_eq!(choose(&p, "dc1", &["a".into()]), Ok(0));
         let v = eligibility(&p, &[]);
-        assert!(v[1].as_ref().unwrap_err().contains("stale"));
-        assert!(v[3].as_ref().unwrap_err().contains("Primary"));
+        assert!(v[1].as_ref().unwrap_err().to_string().contains("stale"));
+        assert!(matches!(
+            v[1],
+            Err(Ineligible::Stale {
+                conf_id: 3,
+                newest: 4
+            })
+        ));
+        assert!(v[3].as_ref().unwrap_err().to_string().contains("Primary"));
+        assert!(matches!(v[4], Err(Ineligible::Unreachable)));
     }
 
     #[test]
@@ -302,7 +335,7 @@ mod tests {
         np.cluster_status = "non-Primary".into();
         let p = probes(vec![
             (node("a", "dc1"), Ok(np)),
-            (node("b", "dc1"), Err("no answer within 3s".into())),
+            (node("b", "dc1"), Err(ProbeError::NoAnswer { secs: 3 })),
         ]);
         let e = choose(&p, "dc1", &[]).unwrap_err();
         assert!(e.quorum_lost);
