@@ -33,7 +33,7 @@ impl Schedule {
         let fields: Vec<&str> = expr.split_whitespace().collect();
         let full = match fields.len() {
             5 => {
-                let dow = crontab_weekdays(fields[4]).map_err(bad)?;
+                let dow = crontab_weekdays(fields[4])?;
                 format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
             }
             6 => expr.to_string(),
@@ -86,12 +86,15 @@ impl Schedule {
 
 /// Translates crontab weekday numbers (0-7, Sunday = 0 and 7) to names, which the cron
 /// crate reads the same way (its numbers are 1-7 with Sunday = 1).
-fn crontab_weekdays(field: &str) -> Result<String, String> {
+fn crontab_weekdays(field: &str) -> Result<String, ScheduleProblem> {
     const NAMES: [&str; 8] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"];
-    let name = |s: &str| -> Result<String, String> {
+    let name = |s: &str| -> Result<String, ScheduleProblem> {
         match s.parse::<usize>() {
             Ok(n) if n <= 7 => Ok(NAMES[n].to_string()),
-            Ok(_) => Err(format!("weekday {s} is out of range 0-7")),
+            Ok(_) => Err(ScheduleProblem {
+                time_zone: false,
+                message: format!("weekday {s} is out of range 0-7"),
+            }),
             Err(_) => Ok(s.to_string()),
         }
     };

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{AlertsConfig, MailConfig, MailTls, WebhookConfig};
-use crate::secret::read_secret_file;
+use crate::secret::{read_secret_file, SecretError};
 use crate::state::{AlertMark, StateStore};
 
 /// One alert.
@@ -62,10 +62,59 @@ impl Alert {
 }
 
 /// What happened to one alert on each channel.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Delivery {
-    pub webhook: Option<Result<(), String>>,
-    pub mail: Option<Result<(), String>>,
+    pub webhook: Option<Result<(), AlertError>>,
+    pub mail: Option<Result<(), AlertError>>,
+}
+
+/// Why a channel did not deliver an alert. No variant carries the webhook URL or a
+/// secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{key}: {path}: {source}")]
+    CaFile {
+        key: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{key}: not a PEM certificate: {source}")]
+    CaPem { key: String, source: reqwest::Error },
+    #[error("webhook client: {0}")]
+    Client(reqwest::Error),
+    /// `last` says what the receiver (or the connection) did at the last attempt.
+    #[error("webhook delivery failed after {attempts} attempt(s): {last}")]
+    Webhook { attempts: u32, last: String },
+    #[error("mail from {from:?}: {source}")]
+    MailFrom {
+        from: String,
+        source: lettre::address::AddressError,
+    },
+    #[error("mail to {to:?}: {source}")]
+    MailTo {
+        to: String,
+        source: lettre::address::AddressError,
+    },
+    #[error("building the mail: {0}")]
+    MailBuild(lettre::error::Error),
+    #[error("{key}: {source}")]
+    MailCa {
+        key: String,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("TLS setup for {host}: {source}")]
+    Tls {
+        host: String,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("mail via {host}:{port} failed: {source}")]
+    Send {
+        host: String,
+        port: u16,
+        source: lettre::transport::smtp::Error,
+    },
 }
 
 pub struct Alerter {
@@ -209,25 +258,28 @@ impl Alerter {
     }
 }
 
-async fn send_webhook(w: &WebhookConfig, a: &Alert) -> Result<(), String> {
-    let url = read_secret_file(&w.url_file.path, &w.url_file.key).map_err(|e| e.to_string())?;
+async fn send_webhook(w: &WebhookConfig, a: &Alert) -> Result<(), AlertError> {
+    let url = read_secret_file(&w.url_file.path, &w.url_file.key)?;
     let token = match &w.bearer_token_file {
-        Some(t) => Some(read_secret_file(&t.path, &t.key).map_err(|e| e.to_string())?),
+        Some(t) => Some(read_secret_file(&t.path, &t.key)?),
         None => None,
     };
     let mut b = reqwest::Client::builder()
         .timeout(w.timeout)
         .connect_timeout(w.timeout);
     if let Some(ca) = &w.ca_file {
-        let pem = std::fs::read(&ca.path)
-            .map_err(|e| format!("{}: {}: {e}", ca.key, ca.path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("{}: not a PEM certificate: {e}", ca.key))?;
+        let pem = std::fs::read(&ca.path).map_err(|source| AlertError::CaFile {
+            key: ca.key.clone(),
+            path: ca.path.display().to_string(),
+            source,
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|source| AlertError::CaPem {
+            key: ca.key.clone(),
+            source,
+        })?;
         b = b.add_root_certificate(cert);
     }
-    let client = b
-        .build()
-        .map_err(|e| format!("webhook client: {}", e.without_url()))?;
+    let client = b.build().map_err(|e| AlertError::Client(e.without_url()))?;
     let mut last = String::new();
     for attempt in 0..=w.retries {
         if attempt > 0 {
@@ -244,43 +296,52 @@ async fn send_webhook(w: &WebhookConfig, a: &Alert) -> Result<(), String> {
             Err(e) => last = e.without_url().to_string(),
         }
     }
-    Err(format!(
-        "webhook delivery failed after {} attempt(s): {last}",
-        w.retries + 1
-    ))
+    Err(AlertError::Webhook {
+        attempts: w.retries + 1,
+        last,
+    })
 }
 
-async fn send_mail(m: &MailConfig, a: &Alert) -> Result<(), String> {
+async fn send_mail(m: &MailConfig, a: &Alert) -> Result<(), AlertError> {
     use lettre::message::{header::ContentType, Mailbox};
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-    let from: Mailbox = m
-        .from
-        .parse()
-        .map_err(|e| format!("mail from {:?}: {e}", m.from))?;
+    let from: Mailbox = m.from.parse().map_err(|source| AlertError::MailFrom {
+        from: m.from.clone(),
+        source,
+    })?;
     let mut msg = Message::builder()
         .from(from)
         .subject(a.subject())
         .header(ContentType::TEXT_PLAIN);
     for to in &m.to {
-        msg = msg.to(to.parse().map_err(|e| format!("mail to {to:?}: {e}"))?);
+        msg = msg.to(to.parse().map_err(|source| AlertError::MailTo {
+            to: to.clone(),
+            source,
+        })?);
     }
-    let msg = msg
-        .body(a.mail_body())
-        .map_err(|e| format!("building the mail: {e}"))?;
-    let tls = || -> Result<TlsParameters, String> {
+    let msg = msg.body(a.mail_body()).map_err(AlertError::MailBuild)?;
+    let tls = || -> Result<TlsParameters, AlertError> {
         let mut p = TlsParameters::builder(m.host.clone());
         if let Some(ca) = &m.ca_file {
-            let pem = std::fs::read(&ca.path)
-                .map_err(|e| format!("{}: {}: {e}", ca.key, ca.path.display()))?;
-            p = p.add_root_certificate(
-                Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.key))?,
-            );
+            let pem = std::fs::read(&ca.path).map_err(|source| AlertError::CaFile {
+                key: ca.key.clone(),
+                path: ca.path.display().to_string(),
+                source,
+            })?;
+            p = p.add_root_certificate(Certificate::from_pem(&pem).map_err(|source| {
+                AlertError::MailCa {
+                    key: ca.key.clone(),
+                    source,
+                }
+            })?);
         }
-        p.build_rustls()
-            .map_err(|e| format!("TLS setup for {}: {e}", m.host))
+        p.build_rustls().map_err(|source| AlertError::Tls {
+            host: m.host.clone(),
+            source,
+        })
     };
     let mut t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(m.host.clone())
         .port(m.port)
@@ -291,14 +352,18 @@ async fn send_mail(m: &MailConfig, a: &Alert) -> Result<(), String> {
         MailTls::None => t,
     };
     if let (Some(user), Some(pf)) = (&m.user, &m.password_file) {
-        let pw = read_secret_file(&pf.path, &pf.key).map_err(|e| e.to_string())?;
+        let pw = read_secret_file(&pf.path, &pf.key)?;
         t = t.credentials(Credentials::new(user.clone(), pw.expose().to_string()));
     }
     t.build()
         .send(msg)
         .await
         .map(|_| ())
-        .map_err(|e| format!("mail via {}:{} failed: {e}", m.host, m.port))
+        .map_err(|source| AlertError::Send {
+            host: m.host.clone(),
+            port: m.port,
+            source,
+        })
 }
 
 #[cfg(test)]

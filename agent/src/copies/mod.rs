@@ -201,42 +201,59 @@ pub fn copy_backup(
     to: &dyn Store,
     prefix: &str,
     m: &Manifest,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     let data_key = layout::key(prefix, &m.data.name);
-    let result = (|| -> Result<(), String> {
-        let mut r = from.open(&data_key).map_err(|e| e.to_string())?;
-        let mut w = to
-            .create_with(&data_key, Some(&m.data.sha256))
-            .map_err(|e| e.to_string())?;
-        let mut h = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(|e| format!("reading {} from {}: {e}", data_key, from.name()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            size += n as u64;
-            w.write_all(&buf[..n])
-                .map_err(|e| format!("writing {} to {}: {e}", data_key, to.name()))?;
+    let io = |store: &dyn Store, action: &'static str| {
+        let (store, key) = (store.name().to_string(), data_key.clone());
+        move |source| StoreError::Io {
+            store,
+            action,
+            key,
+            source,
         }
-        let got = hex::encode(h.finalize());
-        if got != m.data.sha256 || size != m.data.size {
-            // Dropping the writer discards the copy.
-            return Err(format!(
-                "the copy on {} is not intact ({size} bytes, sha256 {got}); nothing was copied",
-                from.name()
-            ));
+    };
+    let mut r = from.open(&data_key)?;
+    let mut w = to.create_with(&data_key, Some(&m.data.sha256))?;
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).map_err(io(from, "reading"))?;
+        if n == 0 {
+            break;
         }
-        w.commit().map_err(|e| e.to_string())?;
-        publish(to, prefix, m).map_err(|e| {
-            // The data object is ours (just committed): take the half-copy away again.
-            let _ = remove_backup(to, prefix, &m.backup_id);
-            e.to_string()
-        })
-    })();
-    result
+        h.update(&buf[..n]);
+        size += n as u64;
+        w.write_all(&buf[..n]).map_err(io(to, "writing"))?;
+    }
+    let got = hex::encode(h.finalize());
+    if got != m.data.sha256 || size != m.data.size {
+        // Dropping the writer discards the copy.
+        return Err(CopyError::NotIntact {
+            from: from.name().to_string(),
+            size,
+            sha256: got,
+        });
+    }
+    w.commit()?;
+    publish(to, prefix, m).map_err(|e| {
+        // The data object is ours (just committed): take the half-copy away again.
+        let _ = remove_backup(to, prefix, &m.backup_id);
+        CopyError::Store(e)
+    })
+}
+
+/// Why a copy between stores failed; nothing of it is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the copy on {from} is not intact ({size} bytes, sha256 {sha256}); nothing was copied"
+    )]
+    NotIntact {
+        from: String,
+        size: u64,
+        sha256: String,
+    },
 }

@@ -412,6 +412,15 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
 }
 
 /// What a reader learns from the trailer of a complete dump.
+/// A trailer line that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed {kind} trailer line: {source}")]
+pub struct TrailerError {
+    /// table, object or database.
+    pub kind: &'static str,
+    pub source: serde_json::Error,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trailer {
     pub started: bool,
@@ -423,7 +432,7 @@ pub struct Trailer {
 
 impl Trailer {
     /// Takes note of a top-level comment. Returns an error for a malformed trailer line.
-    pub fn observe(&mut self, comment: &str) -> Result<(), String> {
+    pub fn observe(&mut self, comment: &str) -> Result<(), TrailerError> {
         if comment == TRAILER_START {
             self.started = true;
             return Ok(());
@@ -436,16 +445,22 @@ impl Trailer {
             return Ok(());
         }
         if let Some(rest) = comment.strip_prefix(TABLE_TRAILER_PREFIX) {
-            let t: TableTrailer = serde_json::from_str(rest)
-                .map_err(|e| format!("malformed table trailer line: {e}"))?;
+            let t: TableTrailer = serde_json::from_str(rest).map_err(|source| TrailerError {
+                kind: "table",
+                source,
+            })?;
             self.tables.push(t);
         } else if let Some(rest) = comment.strip_prefix(OBJECT_TRAILER_PREFIX) {
-            let o: ObjectTrailer = serde_json::from_str(rest)
-                .map_err(|e| format!("malformed object trailer line: {e}"))?;
+            let o: ObjectTrailer = serde_json::from_str(rest).map_err(|source| TrailerError {
+                kind: "object",
+                source,
+            })?;
             self.objects.push(o);
         } else if let Some(rest) = comment.strip_prefix(DATABASE_TRAILER_PREFIX) {
-            let d: String = serde_json::from_str(rest)
-                .map_err(|e| format!("malformed database trailer line: {e}"))?;
+            let d: String = serde_json::from_str(rest).map_err(|source| TrailerError {
+                kind: "database",
+                source,
+            })?;
             self.databases.push(d);
         }
         Ok(())
