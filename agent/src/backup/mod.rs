@@ -100,7 +100,18 @@ pub struct Target<'a> {
 }
 
 /// A store's name and how its write ended.
-type StoreOutcome = (String, Result<(), String>);
+type StoreOutcome = (String, Result<(), WriteFailed>);
+
+/// Why one store's copy of the stream was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteFailed {
+    #[error("{0}")]
+    Write(Arc<io::Error>),
+    #[error("{0}")]
+    Commit(Arc<StoreError>),
+    #[error("the run was cancelled before its end; the object was discarded")]
+    Abandoned,
+}
 
 /// One stream, many stores: each write goes to every store still writing; a store whose
 /// write fails drops out (its writer is dropped, which discards its object) and the
@@ -169,14 +180,14 @@ impl Drop for Uncommitted<'_> {
 }
 
 impl Tee {
-    fn fail(&mut self, i: usize, e: String) {
+    fn fail(&mut self, i: usize, e: io::Error) {
         let name = self.slots[i].0.clone();
         self.slots[i].1 = None;
         self.outcome
             .lock()
             .expect("lock")
             .stores
-            .push((name, Err(e)));
+            .push((name, Err(WriteFailed::Write(Arc::new(e)))));
     }
     fn live(&self) -> usize {
         self.slots.iter().filter(|s| s.1.is_some()).count()
@@ -198,7 +209,7 @@ impl Write for Tee {
         for i in 0..self.slots.len() {
             if let Some(w) = self.slots[i].1.as_mut() {
                 if let Err(e) = w.write_all(buf) {
-                    self.fail(i, e.to_string());
+                    self.fail(i, e);
                 }
             }
         }
@@ -211,7 +222,7 @@ impl Write for Tee {
         for i in 0..self.slots.len() {
             if let Some(w) = self.slots[i].1.as_mut() {
                 if let Err(e) = w.flush() {
-                    self.fail(i, e.to_string());
+                    self.fail(i, e);
                 }
             }
         }
@@ -232,9 +243,9 @@ impl ObjectWriter for Tee {
                 let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
                 let r = if o.abandoned {
                     drop(w);
-                    Err("the run was cancelled before its end; the object was discarded".into())
+                    Err(WriteFailed::Abandoned)
                 } else {
-                    w.commit().map_err(|e| e.to_string())
+                    w.commit().map_err(|e| WriteFailed::Commit(Arc::new(e)))
                 };
                 o.stores.push((name, r));
             }
@@ -498,7 +509,7 @@ fn verify_and_publish(
             .expect("a target");
         let store = t.store.as_ref().expect("opened");
         if let Err(e) = r {
-            failures.push((name, e));
+            failures.push((name, e.to_string()));
             continue;
         }
         let prefix = prefix.to_string();

@@ -57,6 +57,53 @@ where
     }
 }
 
+/// An S3 call that failed, as the server or the connection described it: the S3 error
+/// code (e.g. `AccessDenied`) and HTTP status when the server answered, and one line of
+/// text (never the SDK's debug structure).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct S3Failure {
+    pub code: Option<String>,
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl S3Failure {
+    /// From an SDK error.
+    pub(super) fn of<E, R>(e: &SdkError<E, R>) -> S3Failure
+    where
+        E: std::error::Error + ProvideErrorMetadata + 'static,
+        R: std::fmt::Debug + HttpStatus,
+    {
+        let code = match e {
+            SdkError::ServiceError(se) => se.err().code().map(String::from),
+            _ => None,
+        };
+        S3Failure {
+            code,
+            status: status_of(e),
+            message: sdk_message(e),
+        }
+    }
+
+    /// A failure found on our side (no server answer to report).
+    pub(super) fn msg(message: impl Into<String>) -> S3Failure {
+        S3Failure {
+            code: None,
+            status: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same failure, its message prefixed with `what`.
+    pub(super) fn context(self, what: &str) -> S3Failure {
+        S3Failure {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+}
+
 pub(super) fn status_of<E, R>(e: &SdkError<E, R>) -> Option<u16>
 where
     R: HttpStatus,
@@ -210,7 +257,13 @@ impl S3Store {
         format!("{}{key}", self.key_prefix)
     }
 
-    pub(super) fn remote(&self, action: &'static str, key: &str, message: String) -> StoreError {
+    pub(super) fn remote(
+        &self,
+        action: &'static str,
+        key: &str,
+        failure: impl std::fmt::Display,
+    ) -> StoreError {
+        let message = failure.to_string();
         StoreError::Remote {
             store: self.name.clone(),
             action,

@@ -60,7 +60,7 @@ pub struct S3Store {
 
 /// A streaming GetObject body as a blocking reader.
 struct S3Reader {
-    rx: std_mpsc::Receiver<Result<bytes::Bytes, String>>,
+    rx: std_mpsc::Receiver<Result<bytes::Bytes, S3Failure>>,
     cur: bytes::Bytes,
     ended: bool,
 }
@@ -130,7 +130,7 @@ impl Store for S3Store {
                         source: io::Error::new(io::ErrorKind::NotFound, "no such object"),
                     }
                 } else {
-                    self.remote("opening", key, sdk_message(&e))
+                    self.remote("opening", key, S3Failure::of(&e))
                 }
             })?;
         let (tx, rx) = std_mpsc::sync_channel(4);
@@ -144,7 +144,7 @@ impl Store for S3Store {
                         }
                     }
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(format!("reading the object: {e}")));
+                        let _ = tx.send(Err(S3Failure::msg(format!("reading the object: {e}"))));
                         break;
                     }
                     None => break,
@@ -172,7 +172,7 @@ impl Store for S3Store {
                 lock_until: o.object_lock_retain_until_date().and_then(to_chrono),
             })),
             Err(e) if status_of(&e) == Some(404) => Ok(None),
-            Err(e) => Err(self.remote("inspecting", key, sdk_message(&e))),
+            Err(e) => Err(self.remote("inspecting", key, S3Failure::of(&e))),
         }
     }
 
@@ -208,7 +208,7 @@ impl Store for S3Store {
             }
             Ok(v)
         })
-        .map_err(|e| self.remote("listing", prefix, sdk_message(&e)))?;
+        .map_err(|e| self.remote("listing", prefix, S3Failure::of(&e)))?;
         let mut v: Vec<Entry> = objects
             .into_iter()
             .filter_map(|(k, size, modified)| {

@@ -18,7 +18,7 @@ use crate::store::{ObjectWriter, StoreError};
 
 use super::*;
 
-pub(super) type PartResult = Result<CompletedPart, String>;
+pub(super) type PartResult = Result<CompletedPart, S3Failure>;
 
 pub(super) struct Upload {
     id: String,
@@ -39,12 +39,12 @@ pub struct S3Writer {
     pub(super) known_sha256: Option<String>,
     pub(super) buf: Vec<u8>,
     pub(super) upload: Option<Upload>,
-    pub(super) failed: Option<String>,
+    pub(super) failed: Option<S3Failure>,
     pub(super) done: bool,
 }
 
 impl S3Writer {
-    fn err(&self, msg: String) -> io::Error {
+    fn err(&self, msg: S3Failure) -> io::Error {
         io::Error::other(format!(
             "store {}: uploading {}: {msg}",
             self.store, self.key
@@ -56,20 +56,20 @@ impl S3Writer {
     }
 
     /// Waits for the oldest part in flight.
-    fn wait_one(&mut self) -> Result<(), String> {
+    fn wait_one(&mut self) -> Result<(), S3Failure> {
         let up = self.upload.as_mut().expect("upload started");
         if let Some(rx) = up.in_flight.pop_front() {
             let part = rx
                 .into_inner()
                 .expect("not poisoned")
                 .recv()
-                .map_err(|_| "the upload task vanished".to_string())??;
+                .map_err(|_| S3Failure::msg("the upload task vanished"))??;
             up.parts.push(part);
         }
         Ok(())
     }
 
-    fn start_upload(&mut self) -> Result<(), String> {
+    fn start_upload(&mut self) -> Result<(), S3Failure> {
         let (c, bucket, key) = (
             self.client.clone(),
             self.bucket.clone(),
@@ -94,10 +94,10 @@ impl S3Writer {
             }
             r.send().await
         })
-        .map_err(|e| sdk_message(&e))?
+        .map_err(|e| S3Failure::of(&e))?
         .upload_id()
         .map(String::from)
-        .ok_or("the server returned no upload id")?;
+        .ok_or_else(|| S3Failure::msg("the server returned no upload id"))?;
         self.upload = Some(Upload {
             id,
             parts: Vec::new(),
@@ -107,7 +107,7 @@ impl S3Writer {
     }
 
     /// Sends the buffer as the next part (waiting while too many are in flight).
-    fn send_part(&mut self) -> Result<(), String> {
+    fn send_part(&mut self) -> Result<(), S3Failure> {
         if self.upload.is_none() {
             self.start_upload()?;
         }
@@ -118,11 +118,11 @@ impl S3Writer {
         let up = self.upload.as_mut().expect("started");
         let number = (up.parts.len() + up.in_flight.len() + 1) as i32;
         if number as u64 > crate::config::S3_MAX_PARTS {
-            return Err(format!(
+            return Err(S3Failure::msg(format!(
                 "the object needs more than {} parts of {} bytes; raise part_size for this store",
                 crate::config::S3_MAX_PARTS,
                 self.part_size
-            ));
+            )));
         }
         let checksum = (self.checksum == ChecksumMode::Sha256 || self.lock.is_some())
             .then(|| b64(&Sha256::digest(&data)));
@@ -152,7 +152,7 @@ impl S3Writer {
                     .set_e_tag(o.e_tag().map(String::from))
                     .set_checksum_sha256(checksum)
                     .build()),
-                Err(e) => Err(format!("part {number}: {}", sdk_message(&e))),
+                Err(e) => Err(S3Failure::of(&e).context(&format!("part {number}"))),
             };
             let _ = tx.send(out);
         });
@@ -160,7 +160,7 @@ impl S3Writer {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), String> {
+    fn finish(&mut self) -> Result<(), S3Failure> {
         if let Some(f) = &self.failed {
             return Err(f.clone());
         }
@@ -171,9 +171,9 @@ impl S3Writer {
             let hex = hex::encode(digest);
             if let Some(k) = &self.known_sha256 {
                 if *k != hex {
-                    return Err(format!(
+                    return Err(S3Failure::msg(format!(
                         "content sha256 {hex} differs from the expected {k}"
-                    ));
+                    )));
                 }
             }
             let meta = self.metadata(Some(&hex));
@@ -204,7 +204,7 @@ impl S3Writer {
                 }
                 r.send().await
             })
-            .map_err(|e| sdk_message(&e))?;
+            .map_err(|e| S3Failure::of(&e))?;
             return Ok(());
         }
         if !self.buf.is_empty() {
@@ -235,7 +235,7 @@ impl S3Writer {
                 .send()
                 .await
         })
-        .map_err(|e| sdk_message(&e))?;
+        .map_err(|e| S3Failure::of(&e))?;
         Ok(())
     }
 
@@ -289,13 +289,13 @@ impl ObjectWriter for S3Writer {
                 self.done = true;
                 Ok(())
             }
-            Err(message) => {
+            Err(failure) => {
                 self.abort_pending();
                 Err(StoreError::Remote {
                     store: self.store.clone(),
                     action: "uploading",
                     key: self.key.clone(),
-                    message,
+                    message: failure.to_string(),
                 })
             }
         }

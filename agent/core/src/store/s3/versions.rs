@@ -64,7 +64,7 @@ impl S3Store {
             }
             Ok(v)
         })
-        .map_err(|e| self.remote("listing uploads under", prefix, sdk_message(&e)))?;
+        .map_err(|e| self.remote("listing uploads under", prefix, S3Failure::of(&e)))?;
         Ok(out
             .into_iter()
             .map(|(k, id, t)| {
@@ -134,7 +134,7 @@ impl S3Store {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| sdk_message(&e));
+                    .map_err(|e| S3Failure::of(&e));
             }
             for vid in victims {
                 c.delete_object()
@@ -143,16 +143,16 @@ impl S3Store {
                     .version_id(&vid)
                     .send()
                     .await
-                    .map_err(|e| format!("version {vid}: {}", sdk_message(&e)))?;
+                    .map_err(|e| S3Failure::of(&e).context(&format!("version {vid}")))?;
             }
-            Ok::<(), String>(())
+            Ok::<(), S3Failure>(())
         })
         .map_err(|m| self.remote("removing", key, m))
     }
 }
 
 /// Sends AbortMultipartUpload, a few times if the server is briefly unreachable.
-pub(super) fn abort(c: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<(), String> {
+pub(super) fn abort(c: &Client, bucket: &str, key: &str, upload_id: &str) -> Result<(), S3Failure> {
     let (c, bucket, key, id) = (
         c.clone(),
         bucket.to_string(),
@@ -160,7 +160,7 @@ pub(super) fn abort(c: &Client, bucket: &str, key: &str, upload_id: &str) -> Res
         upload_id.to_string(),
     );
     run(async move {
-        let mut last = String::new();
+        let mut last = S3Failure::msg("no attempt");
         for attempt in 0..5 {
             match c
                 .abort_multipart_upload()
@@ -172,7 +172,7 @@ pub(super) fn abort(c: &Client, bucket: &str, key: &str, upload_id: &str) -> Res
             {
                 Ok(_) => return Ok(()),
                 Err(e) if status_of(&e) == Some(404) => return Ok(()),
-                Err(e) => last = sdk_message(&e),
+                Err(e) => last = S3Failure::of(&e),
             }
             tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
         }
