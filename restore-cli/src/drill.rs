@@ -26,6 +26,7 @@ use backup_core::manifest::Manifest;
 use backup_core::store::{open_store, put_bytes};
 
 use crate::crypto::{DpoKey, TrustedSigners};
+use crate::pinned::Pins;
 use crate::restore;
 use crate::target::{self, Target};
 use backup_core::layout;
@@ -508,7 +509,7 @@ pub async fn run(
     let _ = &chosen.prefix;
 
     // Every check before any byte reaches any server.
-    let v = verify_chosen(&chosen.file, dpo, trusted, report)?;
+    let (v, pins) = verify_chosen(&chosen.file, dpo, trusted, report)?;
 
     // The scratch server.
     let eph;
@@ -528,7 +529,16 @@ pub async fn run(
     let mut conn = target::connect(&tgt, password).await?;
     check_scratch(&mut conn, &tgt, &v.trailer.databases).await?;
     let t0 = Instant::now();
-    let n = restore::replay(&chosen.file, dpo, trusted, &mut conn, None, v.sql_bytes).await?;
+    let n = restore::replay(
+        &chosen.file,
+        &pins,
+        dpo,
+        trusted,
+        &mut conn,
+        None,
+        v.sql_bytes,
+    )
+    .await?;
     report.restore_seconds = Some(t0.elapsed().as_secs_f64());
     report.check(
         "replay",
@@ -571,7 +581,7 @@ fn verify_chosen(
     dpo: &DpoKey,
     trusted: &TrustedSigners,
     report: &mut DrillReport,
-) -> Result<restore::Verified> {
+) -> Result<(restore::Verified, Pins)> {
     let located = match restore::check_checksums(file) {
         Ok(l) => {
             report.check(
@@ -599,7 +609,7 @@ fn verify_chosen(
     if report.source.is_none() {
         report.source = located.manifest.as_ref().map(|m| m.source.clone());
     }
-    let v = match restore::verify_pass(file, dpo, trusted) {
+    let v = match restore::verify_pass(file, &located.pins, dpo, trusted) {
         Ok(v) => v,
         Err(e) => {
             report.check(
@@ -637,7 +647,7 @@ fn verify_chosen(
         ),
     );
     report.sql_bytes = Some(v.sql_bytes);
-    Ok(v)
+    Ok((v, located.pins))
 }
 
 /// Refuses a scratch server that is one of the configured production servers.

@@ -3,6 +3,7 @@
 
 mod crypto;
 mod drill;
+mod pinned;
 mod restore;
 mod target;
 
@@ -217,7 +218,7 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     // Pass 1: decrypt, signature, MDC, completeness.
-    let v = restore::verify_pass(&file, &keys.dpo, &keys.trusted)?;
+    let v = restore::verify_pass(&file, &located.pins, &keys.dpo, &keys.trusted)?;
     eprintln!(
         "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
         keys.dpo.fingerprint,
@@ -233,7 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
 
     if cli.decrypt.is_some() {
         let out = cli.output.clone().unwrap_or_else(|| PathBuf::from("-"));
-        let n = restore::write_out(&file, &keys.dpo, &keys.trusted, &out)?;
+        let n = restore::write_out(&file, &located.pins, &keys.dpo, &keys.trusted, &out)?;
         eprintln!("restore: wrote {n} bytes to {}", out.display());
         return Ok(());
     }
@@ -301,9 +302,11 @@ async fn run(cli: Cli) -> Result<()> {
         ))
         .await?;
     }
+    test_pause_before_pass_2();
     // Pass 2: replay.
     let n = restore::replay(
         &file,
+        &located.pins,
         &keys.dpo,
         &keys.trusted,
         &mut conn,
@@ -484,5 +487,22 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| report.mismatches.join("; "))
         ))
+    }
+}
+
+/// A seam for the fault tests: with `BACKUP_RESTORE_TEST_PAUSE=PATH`, restore creates
+/// PATH once the file is verified and waits (at most two minutes) until PATH is removed
+/// before it reads the file again, so that a test can change the file in between.
+fn test_pause_before_pass_2() {
+    let Some(p) = std::env::var_os("BACKUP_RESTORE_TEST_PAUSE") else {
+        return;
+    };
+    let p = PathBuf::from(p);
+    if std::fs::write(&p, b"verified\n").is_err() {
+        return;
+    }
+    let t0 = Instant::now();
+    while p.exists() && t0.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -1,8 +1,10 @@
 //! Verified restore: every check runs over the whole file before the first byte goes
 //! anywhere. Pass 0 hashes the file against its `.sha256` file (and the manifest, when it
-//! is beside it); pass 1 decrypts, checks MDC and the trusted agent signature, gunzips and
-//! parses the whole SQL stream up to its completion line; only then pass 2 decrypts again
-//! and replays (or writes the SQL out).
+//! is beside it) and pins each of its blocks; pass 1 decrypts, checks MDC and the trusted
+//! agent signature, gunzips and parses the whole SQL stream up to its completion line;
+//! only then pass 2 decrypts again and replays (or writes the SQL out). Passes 1 and 2
+//! read the file through the pins (see `pinned`), so they see exactly the bytes pass 0
+//! hashed, or stop.
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -13,7 +15,7 @@ use flate2::read::MultiGzDecoder;
 use mysql_async::prelude::*;
 use tokio::sync::mpsc;
 
-use backup_core::checksum::hash_stream;
+use crate::pinned::{pin_file, Checker, Pins};
 use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
 use backup_core::manifest::Manifest;
 
@@ -28,6 +30,8 @@ pub struct Located {
     pub manifest: Option<Manifest>,
     pub expected_sha256: String,
     pub size: u64,
+    /// The file as hashed: later passes read only these bytes.
+    pub pins: Pins,
 }
 
 /// Pass 0: the data file, its `.sha256` file, and the manifest if present; hashes the data.
@@ -36,7 +40,6 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .ok_or_else(|| anyhow!("{} is not a file name", data.display()))?;
-    let f = File::open(data).with_context(|| format!("cannot open backup {}", data.display()))?;
     let sha_path = PathBuf::from(format!("{}.sha256", data.display()));
     let sha_text = std::fs::read_to_string(&sha_path).with_context(|| {
         format!("cannot read the checksum file {} that belongs beside the backup; a backup is not trusted without it", sha_path.display())
@@ -63,8 +66,7 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
         }
         None => None,
     };
-    let got = hash_stream(BufReader::with_capacity(1 << 20, f))
-        .with_context(|| format!("reading {}", data.display()))?;
+    let got = pin_file(data).with_context(|| format!("cannot read backup {}", data.display()))?;
     if got.sha256 != expected {
         bail!(
             "checksum mismatch: {} has sha256 {}, but {} says {}; the file is corrupt or was changed: fetch another copy",
@@ -91,6 +93,7 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
         manifest,
         expected_sha256: expected,
         size: got.size,
+        pins: got,
     })
 }
 
@@ -106,9 +109,9 @@ pub struct Verified {
 
 type SqlReader = BufReader<MultiGzDecoder<crypto::Opened>>;
 
-fn open_sql(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<SqlReader> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let opened = crypto::open(BufReader::with_capacity(1 << 20, f), dpo, trusted)
+fn open_sql(path: &Path, pins: &Pins, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<SqlReader> {
+    let f = Checker::open(path, pins).with_context(|| format!("cannot open {}", path.display()))?;
+    let opened = crypto::open(f, dpo, trusted)
         .with_context(|| format!("cannot decrypt {}", path.display()))?;
     Ok(BufReader::with_capacity(
         1 << 20,
@@ -121,14 +124,20 @@ fn finish_sql(r: SqlReader) -> Result<Outcome> {
 }
 
 /// Pass 1: decrypt, check, parse everything; nothing is written anywhere.
-pub fn verify_pass(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<Verified> {
+pub fn verify_pass(
+    path: &Path,
+    pins: &Pins,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+) -> Result<Verified> {
     let fail = |e: &dyn std::fmt::Display| {
         anyhow!(
             "{} failed verification: {e}; nothing was restored",
             path.display()
         )
     };
-    let mut sp = Splitter::new(open_sql(path, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?);
+    let mut sp =
+        Splitter::new(open_sql(path, pins, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?);
     let mut trailer = Trailer::default();
     let mut statements = 0u64;
     let mut largest = 0usize;
@@ -167,10 +176,16 @@ pub fn verify_pass(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners) -> Resul
 
 /// Pass 2 for `--decrypt`: writes the gzip stream or the SQL to `out` ("-" is stdout),
 /// through a temp file renamed into place.
-pub fn write_out(path: &Path, dpo: &DpoKey, trusted: &TrustedSigners, out: &Path) -> Result<u64> {
+pub fn write_out(
+    path: &Path,
+    pins: &Pins,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+    out: &Path,
+) -> Result<u64> {
     let gzip = out.extension().is_some_and(|e| e == "gz");
-    let f = File::open(path)?;
-    let mut opened = crypto::open(BufReader::with_capacity(1 << 20, f), dpo, trusted)?;
+    let f = Checker::open(path, pins)?;
+    let mut opened = crypto::open(f, dpo, trusted)?;
     let to_stdout = out.as_os_str() == "-";
     let tmp = if to_stdout {
         None
@@ -357,13 +372,14 @@ impl Progress {
 /// Pass 2 for `--into`: replays the verified file over one connection.
 pub async fn replay(
     path: &Path,
+    pins: &Pins,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
     conn: &mut mysql_async::Conn,
     only: Option<Vec<String>>,
     total_sql_bytes: u64,
 ) -> Result<u64> {
-    let reader = open_sql(path, dpo, trusted)?;
+    let reader = open_sql(path, pins, dpo, trusted)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
     let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {
         let mut sp = Splitter::new(reader);
