@@ -509,7 +509,7 @@ pub async fn run(
     let _ = &chosen.prefix;
 
     // Every check before any byte reaches any server.
-    let (v, pins) = verify_chosen(&chosen.file, dpo, trusted, report)?;
+    let (v, pins, limit) = verify_chosen(&chosen.file, dpo, trusted, report)?;
 
     // The scratch server.
     let eph;
@@ -532,6 +532,7 @@ pub async fn run(
     let n = restore::replay(
         &chosen.file,
         &pins,
+        limit,
         dpo,
         trusted,
         &mut conn,
@@ -581,7 +582,7 @@ fn verify_chosen(
     dpo: &DpoKey,
     trusted: &TrustedSigners,
     report: &mut DrillReport,
-) -> Result<(restore::Verified, Pins)> {
+) -> Result<(restore::Verified, Pins, usize)> {
     let located = match restore::check_checksums(file) {
         Ok(l) => {
             report.check(
@@ -609,7 +610,7 @@ fn verify_chosen(
     if report.source.is_none() {
         report.source = located.manifest.as_ref().map(|m| m.source.clone());
     }
-    let v = match restore::verify_pass(file, &located.pins, dpo, trusted) {
+    let v = match restore::verify_pass(file, &located.pins, located.max_statement, dpo, trusted) {
         Ok(v) => v,
         Err(e) => {
             report.check(
@@ -647,7 +648,7 @@ fn verify_chosen(
         ),
     );
     report.sql_bytes = Some(v.sql_bytes);
-    Ok((v, located.pins))
+    Ok((v, located.pins, located.max_statement))
 }
 
 /// Refuses a scratch server that is one of the configured production servers.

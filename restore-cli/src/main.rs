@@ -90,6 +90,10 @@ struct Cli {
     /// Pin: accept signatures only from this agent certificate fingerprint (repeatable).
     #[arg(long = "agent-fingerprint", value_name = "FPR")]
     agent_fingerprints: Vec<String>,
+    /// The longest SQL statement to accept (e.g. "256MiB"); by default the manifest's
+    /// largest statement (at least 16MiB), or 32MiB without a manifest.
+    #[arg(long, value_name = "SIZE")]
+    max_statement: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -206,7 +210,16 @@ async fn run(cli: Cli) -> Result<()> {
     let t0 = Instant::now();
 
     // Pass 0: checksums.
-    let located = restore::check_checksums(&file)?;
+    let mut located = restore::check_checksums(&file)?;
+    if let Some(m) = &cli.max_statement {
+        located.max_statement = backup_core::config::parse_size(m)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--max-statement {m:?} is not a size; write e.g. \"256MiB\""
+                ))
+            })?;
+    }
     eprintln!(
         "restore: checksum ok: {} ({} bytes, sha256 {})",
         located.file_name, located.size, located.expected_sha256
@@ -218,7 +231,13 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     // Pass 1: decrypt, signature, MDC, completeness.
-    let v = restore::verify_pass(&file, &located.pins, &keys.dpo, &keys.trusted)?;
+    let v = restore::verify_pass(
+        &file,
+        &located.pins,
+        located.max_statement,
+        &keys.dpo,
+        &keys.trusted,
+    )?;
     eprintln!(
         "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
         keys.dpo.fingerprint,
@@ -307,6 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
     let n = restore::replay(
         &file,
         &located.pins,
+        located.max_statement,
         &keys.dpo,
         &keys.trusted,
         &mut conn,

@@ -16,7 +16,7 @@ use mysql_async::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::pinned::{pin_file, Checker, Pins};
-use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX};
+use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX, DEFAULT_MAX_STATEMENT};
 use backup_core::manifest::Manifest;
 
 use crate::crypto::{self, DpoKey, Outcome, TrustedSigners};
@@ -32,6 +32,21 @@ pub struct Located {
     pub size: u64,
     /// The file as hashed: later passes read only these bytes.
     pub pins: Pins,
+    /// The longest statement the passes accept (see [`statement_limit`]).
+    pub max_statement: usize,
+}
+
+/// The longest statement a restore accepts: what the manifest records as the dump's
+/// largest (but at least 16 MiB: routine and view bodies are not counted there), else the
+/// default. Reading stops at a longer one, so memory stays bounded on any input.
+pub fn statement_limit(manifest: Option<&Manifest>) -> usize {
+    match manifest {
+        Some(m) => usize::try_from(m.largest_statement_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_add(64 << 10)
+            .max(16 << 20),
+        None => DEFAULT_MAX_STATEMENT,
+    }
 }
 
 /// Pass 0: the data file, its `.sha256` file, and the manifest if present; hashes the data.
@@ -90,10 +105,11 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
     }
     Ok(Located {
         file_name,
-        manifest,
         expected_sha256: expected,
         size: got.size,
+        max_statement: statement_limit(manifest.as_ref()),
         pins: got,
+        manifest,
     })
 }
 
@@ -127,6 +143,7 @@ fn finish_sql(r: SqlReader) -> Result<Outcome> {
 pub fn verify_pass(
     path: &Path,
     pins: &Pins,
+    limit: usize,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
 ) -> Result<Verified> {
@@ -136,8 +153,10 @@ pub fn verify_pass(
             path.display()
         )
     };
-    let mut sp =
-        Splitter::new(open_sql(path, pins, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?);
+    let mut sp = Splitter::with_limit(
+        open_sql(path, pins, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?,
+        limit,
+    );
     let mut trailer = Trailer::default();
     let mut statements = 0u64;
     let mut largest = 0usize;
@@ -370,9 +389,11 @@ impl Progress {
 }
 
 /// Pass 2 for `--into`: replays the verified file over one connection.
+#[allow(clippy::too_many_arguments)]
 pub async fn replay(
     path: &Path,
     pins: &Pins,
+    limit: usize,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
     conn: &mut mysql_async::Conn,
@@ -382,7 +403,7 @@ pub async fn replay(
     let reader = open_sql(path, pins, dpo, trusted)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
     let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {
-        let mut sp = Splitter::new(reader);
+        let mut sp = Splitter::with_limit(reader, limit);
         while let Some(item) = sp.next_item()? {
             let m = match item {
                 Item::Statement(s) => Msg::Stmt(s, sp.bytes_read),

@@ -93,3 +93,124 @@ fn a_file_changed_in_place_after_verification_restores_nothing() {
     src.drop_db(&db);
     dst.drop_db(&db);
 }
+
+/// Peak RSS (KiB) of `restore ARGS`, measured by GNU time, with its output.
+fn restore_rss(args: &[String]) -> (std::process::Output, u64) {
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss=%M"])
+        .arg(restore_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("/usr/bin/time (Debian package time; scripts/test-services.sh installs it)");
+    let err = stderr(&o);
+    let kib = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("maxrss="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no maxrss in: {err}"));
+    (o, kib)
+}
+
+/// Hostile messages (encrypted to the DPO, signed by a key nobody trusts) that expand to
+/// one 256 MiB line, or to one 256 MiB statement of short lines (a gzip bomb): restore
+/// refuses them with peak RSS under 128 MiB, for --into and for --decrypt.
+#[test]
+fn hostile_giant_statements_are_refused_in_bounded_memory() {
+    use flate2::write::GzEncoder;
+    let dst = target();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gpg::new();
+    g.import(&testdata("dpo.pub.asc"));
+    g.gen_key("intruder@test.invalid", "ed25519", None, "0");
+    let before = dst.databases();
+    for (label, head, chunk) in [
+        ("line", &b"INSERT INTO t VALUES ('"[..], &b"A"[..]),
+        ("lines", &b"SELECT '"[..], &b"A\n"[..]),
+    ] {
+        let case = dir.path().join(label);
+        std::fs::create_dir_all(&case).unwrap();
+        let gz_path = case.join("bomb.sql.gz");
+        let mut gz = GzEncoder::new(
+            std::fs::File::create(&gz_path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        gz.write_all(b"/*M!999999\\- enable the sandbox mode */\n")
+            .unwrap();
+        gz.write_all(head).unwrap();
+        let block = chunk.repeat((1 << 20) / chunk.len());
+        for _ in 0..256 {
+            gz.write_all(&block).unwrap();
+        }
+        gz.write_all(b"');\n-- Dump completed 2026-01-01T00:00:00Z\n")
+            .unwrap();
+        gz.finish().unwrap();
+        let data = case.join(NAME);
+        let o = g
+            .cmd()
+            .args([
+                "--yes",
+                "--compress-algo",
+                "none",
+                "--cipher-algo",
+                "AES256",
+                "--recipient",
+                "dpo@backup-agent.invalid",
+                "--local-user",
+                "intruder@test.invalid",
+                "--sign",
+                "--encrypt",
+                "--output",
+            ])
+            .arg(&data)
+            .arg(&gz_path)
+            .output()
+            .unwrap();
+        ok(&o, "gpg --sign --encrypt");
+        std::fs::remove_file(&gz_path).unwrap();
+        let sum = Command::new("sha256sum")
+            .arg(NAME)
+            .current_dir(&case)
+            .output()
+            .unwrap();
+        ok(&sum, "sha256sum");
+        std::fs::write(case.join(format!("{NAME}.sha256")), sum.stdout).unwrap();
+
+        let (o, kib) = restore_rss(&into_args(&dst, &data, &case.join("pw")));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{label} --into: {err}");
+        assert!(
+            err.contains("longer than"),
+            "{label} --into names the cause: {err}"
+        );
+        assert!(
+            kib < 128 * 1024,
+            "{label} --into peaked at {kib} KiB: {err}"
+        );
+        assert_eq!(dst.databases(), before, "{label}: the target changed");
+
+        let out = case.join("out.sql");
+        let mut args: Vec<String> = vec![
+            "--decrypt".into(),
+            data.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        args.extend(
+            into_args(&dst, &data, &case.join("pw"))
+                .into_iter()
+                .skip_while(|a| a != "--dpo-key"),
+        );
+        let (o, kib) = restore_rss(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{label} --decrypt: {err}");
+        assert!(
+            kib < 128 * 1024,
+            "{label} --decrypt peaked at {kib} KiB: {err}"
+        );
+        assert!(!out.exists(), "{label}: --decrypt wrote {}", out.display());
+    }
+}
+
+const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

@@ -17,6 +17,7 @@ ba_need_packages() {
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  [ -x /usr/bin/time ] || missing+=(time)
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -5,7 +5,7 @@
 
 pub mod columns;
 
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Read};
 
 use serde::{Deserialize, Serialize};
 
@@ -197,7 +197,15 @@ pub enum SplitError {
     Io(#[from] io::Error),
     #[error("the dump ends inside a statement (truncated stream): {0}")]
     Unterminated(String),
+    /// A line or statement longer than the reader's limit: not what the dumper writes
+    /// (or larger than the manifest says), and never buffered whole.
+    #[error("a statement is longer than {limit} bytes, more than this backup's largest statement; the dump is not what the agent wrote (or, for a backup with rows that large, give its manifest or --max-statement)")]
+    TooLong { limit: usize },
 }
+
+/// The longest statement a reader accepts when nothing says more (the dumper writes at
+/// most 1 MiB per INSERT, or one row's size; the manifest records the largest).
+pub const DEFAULT_MAX_STATEMENT: usize = 32 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -220,6 +228,8 @@ pub struct Splitter<R> {
     done: bool,
     /// Bytes consumed so far (for progress).
     pub bytes_read: u64,
+    /// Longest line and statement accepted; memory stays within a few times this.
+    limit: usize,
 }
 
 impl<R: BufRead> Splitter<R> {
@@ -233,6 +243,15 @@ impl<R: BufRead> Splitter<R> {
             pending: Default::default(),
             done: false,
             bytes_read: 0,
+            limit: DEFAULT_MAX_STATEMENT,
+        }
+    }
+
+    /// A splitter that refuses lines and statements longer than `limit` bytes.
+    pub fn with_limit(reader: R, limit: usize) -> Self {
+        Splitter {
+            limit,
+            ..Splitter::new(reader)
         }
     }
 
@@ -246,8 +265,17 @@ impl<R: BufRead> Splitter<R> {
                 return Ok(None);
             }
             self.line.clear();
-            let n = self.reader.read_until(b'\n', &mut self.line)?;
+            // At most one byte over the limit: a longer line is refused, not buffered.
+            let cap = self.limit as u64 + 2;
+            let n = self
+                .reader
+                .by_ref()
+                .take(cap)
+                .read_until(b'\n', &mut self.line)?;
             self.bytes_read += n as u64;
+            if n as u64 == cap && self.line.last() != Some(&b'\n') {
+                return Err(SplitError::TooLong { limit: self.limit });
+            }
             if n == 0 {
                 self.done = true;
                 if self.state == State::LineComment {
@@ -263,6 +291,9 @@ impl<R: BufRead> Splitter<R> {
             let line = std::mem::take(&mut self.line);
             self.process_line(&line);
             self.line = line;
+            if self.stmt.len() > self.limit {
+                return Err(SplitError::TooLong { limit: self.limit });
+            }
         }
     }
 
@@ -489,6 +520,37 @@ mod tests {
     }
     fn st(s: &str) -> Item {
         Item::Statement(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lines_and_statements_longer_than_the_limit_are_refused_unbuffered() {
+        let items = |text: &[u8], limit: usize| {
+            let mut sp = Splitter::with_limit(text, limit);
+            let mut n = 0;
+            loop {
+                match sp.next_item() {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => return Ok(n),
+                    Err(e) => return Err((e, sp.line.capacity())),
+                }
+            }
+        };
+        let ok = b"INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n";
+        assert_eq!(items(ok, 40).unwrap(), 2);
+        // One long line: refused after reading limit + 2 bytes of it.
+        let mut long = b"INSERT INTO t VALUES ('".to_vec();
+        long.extend(std::iter::repeat_n(b'A', 1 << 20));
+        long.extend_from_slice(b"');\n");
+        let (e, cap) = items(&long, 4096).unwrap_err();
+        assert!(matches!(e, SplitError::TooLong { limit: 4096 }), "{e}");
+        assert!(cap < 64 * 1024, "the line buffer grew to {cap}");
+        // A statement of many short lines.
+        let many = b"SELECT '\n".repeat(1000);
+        assert!(matches!(
+            items(&many, 4096).unwrap_err().0,
+            SplitError::TooLong { .. }
+        ));
+        assert_eq!(items(&long, 2 << 20).unwrap(), 1);
     }
 
     #[test]
