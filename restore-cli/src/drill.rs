@@ -236,8 +236,19 @@ impl Ephemeral {
             std::process::id(),
             Utc::now().timestamp_millis()
         ));
-        std::fs::create_dir_all(dir.join("data"))
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        // 0700 and new: restored production data and the server's socket are reachable by
+        // this user (and mysql, which runs the server when we are root) alone; a path
+        // someone planted beforehand is refused, never reused.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let mut b = std::fs::DirBuilder::new();
+            b.mode(0o700);
+            b.create(&dir)
+                .and_then(|()| b.create(dir.join("data")))
+                .with_context(|| {
+                    format!("cannot create the private directory {}", dir.display())
+                })?;
+        }
         let mut eph = Ephemeral {
             dir: dir.clone(),
             child: None,
@@ -527,7 +538,11 @@ pub async fn run(
         }
     };
     let mut conn = target::connect(&tgt, password).await?;
+    if a.scratch.is_none() {
+        lock_down(&mut conn).await?;
+    }
     check_scratch(&mut conn, &tgt, &v.trailer.databases).await?;
+    crate::test_pause_before_pass_2();
     let t0 = Instant::now();
     let n = restore::replay(
         &chosen.file,
@@ -649,6 +664,22 @@ fn verify_chosen(
     );
     report.sql_bytes = Some(v.sql_bytes);
     Ok((v, located.pins, located.max_statement))
+}
+
+/// Gives the ephemeral server's root a random password that only this process holds
+/// (this session stays open), so that even a user who reached the socket could not log
+/// in; the socket's directory is 0700 and the server listens on no TCP port.
+async fn lock_down(conn: &mut mysql_async::Conn) -> Result<()> {
+    let mut raw = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let pw = zeroize::Zeroizing::new(hex::encode(raw));
+    conn.query_drop(format!(
+        "ALTER USER root@localhost IDENTIFIED BY {}",
+        quote_str(&pw)
+    ))
+    .await
+    .context("locking the scratch server's root account")?;
+    Ok(())
 }
 
 /// Refuses a scratch server that is one of the configured production servers.

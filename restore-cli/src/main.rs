@@ -513,7 +513,7 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
 /// A seam for the fault tests: with `BACKUP_RESTORE_TEST_PAUSE=PATH`, restore creates
 /// PATH once the file is verified and waits (at most two minutes) until PATH is removed
 /// before it reads the file again, so that a test can change the file in between.
-fn test_pause_before_pass_2() {
+pub(crate) fn test_pause_before_pass_2() {
     let Some(p) = std::env::var_os("BACKUP_RESTORE_TEST_PAUSE") else {
         return;
     };

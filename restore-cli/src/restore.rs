@@ -193,8 +193,10 @@ pub fn verify_pass(
     })
 }
 
-/// Pass 2 for `--decrypt`: writes the gzip stream or the SQL to `out` ("-" is stdout),
-/// through a temp file renamed into place.
+/// Pass 2 for `--decrypt`: writes the gzip stream or the SQL to `out` ("-" is stdout).
+/// A file is written as a new temp file beside it (mode 0600, never through an existing
+/// name or link), then linked to `out`, which must not exist: plaintext is readable by
+/// this user alone and never lands in a file someone else prepared.
 pub fn write_out(
     path: &Path,
     pins: &Pins,
@@ -203,9 +205,15 @@ pub fn write_out(
     out: &Path,
 ) -> Result<u64> {
     let gzip = out.extension().is_some_and(|e| e == "gz");
+    let to_stdout = out.as_os_str() == "-";
+    if !to_stdout && std::fs::symlink_metadata(out).is_ok() {
+        bail!(
+            "{} already exists; remove it or choose another name (restore never overwrites)",
+            out.display()
+        );
+    }
     let f = Checker::open(path, pins)?;
     let mut opened = crypto::open(f, dpo, trusted)?;
-    let to_stdout = out.as_os_str() == "-";
     let tmp = if to_stdout {
         None
     } else {
@@ -218,9 +226,7 @@ pub fn write_out(
     };
     let mut sink: Box<dyn Write> = match &tmp {
         None => Box::new(std::io::stdout().lock()),
-        Some(t) => {
-            Box::new(File::create(t).with_context(|| format!("cannot create {}", t.display()))?)
-        }
+        Some(t) => Box::new(private_new_file(t)?),
     };
     let result = (|| -> Result<u64> {
         let n = if gzip {
@@ -239,8 +245,13 @@ pub fn write_out(
     drop(sink);
     match (result, tmp) {
         (Ok(n), Some(t)) => {
-            std::fs::rename(&t, out).with_context(|| {
-                format!("cannot move the output into place at {}", out.display())
+            let linked = std::fs::hard_link(&t, out);
+            let _ = std::fs::remove_file(&t);
+            linked.with_context(|| {
+                format!(
+                    "cannot put the output in place at {} (it must not exist)",
+                    out.display()
+                )
             })?;
             Ok(n)
         }
@@ -252,6 +263,18 @@ pub fn write_out(
             Err(e)
         }
     }
+}
+
+/// Creates a new file readable and writable by this user only; fails if anything is at
+/// `path`, a symbolic link included (O_CREAT|O_EXCL never follows one).
+fn private_new_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Which statements a `--database` selection replays.

@@ -213,4 +213,174 @@ fn hostile_giant_statements_are_refused_in_bounded_memory() {
     }
 }
 
+/// Runs `argv` as the unprivileged user `nobody`.
+fn as_nobody(argv: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Another local user can neither reach the drill's scratch server (its directory is 0700,
+/// its root account has a password only the drill holds, it listens on no TCP port) nor
+/// read what `restore --decrypt` writes (0600 whatever the umask, never through a planted
+/// link).
+#[test]
+fn another_local_user_reaches_neither_the_drill_server_nor_decrypted_sql() {
+    assert!(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "this test acts as another user and needs root (scripts/test.sh runs as root)"
+    );
+    let src = source();
+    let db = unique("private");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'secret')",
+    );
+    let setup = Setup::new(&src, &db);
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    let data = setup.only_backup();
+    // A scratch base every user may traverse, as /var/tmp is.
+    let base = tempfile::Builder::new()
+        .prefix("ba-drill")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        base.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let pause = setup.path("pause");
+    let mut args = vec![
+        "--verify".to_string(),
+        "--backup".into(),
+        data.display().to_string(),
+    ];
+    args.extend([
+        "--dpo-key".into(),
+        testdata("dpo.sec.asc").display().to_string(),
+        "--agent-cert".into(),
+        testdata("agent.pub.asc").display().to_string(),
+    ]);
+    let child = Command::new(restore_bin())
+        .args(&args)
+        .env("TMPDIR", base.path())
+        .env("BACKUP_RESTORE_TEST_PAUSE", &pause)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !pause.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the drill never reached its replay"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dir = std::fs::read_dir(base.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("restore-drill-")
+        })
+        .expect("the drill's scratch directory");
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o700,
+        "{}",
+        dir.display()
+    );
+    let mysql_uid = Command::new("id").args(["-u", "mysql"]).output().unwrap();
+    assert_eq!(
+        meta.uid().to_string(),
+        String::from_utf8_lossy(&mysql_uid.stdout).trim(),
+        "owned by mysql, which runs the server"
+    );
+    let sock = dir.join("mysqld.sock");
+    let sock_arg = format!("--socket={}", sock.display());
+    let select = [
+        "mariadb",
+        "--no-defaults",
+        &sock_arg,
+        "-uroot",
+        "-N",
+        "-e",
+        "SELECT 1",
+    ];
+    let o = as_nobody(&select);
+    assert!(
+        !o.status.success(),
+        "nobody reached the scratch server: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Even with the socket in reach (root), the root account is locked by a password.
+    let o = Command::new(select[0]).args(&select[1..]).output().unwrap();
+    assert!(
+        !o.status.success(),
+        "passwordless root login to the scratch server worked"
+    );
+    assert!(stderr(&o).contains("Access denied"), "{}", stderr(&o));
+    let pid = std::fs::read_to_string(dir.join("mysqld.pid")).unwrap();
+    let ss = Command::new("ss").args(["-ltnpH"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ss.stdout).contains(&format!("pid={},", pid.trim())),
+        "the scratch server listens on TCP"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "the drill: {}", stderr(&o));
+
+    // --decrypt under umask 000: the SQL file is 0600; a planted link is refused.
+    let out = setup.path("plain.sql");
+    let mut dargs = vec![
+        "--decrypt".to_string(),
+        data.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    dargs.extend(args[3..].iter().cloned());
+    let run = |dargs: &[String]| {
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 000; exec \"$@\"")
+            .arg("sh")
+            .arg(restore_bin())
+            .args(dargs)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(&run(&dargs), "restore --decrypt");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "decrypted SQL is readable by others");
+    assert!(std::fs::read_to_string(&out).unwrap().contains("secret"));
+    let o = as_nobody(&["cat", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let victim = setup.path("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let planted = setup.path("planted.sql");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    dargs[3] = planted.display().to_string();
+    let o = run(&dargs);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    src.drop_db(&db);
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";
