@@ -213,6 +213,19 @@ fn sources_or_exit<'a>(
     })
 }
 
+/// The state store, if its file can be read: `list` and `prune` decide nothing from a
+/// state they cannot read (prune's safety rules depend on it).
+fn readable_state(cfg: &Config) -> Result<StateStore, ExitCode> {
+    let state = StateStore::new(&cfg.agent.state_dir);
+    match state.load() {
+        Ok(_) => Ok(state),
+        Err(e) => {
+            eprintln!("backup-agent: {e}");
+            Err(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}
+
 fn verdict_text(v: &backup_core::policy::Verdict) -> String {
     if v.compliant {
         "compliant".to_string()
@@ -226,8 +239,11 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
         Ok(s) => s,
         Err(c) => return c,
     };
+    let state = match readable_state(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
     let stores = inventory::open_all(cfg);
-    let state = StateStore::new(&cfg.agent.state_dir);
     let now = chrono::Utc::now();
     let invs: Vec<_> = sources
         .iter()
@@ -306,8 +322,11 @@ fn prune(
         Ok(s) => s,
         Err(c) => return c,
     };
+    let state = match readable_state(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
     let stores = inventory::open_all(cfg);
-    let state = StateStore::new(&cfg.agent.state_dir);
     let now = now.unwrap_or_else(chrono::Utc::now);
     let mut failed = false;
     let mut all = Vec::new();

@@ -383,4 +383,89 @@ fn another_local_user_reaches_neither_the_drill_server_nor_decrypted_sql() {
     src.drop_db(&db);
 }
 
+/// An emptied, truncated or garbled state file is named as the problem (healthcheck
+/// CRITICAL, `list` refuses), then set aside by the next backup, which succeeds; `scrub
+/// --all` re-verifies what the lost ledger knew.
+#[test]
+fn a_corrupt_state_file_is_named_and_rebuilt_not_taken_for_emptiness() {
+    let src = source();
+    let db = unique("state");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let setup = Setup::new(&src, &db);
+    let state = setup.path("state/state.json");
+    for (day, garbage) in [
+        (2, &b""[..]),
+        (3, b"{\"sources\": {\"main\": {\"last_su"),
+        (4, b"\x7fELF not json at all"),
+    ] {
+        // Recent (the healthcheck reads the real clock), one minute apart (ids are seconds).
+        let base = chrono::Utc::now() - chrono::Duration::hours(1);
+        let now = |k: u32| {
+            (base + chrono::Duration::minutes(i64::from(k)))
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        };
+        ok(
+            &setup.agent(&src, &["backup", "--now", &now(day * 2)]),
+            "backup before the damage",
+        );
+        std::fs::write(&state, garbage).unwrap();
+        let o = setup.agent(&src, &["healthcheck"]);
+        let line = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(1), "healthcheck: {line}");
+        assert!(
+            line.contains(&state.display().to_string()) && line.contains("scrub --all"),
+            "names the file and the fix: {line}"
+        );
+        let o = setup.agent(&src, &["list"]);
+        assert_eq!(o.status.code(), Some(1), "list: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&state.display().to_string()),
+            "{}",
+            stderr(&o)
+        );
+        let o = setup.agent(&src, &["backup", "--now", &now(day * 2 + 1)]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "backup after the damage: {}",
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("state_corrupt"),
+            "logged: {}",
+            stderr(&o)
+        );
+        ok(
+            &setup.agent(&src, &["healthcheck"]),
+            "healthcheck after the rebuild",
+        );
+        ok(&setup.agent(&src, &["scrub", "--all"]), "scrub --all");
+        let o = setup.agent(&src, &["list", "--json"]);
+        ok(&o, "list after scrub");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for b in v[0]["backups"].as_array().unwrap() {
+            for c in b["copies"].as_array().unwrap() {
+                assert_eq!(c["status"], "verified", "{b}");
+            }
+        }
+    }
+    let aside = std::fs::read_dir(setup.path("state"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 3, "each damaged file is kept aside for a look");
+    src.drop_db(&db);
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

@@ -89,10 +89,21 @@ pub struct AlertMark {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("state file {path}: {source}; check the state_dir exists and is writable by the agent")]
-pub struct StateError {
-    pub path: String,
-    pub source: std::io::Error,
+pub enum StateError {
+    #[error(
+        "state file {path}: {source}; check the state_dir exists and is writable by the agent"
+    )]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Emptied, truncated or garbled. The next update sets it aside and starts afresh;
+    /// what it held is rebuilt from the stores.
+    #[error("state file {path} is unreadable ({source}); the agent sets it aside at its next update and starts afresh: run `backup-agent scrub --all` to re-verify every copy and rebuild the verification ledger")]
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// The state file of a state dir.
@@ -113,7 +124,7 @@ impl StateStore {
     }
 
     fn err(&self, source: std::io::Error) -> StateError {
-        StateError {
+        StateError::Io {
             path: self.path().display().to_string(),
             source,
         }
@@ -123,8 +134,10 @@ impl StateStore {
     /// the file is only ever replaced whole.
     pub fn load(&self) -> Result<State, StateError> {
         match fs::read(self.path()) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| self.err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| StateError::Corrupt {
+                path: self.path().display().to_string(),
+                source,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) => Err(self.err(e)),
         }
@@ -148,12 +161,30 @@ impl StateStore {
     /// Applies `f` to the state under an exclusive lock and writes the result.
     pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
         self.locked(|| {
-            let mut st = self.load()?;
+            let mut st = match self.load() {
+                Ok(st) => st,
+                Err(e @ StateError::Corrupt { .. }) => {
+                    let aside = self.set_aside()?;
+                    tracing::error!(event = "state_corrupt", error = %e, saved_as = %aside.display(), "starting from an empty state; run `backup-agent scrub --all` to re-verify every copy");
+                    State::default()
+                }
+                Err(e) => return Err(e),
+            };
             let out = f(&mut st);
             let json = serde_json::to_vec_pretty(&st).expect("serializable");
             atomic_write(&self.path(), &json).map_err(|e| self.err(e))?;
             Ok(out)
         })
+    }
+
+    /// Moves an unreadable state file to `state.json.corrupt-<time>` (kept for a look).
+    fn set_aside(&self) -> Result<PathBuf, StateError> {
+        let aside = self.dir.join(format!(
+            "state.json.corrupt-{}",
+            Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        fs::rename(self.path(), &aside).map_err(|e| self.err(e))?;
+        Ok(aside)
     }
 
     /// drill.json in the state dir: the newest drill this agent knows of.
@@ -172,7 +203,7 @@ impl StateStore {
                 return Ok(false);
             }
             let json = serde_json::to_vec_pretty(rec).expect("serializable");
-            atomic_write(&self.drill_path(), &json).map_err(|e| StateError {
+            atomic_write(&self.drill_path(), &json).map_err(|e| StateError::Io {
                 path: self.drill_path().display().to_string(),
                 source: e,
             })?;
@@ -199,6 +230,33 @@ pub fn load_drill(dir: &Path) -> Option<DrillRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_state_is_named_then_set_aside_at_the_next_update() {
+        for garbage in [&b""[..], b"{\"sources\": {\"a\"", b"\x00\xff garbage"] {
+            let d = tempfile::tempdir().unwrap();
+            let s = StateStore::new(d.path());
+            std::fs::write(s.path(), garbage).unwrap();
+            let e = s.load().unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+            assert!(e.to_string().contains(&s.path().display().to_string()));
+            assert!(e.to_string().contains("scrub --all"));
+            s.update(|st| st.sources.entry("a".into()).or_default().failures_total = 1)
+                .unwrap();
+            assert_eq!(s.load().unwrap().sources["a"].failures_total, 1);
+            let aside: Vec<_> = std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("state.json.corrupt-")
+                })
+                .collect();
+            assert_eq!(aside.len(), 1);
+            assert_eq!(std::fs::read(aside[0].path()).unwrap(), garbage);
+        }
+    }
 
     #[test]
     fn update_round_trips_and_survives_concurrency() {

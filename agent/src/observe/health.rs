@@ -44,6 +44,8 @@ pub struct Facts {
     pub dpo_warning_days: u32,
     pub drill: Option<DrillRecord>,
     pub drill_max_age: Option<Duration>,
+    /// Why the state file could not be read, when it could not.
+    pub state_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +130,9 @@ pub fn verdict(f: &Facts) -> Verdict {
             Some(d) if !d.success => critical.push("the last restore drill failed".into()),
             Some(_) => {}
         }
+    }
+    if let Some(e) = &f.state_error {
+        critical.push(e.clone());
     }
     if !critical.is_empty() {
         Verdict {
@@ -245,6 +250,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         dpo_warning_days: cfg.agent.dpo_expiry_warning_days,
         drill,
         drill_max_age: cfg.agent.drill_max_age,
+        state_error: None,
     }
 }
 
@@ -307,10 +313,12 @@ fn newest_drill_in_store(
 
 /// The whole healthcheck: state + stores + certificates -> verdict.
 pub fn check(cfg: &Config) -> (Verdict, Facts, State) {
-    let state = StateStore::new(&cfg.agent.state_dir)
-        .load()
-        .unwrap_or_default();
-    let facts = gather(cfg, &state, Utc::now());
+    let (state, state_error) = match StateStore::new(&cfg.agent.state_dir).load() {
+        Ok(s) => (s, None),
+        Err(e) => (State::default(), Some(e.to_string())),
+    };
+    let mut facts = gather(cfg, &state, Utc::now());
+    facts.state_error = state_error;
     (verdict(&facts), facts, state)
 }
 
@@ -338,6 +346,7 @@ mod tests {
             dpo_warning_days: 30,
             drill: None,
             drill_max_age: None,
+            state_error: None,
         }
     }
 
