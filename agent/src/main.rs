@@ -412,6 +412,7 @@ fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
         let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
         if let Some(b) = inv.newest() {
             println!("  newest backup {}: {}", b.id, verdict_text(&b.verdict));
+            bad |= !b.verdict.compliant;
         }
     }
     if bad {

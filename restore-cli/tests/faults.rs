@@ -468,4 +468,68 @@ fn a_corrupt_state_file_is_named_and_rebuilt_not_taken_for_emptiness() {
     src.drop_db(&db);
 }
 
+/// A copy whose data object changed size is a failed copy (scrub exits 3 and names it,
+/// list shows it failed, repair replaces it), never one that drops out of the count; and
+/// `scrub --all` exits 3 while the newest backup does not meet the policy.
+#[test]
+fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
+    let src = source();
+    let db = unique("scrub");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    );
+    let mut setup = Setup::new(&src, &db);
+    let second = setup.path("second");
+    std::fs::create_dir_all(&second).unwrap();
+    setup.stores = format!(
+        "[[store]]\nname = \"second\"\nkind = \"local\"\npath = {second:?}\nmedia = \"disk\"\n"
+    );
+    setup.policy = "[policy]\ncopies = 2\nmedia = 1\noffsite = 0\n".into();
+    ok(&setup.agent(&src, &["backup"]), "backup to two stores");
+    ok(
+        &setup.agent(&src, &["scrub", "--all"]),
+        "scrub of two good copies",
+    );
+    let data = std::fs::read_dir(second.join("main"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".sql.gz.gpg"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&data)
+        .unwrap();
+    f.write_all(b"x").unwrap();
+    drop(f);
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
+    assert!(out.contains("FAILED") && out.contains("second"), "{out}");
+    let o = setup.agent(&src, &["list", "--json"]);
+    ok(&o, "list");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let copies = v[0]["backups"][0]["copies"].as_array().unwrap().clone();
+    let second_copy = copies
+        .iter()
+        .find(|c| c["store"] == "second")
+        .expect("listed");
+    assert_eq!(second_copy["status"], "failed", "{copies:?}");
+    ok(&setup.agent(&src, &["repair"]), "repair");
+    ok(
+        &setup.agent(&src, &["scrub", "--all"]),
+        "scrub after repair",
+    );
+    // A policy the stores cannot meet: every copy is fine, the verdict is not.
+    setup.policy = "[policy]\ncopies = 3\nmedia = 1\noffsite = 0\n".into();
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
+    assert!(out.contains("NOT compliant"), "{out}");
+    src.drop_db(&db);
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

@@ -34,7 +34,9 @@ pub fn open_all(cfg: &Config) -> Vec<OpenStore> {
 /// A name and when it was last modified.
 pub type Timed = (String, Option<DateTime<Utc>>);
 /// A store index and the lock date of the copy there.
-type Located = (usize, Option<DateTime<Utc>>);
+/// A store index, the lock date of the copy there, and why the copy is broken (its data
+/// object missing or of another size than the manifest records, or no `.sha256`).
+type Located = (usize, Option<DateTime<Utc>>, Option<String>);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CopyRow {
@@ -157,20 +159,32 @@ pub fn build(
                     continue;
                 }
             };
-            let data_ok = m.backup_id == id
+            let ours = m.backup_id == id
                 && m.source == src.name
-                && names
-                    .get(m.data.name.as_str())
-                    .is_some_and(|d| d.size == m.data.size)
-                && m.data.name == layout::object_name(id, DATA_SUFFIX)
-                && names.contains_key(layout::object_name(id, SHA256_SUFFIX).as_str());
-            if !data_ok {
+                && m.data.name == layout::object_name(id, DATA_SUFFIX);
+            if !ours {
                 inv.notes.push(format!(
-                    "store {}: {prefix}/{n} does not match its data object (missing, other size, or other source); left alone, check it by hand",
+                    "store {}: {prefix}/{n} names another backup or source; left alone, check it by hand",
                     os.cfg.name
                 ));
                 continue;
             }
+            // A copy whose data object is gone or changed size is a failed copy, never
+            // one that silently drops out of the count.
+            let broken = match names.get(m.data.name.as_str()) {
+                None => Some(format!("{} is missing", m.data.name)),
+                Some(d) if d.size != m.data.size => Some(format!(
+                    "{} has {} bytes, the manifest records {}",
+                    m.data.name, d.size, m.data.size
+                )),
+                Some(_) if !names.contains_key(layout::object_name(id, SHA256_SUFFIX).as_str()) => {
+                    Some(format!(
+                        "{} is missing",
+                        layout::object_name(id, SHA256_SUFFIX)
+                    ))
+                }
+                Some(_) => None,
+            };
             let lock = if store.immutable() {
                 store
                     .stat(&layout::key(prefix, &m.data.name))
@@ -180,17 +194,21 @@ pub fn build(
             } else {
                 None
             };
-            present.entry(id.to_string()).or_default().push((i, lock));
+            present
+                .entry(id.to_string())
+                .or_default()
+                .push((i, lock, broken));
             manifests.entry(id.to_string()).or_insert(m);
         }
     }
     for (id, m) in manifests {
         let mut copies = Vec::new();
         let mut facts = Vec::new();
-        for (i, lock) in &present[&id] {
+        for (i, lock, broken) in &present[&id] {
             let os = &stores[*i];
             let mk = mark(state, &os.cfg.name, prefix, &id);
             let (status, verified) = match mk {
+                _ if broken.is_some() => ("failed", false),
                 Some(k) if k.verified && k.size == m.data.size => ("verified", true),
                 Some(k) if !k.verified => ("failed", false),
                 _ => ("unchecked", false),
@@ -200,7 +218,7 @@ pub fn build(
                 status: status.into(),
                 checked_at: mk.map(|k| k.checked_at),
                 lock_until: *lock,
-                error: mk.and_then(|k| k.error.clone()),
+                error: broken.clone().or_else(|| mk.and_then(|k| k.error.clone())),
             });
             facts.push(CopyFact {
                 store: os.cfg.name.clone(),
