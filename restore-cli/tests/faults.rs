@@ -532,4 +532,61 @@ fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
     src.drop_db(&db);
 }
 
+/// Two backups of one source on one host at once: the second is refused at once with a
+/// message naming the running one, and touches nothing; the first completes alone.
+#[test]
+fn a_second_backup_of_a_running_source_is_refused_and_touches_nothing() {
+    let src = source();
+    let db = unique("busy");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, REPEAT('x', 100) FROM seq_1_to_6000",
+    );
+    let mut setup = Setup::new(&src, &db);
+    // About 700 KB of SQL at 64 KiB/s: the first run takes ~10 s.
+    setup.extra = "rate_limit = \"64KiB\"\n".into();
+    let cfg = setup.config(&src);
+    let first = Command::new(agent_bin())
+        .args(["--config", cfg.to_str().unwrap(), "backup"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = setup.path("state/locks/main.lock");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&lock)
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the first run never took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = setup.agent(&src, &["backup"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another backup of this source is running") && err.contains("pid"),
+        "{err}"
+    );
+    let o = first.wait_with_output().unwrap();
+    ok(&o, "the first backup");
+    let data: Vec<String> = setup
+        .store_files()
+        .into_iter()
+        .filter(|f| f.ends_with(".sql.gz.gpg"))
+        .collect();
+    assert_eq!(data.len(), 1, "{:?}", setup.store_files());
+    // Once it is done, the source is free again.
+    std::thread::sleep(Duration::from_millis(1100));
+    ok(&setup.agent(&src, &["backup"]), "a later backup");
+    src.drop_db(&db);
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

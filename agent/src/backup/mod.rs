@@ -51,6 +51,15 @@ pub enum BackupError {
         source_name: String,
         message: String,
     },
+    /// Another run of the same source holds its lock on this host.
+    #[error("source {source_name}: another backup of this source is running on this host ({holder}); this run did nothing and the running one carries on")]
+    Busy { source_name: String, holder: String },
+    #[error("source {source_name}: cannot take the source's lock {path}: {err}; check the state_dir is writable")]
+    Lock {
+        source_name: String,
+        path: String,
+        err: std::io::Error,
+    },
     #[error("source {source_name}: no store holds a verified copy, so there is no backup: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
     NoCopy {
         source_name: String,

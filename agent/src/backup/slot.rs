@@ -363,6 +363,56 @@ async fn record_failure(
 
 /// How a slot ended for this agent.
 #[derive(Debug)]
+/// The exclusive lock of one source on this host: `<state_dir>/locks/<source>.lock`,
+/// held (flock) for the whole run and released when dropped or when the process dies;
+/// the file names the holder for the refused run's message.
+struct SourceLock {
+    _file: std::fs::File,
+}
+
+impl SourceLock {
+    fn take(state_dir: &std::path::Path, source: &str) -> Result<SourceLock, BackupError> {
+        use std::io::{Read, Seek, Write};
+        let dir = state_dir.join("locks");
+        let path = dir.join(format!("{source}.lock"));
+        let lock_err = |err: std::io::Error| BackupError::Lock {
+            source_name: source.to_string(),
+            path: path.display().to_string(),
+            err,
+        };
+        std::fs::create_dir_all(&dir).map_err(lock_err)?;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(lock_err)?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                return Err(BackupError::Busy {
+                    source_name: source.to_string(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
+        }
+        let me = format!(
+            "pid {} since {}",
+            std::process::id(),
+            Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        let _ = f
+            .set_len(0)
+            .and_then(|()| f.rewind())
+            .and_then(|()| f.write_all(me.as_bytes()));
+        Ok(SourceLock { _file: f })
+    }
+}
+
 pub enum SlotOutcome {
     /// This agent ran the slot (or tried to).
     Ran(Box<Result<RunReport, BackupError>>),
@@ -450,6 +500,15 @@ pub async fn run_slot(
     prune: bool,
     cancel: impl std::future::Future<Output = ()>,
 ) -> SlotOutcome {
+    // One run of a source at a time on this host (the daemon's slot and a `backup` by
+    // hand): the second is refused at once, and touches nothing.
+    let _lock = match SourceLock::take(&cfg.agent.state_dir, &src.name) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(event = "source_busy", source = %src.name, error = %e);
+            return SlotOutcome::Ran(Box::new(Err(e)));
+        }
+    };
     let work = |lease: Option<LeaseTag>| async move {
         let r = backup_once(cfg, src, keys.clone(), state, alerter, now, lease.as_ref()).await;
         if prune && r.is_ok() {
