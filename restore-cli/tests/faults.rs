@@ -589,4 +589,76 @@ fn a_second_backup_of_a_running_source_is_refused_and_touches_nothing() {
     src.drop_db(&db);
 }
 
+/// S3 failures read as one line naming the store, what failed, the endpoint and what to
+/// check: a refused connection and a wrong secret (real Garage), never the SDK's debug
+/// structure.
+#[test]
+fn s3_failures_say_what_failed_where_and_what_to_check() {
+    let src = source();
+    let db = unique("s3msg");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let env = env_file();
+    let garage = env
+        .get("BA_GARAGE_URL")
+        .expect("BA_GARAGE_URL: run scripts/test-services.sh up");
+    let key_id = env
+        .get("BA_GARAGE_KEY_ID_FILE")
+        .expect("BA_GARAGE_KEY_ID_FILE");
+    let mut setup = Setup::new(&src, &db);
+    let wrong = setup.path("wrong-secret");
+    std::fs::write(&wrong, "not-the-secret\n").unwrap();
+    let store = |name: &str, endpoint: &str| {
+        format!(
+            "[[store]]\nname = \"{name}\"\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"backups\"\n\
+             region = \"garage\"\npath_style = true\naccess_key_id_file = {key_id:?}\n\
+             secret_access_key_file = {wrong:?}\nmedia = \"object\"\nsite = \"dc2\"\n"
+        )
+    };
+    setup.stores = format!(
+        "{}{}",
+        store("refused", "http://127.0.0.1:9"),
+        store("denied", garage)
+    );
+    let o = setup.agent(&src, &["backup"]);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the local copy meets the policy: {err}"
+    );
+    let line = |store: &str| {
+        err.lines()
+            .find(|l| l.starts_with(&format!("backup-agent: store {store} failed")))
+            .unwrap_or_else(|| panic!("no line for {store}: {err}"))
+            .to_string()
+    };
+    let refused = line("refused");
+    assert!(refused.contains("Connection refused"), "{refused}");
+    assert!(refused.contains("endpoint http://127.0.0.1:9"), "{refused}");
+    assert!(refused.contains("check the endpoint URL"), "{refused}");
+    let denied = line("denied");
+    assert!(
+        denied.contains("403") && denied.contains("access key"),
+        "{denied}"
+    );
+    assert!(denied.contains(&format!("endpoint {garage}")), "{denied}");
+    for l in [&refused, &denied] {
+        for debug in [
+            "DispatchFailure",
+            "ServiceError",
+            "StatusCode(",
+            "ErrorMetadata",
+            "{ ",
+        ] {
+            assert!(!l.contains(debug), "a debug structure in: {l}");
+        }
+    }
+    src.drop_db(&db);
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

@@ -324,3 +324,11 @@ fn missing_sections_for_backup() {
     let e = c.require_backup_parts().unwrap_err();
     assert_eq!(e.problems.len(), 3);
 }
+
+#[test]
+fn a_zero_duration_is_named_as_zero() {
+    let text = GOOD.replace("port = 3306", "port = 3306\nmax_age = \"0s\"");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("max_age") && s.contains("is zero"), "{s}");
+}

@@ -244,7 +244,18 @@ impl Validator<'_> {
         let span = d.span();
         match humantime::parse_duration(d.get_ref()) {
             Ok(x) if !x.is_zero() => Some(x),
-            _ => {
+            Ok(_) => {
+                self.problem(
+                    key,
+                    Some(span),
+                    format!(
+                        "{:?} is zero; it must be longer, e.g. \"90s\", \"15m\", \"26h\"",
+                        d.get_ref()
+                    ),
+                );
+                None
+            }
+            Err(_) => {
                 self.problem(
                     key,
                     Some(span),

@@ -5,7 +5,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -39,21 +39,74 @@ pub(super) fn run<T: Send + 'static>(
     rx.recv().expect("the S3 task reports back")
 }
 
+/// One line for an SDK error: the S3 error code and message, or the HTTP status, or the
+/// chain of causes (connection refused, timeout, TLS...), each by its Display, never the
+/// SDK's debug structure; with what to check when the cause is a common one.
 pub(super) fn sdk_message<E, R>(e: &SdkError<E, R>) -> String
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + HttpStatus,
 {
-    match e {
+    let status = status_of(e);
+    let said = match e {
         SdkError::ServiceError(se) => {
             let err = se.err();
             match (err.code(), err.message()) {
                 (Some(c), Some(m)) => format!("{c}: {m}"),
                 (Some(c), None) => c.to_string(),
-                _ => DisplayErrorContext(e).to_string(),
+                _ => match status {
+                    Some(s) => format!("the server answered HTTP {s}"),
+                    None => causes(e),
+                },
             }
         }
-        _ => DisplayErrorContext(e).to_string(),
+        SdkError::TimeoutError(_) => "no answer in time (timeout)".to_string(),
+        _ => causes(e),
+    };
+    let code = match e {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    };
+    match hint(status, code, &said) {
+        Some(h) => format!("{said}; {h}"),
+        None => said,
+    }
+}
+
+/// The error and its causes, by Display, joined; repeated parts said once.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// What to check, for the causes operators meet.
+fn hint(status: Option<u16>, code: Option<&str>, said: &str) -> Option<&'static str> {
+    match (status, code) {
+        (Some(403), _)
+        | (_, Some("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch")) => Some(
+            "access denied: check the store's access key id and secret (and the bucket policy)",
+        ),
+        (_, Some("NoSuchBucket")) => Some("check the bucket name and that it exists"),
+        (Some(404), _) if code.is_none() => None,
+        (Some(s), _) if s >= 500 => Some("the S3 server failed; check its health and logs"),
+        _ if said.contains("Connection refused") => Some(
+            "nothing listens at the endpoint: check the endpoint URL and that the S3 server runs",
+        ),
+        _ if said.contains("dns error") || said.contains("failed to lookup") => {
+            Some("the endpoint's host name does not resolve: check the endpoint URL")
+        }
+        _ if said.contains("certificate") => {
+            Some("TLS: check the endpoint's certificate, or give the store's ca_file")
+        }
+        _ => None,
     }
 }
 
@@ -243,6 +296,7 @@ impl S3Store {
         }
         Ok(S3Store {
             name: name.into(),
+            endpoint: cfg.endpoint.clone().unwrap_or_else(|| "AWS S3".to_string()),
             bucket: cfg.bucket.clone(),
             key_prefix: cfg.key_prefix.clone(),
             part_size: cfg.part_size as usize,
@@ -263,7 +317,7 @@ impl S3Store {
         key: &str,
         failure: impl std::fmt::Display,
     ) -> StoreError {
-        let message = failure.to_string();
+        let message = format!("{failure} (endpoint {})", self.endpoint);
         StoreError::Remote {
             store: self.name.clone(),
             action,

@@ -49,6 +49,8 @@ pub type PendingUpload = (String, String, Option<DateTime<Utc>>);
 
 pub struct S3Store {
     name: String,
+    /// For messages: the endpoint URL (no credentials in it).
+    endpoint: String,
     bucket: String,
     key_prefix: String,
     part_size: usize,
