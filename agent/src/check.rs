@@ -94,19 +94,21 @@ pub fn check(cfg: &Config) -> CheckReport {
             ),
         }
     }
+    for p in policy_problems(cfg) {
+        r.problems.push(backup_core::config::ConfigProblem {
+            file: file.to_path_buf(),
+            position: None,
+            key: "policy".into(),
+            message: p,
+        });
+    }
     for st in &cfg.stores {
         match &st.kind {
             StoreKind::Local { path } => {
                 let p = &path.path;
-                if !p.is_dir() {
-                    r.problems.push(path.problem(
-                        file,
-                        format!(
-                            "store {}: directory {} does not exist; create it",
-                            st.name,
-                            p.display()
-                        ),
-                    ));
+                if let Err(e) = backup_core::store::open_store(st) {
+                    // The same message `backup` gives.
+                    r.problems.push(path.problem(file, e.to_string()));
                 } else {
                     let probe = p.join(format!(".tmp-check-config.{}", std::process::id()));
                     match std::fs::write(&probe, b"") {
@@ -157,4 +159,55 @@ fn strip_key(msg: &str, key: &str) -> String {
     msg.strip_prefix(&format!("{key}: "))
         .unwrap_or(msg)
         .to_string()
+}
+
+/// What of the [policy] the configured stores can never meet, however well they work.
+fn policy_problems(cfg: &Config) -> Vec<String> {
+    let p = &cfg.policy;
+    let stores = cfg.stores.len();
+    let media: std::collections::BTreeSet<&str> =
+        cfg.stores.iter().map(|s| s.media.as_str()).collect();
+    let offsite = cfg
+        .stores
+        .iter()
+        .filter(|s| s.site != cfg.agent.site)
+        .count();
+    let locked = cfg
+        .stores
+        .iter()
+        .filter(|s| matches!(&s.kind, StoreKind::S3(s3) if s3.object_lock.is_some()))
+        .count();
+    let mut v = Vec::new();
+    let mut need = |what: &str, want: u32, have: usize, fix: &str| {
+        if want as usize > have {
+            v.push(format!(
+                "policy asks for {want} {what}, the configured stores can give {have}; {fix}"
+            ));
+        }
+    };
+    need(
+        "verified copies",
+        p.copies,
+        stores,
+        "add a [[store]] or lower policy.copies",
+    );
+    need(
+        "media kinds",
+        p.media,
+        media.len(),
+        "add a store of another media or lower policy.media",
+    );
+    need(
+        "offsite copies",
+        p.offsite,
+        offsite,
+        "add a store whose site differs from agent.site, or lower policy.offsite",
+    );
+    need(
+        "immutable copies",
+        p.immutable,
+        locked,
+        "add an S3 store with object_lock_mode, or lower policy.immutable",
+    );
+    v
 }

@@ -661,4 +661,67 @@ fn s3_failures_say_what_failed_where_and_what_to_check() {
     src.drop_db(&db);
 }
 
+/// A local store whose directory is missing (an unmounted mount point) is refused by
+/// `backup` with the message `check-config` gives, and never created on the root disk.
+#[test]
+fn a_missing_store_directory_is_refused_not_created() {
+    let src = source();
+    let db = unique("nodir");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    let setup = Setup::new(&src, &db);
+    std::fs::remove_dir(setup.store()).unwrap();
+    let o = setup.agent(&src, &["backup"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let expected = format!(
+        "store local: directory {} does not exist; create it, or mount the store there",
+        setup.store().display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(
+        !setup.store().exists(),
+        "backup created the store directory"
+    );
+    let o = setup.agent(&src, &["check-config"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains(&expected), "{out}");
+    src.drop_db(&db);
+}
+
+/// check-config fails what can never work: a policy the stores cannot meet (each
+/// requirement named), and max_concurrent_backups = 0.
+#[test]
+fn check_config_fails_an_unmeetable_policy_and_zero_concurrency() {
+    let src = source();
+    let db = unique("cfgchk");
+    let mut setup = Setup::new(&src, &db);
+    setup.policy = "[policy]\ncopies = 2\nmedia = 2\noffsite = 1\nimmutable = 1\n".into();
+    let o = setup.agent(&src, &["check-config"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    for what in [
+        "policy asks for 2 verified copies, the configured stores can give 1",
+        "policy asks for 2 media kinds",
+        "policy asks for 1 offsite copies, the configured stores can give 0",
+        "policy asks for 1 immutable copies",
+    ] {
+        assert!(out.contains(what), "{what:?} in: {out}");
+    }
+    setup.policy = "[policy]\ncopies = 1\nmedia = 1\noffsite = 0\n".into();
+    ok(
+        &setup.agent(&src, &["check-config"]),
+        "a policy one store meets",
+    );
+    setup.agent_extra = "max_concurrent_backups = 0\n".into();
+    let o = setup.agent(&src, &["check-config"]);
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("max_concurrent_backups") && all.contains("at least 1"),
+        "{all}"
+    );
+}
+
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";

@@ -33,6 +33,8 @@ pub enum StoreError {
         key: String,
         source: io::Error,
     },
+    #[error("store {store}: directory {path} does not exist; create it, or mount the store there (a missing mount point is never replaced by a directory on the root disk)")]
+    Missing { store: String, path: String },
     #[error("store {store}: {key} already exists; refusing to overwrite it")]
     Exists { store: String, key: String },
     #[error("store {store}: {action} {key}: {message}")]
@@ -135,10 +137,18 @@ pub trait Store: Send + Sync {
 /// Builds the configured store. Building an S3 client reads its credential files.
 pub fn open_store(cfg: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
     Ok(match &cfg.kind {
-        StoreKind::Local { path } => Box::new(LocalStore {
-            name: cfg.name.clone(),
-            root: path.path.clone(),
-        }),
+        StoreKind::Local { path } => {
+            if !path.path.is_dir() {
+                return Err(StoreError::Missing {
+                    store: cfg.name.clone(),
+                    path: path.path.display().to_string(),
+                });
+            }
+            Box::new(LocalStore {
+                name: cfg.name.clone(),
+                root: path.path.clone(),
+            })
+        }
         StoreKind::S3(s3) => Box::new(crate::store::s3::S3Store::new(&cfg.name, s3)?),
     })
 }

@@ -96,6 +96,18 @@ impl Validator<'_> {
     }
 
     fn agent(&mut self, ra: RawAgent) -> AgentConfig {
+        let max_concurrent_backups = match ra.max_concurrent_backups {
+            Some(0) => {
+                self.problem(
+                    "agent.max_concurrent_backups",
+                    None,
+                    "must be at least 1 (0 would never run a backup)",
+                );
+                1
+            }
+            Some(n) => n,
+            None => 1,
+        };
         let drill_max_age = ra
             .drill_max_age
             .and_then(|d| self.duration("agent.drill_max_age", d));
@@ -122,7 +134,7 @@ impl Validator<'_> {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from("/var/lib/backup-agent")),
             http_bind: ra.http_bind.unwrap_or_else(|| "127.0.0.1:9105".into()),
-            max_concurrent_backups: ra.max_concurrent_backups.unwrap_or(1).max(1),
+            max_concurrent_backups,
             dpo_expiry_warning_days: ra.dpo_expiry_warning_days.unwrap_or(30),
             drill_max_age,
             check_interval,
