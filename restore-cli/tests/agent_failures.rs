@@ -191,6 +191,12 @@ fn dump_killed_mid_table_leaves_no_artifact() {
     let o = child.wait_with_output().unwrap();
     assert!(killed, "never saw the dump's query: {}", stderr(&o));
     assert_failed_cleanly(&setup, &o, &format!("reading rows of {db}.big"));
+    assert!(
+        stderr(&o).contains("the connection to the server was lost")
+            && stderr(&o).contains("error log"),
+        "says what happened and what to do: {}",
+        stderr(&o)
+    );
     src.drop_db(&db);
 }
 
@@ -215,6 +221,12 @@ fn full_disk_leaves_no_artifact() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("No space left on device"), "{err}");
+    // Where: the file being written, and what to do.
+    assert!(
+        err.contains(&format!("writing {}/main/", setup.store().display()))
+            && err.contains("free space"),
+        "{err}"
+    );
     assert!(files.is_empty(), "{files:?}");
     src.drop_db(&db);
 }

@@ -195,12 +195,33 @@ struct LocalWriter {
     file: Option<File>,
 }
 
+impl LocalWriter {
+    /// The error with where it happened (a full disk names the file and its directory).
+    fn located(&self, e: io::Error) -> io::Error {
+        let hint = if e.raw_os_error() == Some(28) {
+            "; free space on that file system (nothing partial is kept)"
+        } else {
+            ""
+        };
+        io::Error::new(
+            e.kind(),
+            format!(
+                "writing {} ({}): {e}{hint}",
+                self.dest.display(),
+                self.tmp.display()
+            ),
+        )
+    }
+}
+
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.as_mut().expect("open until commit").write(buf)
+        let r = self.file.as_mut().expect("open until commit").write(buf);
+        r.map_err(|e| self.located(e))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().expect("open until commit").flush()
+        let r = self.file.as_mut().expect("open until commit").flush();
+        r.map_err(|e| self.located(e))
     }
 }
 

@@ -49,7 +49,7 @@ pub enum DumpError {
         user: String,
         source: mysql_async::Error,
     },
-    #[error("{during}: {source}")]
+    #[error("{during}: {}", server_message(source))]
     Server {
         during: String,
         source: mysql_async::Error,
@@ -58,6 +58,17 @@ pub enum DumpError {
     Invalid(String),
     #[error("the compression/encryption stage stopped before the dump finished")]
     OutputClosed,
+}
+
+/// What a failed statement means for the operator: a lost connection says so (the raw
+/// text is "bytes remaining on stream" or similar) and what to do.
+fn server_message(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Io(_) => format!(
+            "the connection to the server was lost ({e}): it was killed, the server restarted or went away, or a timeout ended it; check the server's error log; nothing of this backup was kept, the next run starts over"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 fn server(during: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> DumpError {
