@@ -31,6 +31,7 @@ impl Schedule {
             message,
         };
         let fields: Vec<&str> = expr.split_whitespace().collect();
+        check_ranges(expr, &fields).map_err(bad)?;
         let full = match fields.len() {
             5 => {
                 let dow = crontab_weekdays(fields[4])?;
@@ -82,6 +83,37 @@ impl Schedule {
         }
         last
     }
+}
+
+/// Names a number outside its field's range (the cron crate's own words for it are
+/// misleading: "Minutes must be less than 59").
+fn check_ranges(expr: &str, fields: &[&str]) -> Result<(), String> {
+    const FIVE: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("weekday", 0, 7),
+    ];
+    let names: Vec<(&str, u32, u32)> = match fields.len() {
+        5 => FIVE.to_vec(),
+        // With seconds first; the weekday follows the cron crate (1-7), checked by it.
+        6 => std::iter::once(("second", 0, 59))
+            .chain(FIVE[..4].iter().copied())
+            .collect(),
+        _ => return Ok(()),
+    };
+    for (field, (name, lo, hi)) in fields.iter().zip(names) {
+        for item in field.split(',') {
+            let range = item.split('/').next().unwrap_or(item);
+            for n in range.split('-').filter_map(|x| x.parse::<u32>().ok()) {
+                if n < lo || n > hi {
+                    return Err(format!("{expr:?}: {name} {n} is out of range {lo}-{hi}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Translates crontab weekday numbers (0-7, Sunday = 0 and 7) to names, which the cron
@@ -142,6 +174,21 @@ mod tests {
         );
         assert!(Schedule::parse("* * *", "UTC").is_err());
         assert!(Schedule::parse("61 * * * *", "UTC").is_err());
+        assert_eq!(
+            Schedule::parse("61 * * * *", "UTC").unwrap_err().message,
+            "\"61 * * * *\": minute 61 is out of range 0-59"
+        );
+        assert!(Schedule::parse("0 24 * * *", "UTC")
+            .unwrap_err()
+            .message
+            .contains("hour 24 is out of range 0-23"));
+        assert!(Schedule::parse("0 0 0 * *", "UTC")
+            .unwrap_err()
+            .message
+            .contains("day of month 0"));
+        assert!(Schedule::parse("0 0 * 1-13 *", "UTC").is_err());
+        assert!(Schedule::parse("0 0 * * 8", "UTC").is_err());
+        assert!(Schedule::parse("59 23 31 12 7", "UTC").is_ok());
         assert!(Schedule::parse("0 2 * * *", "Mars/Olympus")
             .unwrap_err()
             .message
