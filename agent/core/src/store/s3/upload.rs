@@ -160,10 +160,33 @@ impl S3Writer {
         Ok(())
     }
 
+    /// Refuses to complete over an object that appeared since the writer began. The
+    /// write itself carries If-None-Match: * (atomic where the server honours it, as AWS
+    /// and moto do); this check right before it covers servers that ignore the header
+    /// (Garage 2.5), narrowing the window to one round trip.
+    fn refuse_existing(&self) -> Result<(), S3Failure> {
+        let (c, bucket, key) = (
+            self.client.clone(),
+            self.bucket.clone(),
+            self.full_key.clone(),
+        );
+        let head = run(async move { c.head_object().bucket(bucket).key(key).send().await });
+        match head {
+            Ok(_) => Err(S3Failure {
+                code: Some("PreconditionFailed".into()),
+                status: Some(412),
+                message: "the object exists already (written meanwhile)".into(),
+            }),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(S3Failure::of(&e)),
+        }
+    }
+
     fn finish(&mut self) -> Result<(), S3Failure> {
         if let Some(f) = &self.failed {
             return Err(f.clone());
         }
+        self.refuse_existing()?;
         if self.upload.is_none() {
             // Small object: one PutObject, with its sha256 in metadata and checksum.
             let data = std::mem::take(&mut self.buf);
@@ -192,6 +215,9 @@ impl S3Writer {
                     .put_object()
                     .bucket(bucket)
                     .key(key)
+                    // Never over an existing object, even one that appeared after the
+                    // writer's existence check (another agent, another run).
+                    .if_none_match("*")
                     .content_length(len)
                     .set_metadata(meta)
                     .set_checksum_algorithm(checksum.as_ref().map(|_| ChecksumAlgorithm::Sha256))
@@ -226,6 +252,7 @@ impl S3Writer {
             c.complete_multipart_upload()
                 .bucket(bucket)
                 .key(key)
+                .if_none_match("*")
                 .upload_id(id)
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
@@ -288,6 +315,14 @@ impl ObjectWriter for S3Writer {
             Ok(()) => {
                 self.done = true;
                 Ok(())
+            }
+            Err(failure) if failure.status == Some(412) => {
+                // If-None-Match: * refused: the name exists (written meanwhile).
+                self.abort_pending();
+                Err(StoreError::Exists {
+                    store: self.store.clone(),
+                    key: self.key.clone(),
+                })
             }
             Err(failure) => {
                 self.abort_pending();
