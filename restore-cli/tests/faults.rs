@@ -9,6 +9,17 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A new database on the source, loaded with `sql` (if any); its name.
+fn fresh_db(src: &Server, prefix: &str, sql: &str) -> String {
+    let db = unique(prefix);
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    if !sql.is_empty() {
+        src.sql_db(&db, sql);
+    }
+    db
+}
+
 /// A backup file rewritten in place (same inode) between the verification pass and the
 /// replay, here with the bytes of another validly signed backup, restores nothing: the
 /// replay reads only blocks identical to those verified.
@@ -16,13 +27,7 @@ use std::time::{Duration, Instant};
 fn a_file_changed_in_place_after_verification_restores_nothing() {
     let src = source();
     let dst = target();
-    let db = unique("inplace");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, 'first' FROM seq_1_to_2000",
-    );
+    let db = fresh_db(&src, "inplace", "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, 'first' FROM seq_1_to_2000");
     let setup = Setup::new(&src, &db);
     ok(
         &setup.agent(&src, &["backup", "--now", "2026-03-01T02:00:00Z"]),
@@ -237,11 +242,9 @@ fn another_local_user_reaches_neither_the_drill_server_nor_decrypted_sql() {
         "this test acts as another user and needs root (scripts/test.sh runs as root)"
     );
     let src = source();
-    let db = unique("private");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
+    let db = fresh_db(
+        &src,
+        "private",
         "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'secret')",
     );
     let setup = Setup::new(&src, &db);
@@ -389,11 +392,9 @@ fn another_local_user_reaches_neither_the_drill_server_nor_decrypted_sql() {
 #[test]
 fn a_corrupt_state_file_is_named_and_rebuilt_not_taken_for_emptiness() {
     let src = source();
-    let db = unique("state");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
+    let db = fresh_db(
+        &src,
+        "state",
         "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
     );
     let setup = Setup::new(&src, &db);
@@ -474,11 +475,9 @@ fn a_corrupt_state_file_is_named_and_rebuilt_not_taken_for_emptiness() {
 #[test]
 fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
     let src = source();
-    let db = unique("scrub");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
+    let db = fresh_db(
+        &src,
+        "scrub",
         "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
     );
     let mut setup = Setup::new(&src, &db);
@@ -537,13 +536,7 @@ fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
 #[test]
 fn a_second_backup_of_a_running_source_is_refused_and_touches_nothing() {
     let src = source();
-    let db = unique("busy");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, REPEAT('x', 100) FROM seq_1_to_6000",
-    );
+    let db = fresh_db(&src, "busy", "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, REPEAT('x', 100) FROM seq_1_to_6000");
     let mut setup = Setup::new(&src, &db);
     // About 700 KB of SQL at 64 KiB/s: the first run takes ~10 s.
     setup.extra = "rate_limit = \"64KiB\"\n".into();
@@ -595,11 +588,9 @@ fn a_second_backup_of_a_running_source_is_refused_and_touches_nothing() {
 #[test]
 fn s3_failures_say_what_failed_where_and_what_to_check() {
     let src = source();
-    let db = unique("s3msg");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(
-        &db,
+    let db = fresh_db(
+        &src,
+        "s3msg",
         "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
     );
     let env = env_file();
@@ -666,9 +657,7 @@ fn s3_failures_say_what_failed_where_and_what_to_check() {
 #[test]
 fn a_missing_store_directory_is_refused_not_created() {
     let src = source();
-    let db = unique("nodir");
-    src.drop_db(&db);
-    src.sql(&format!("CREATE DATABASE `{db}`"));
+    let db = fresh_db(&src, "nodir", "");
     let setup = Setup::new(&src, &db);
     std::fs::remove_dir(setup.store()).unwrap();
     let o = setup.agent(&src, &["backup"]);
