@@ -9,6 +9,35 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Starts `restore ARGS` with the test pause at `pause` and returns once it has verified
+/// the backup and waits there (it goes on when `pause` is removed).
+fn restore_paused(
+    args: &[String],
+    pause: &std::path::Path,
+    env: &[(&str, &std::path::Path)],
+) -> std::process::Child {
+    let mut c = Command::new(restore_bin());
+    c.args(args).env("BACKUP_RESTORE_TEST_PAUSE", pause);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !pause.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "restore never reached the end of its verification pass"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// A new database on the source, loaded with `sql` (if any); its name.
 fn fresh_db(src: &Server, prefix: &str, sql: &str) -> String {
     let db = unique(prefix);
@@ -51,22 +80,11 @@ fn a_file_changed_in_place_after_verification_restores_nothing() {
     dst.drop_db(&db);
 
     let pause = setup.path("pause");
-    let child = Command::new(restore_bin())
-        .args(into_args(&dst, &a, &setup.path("target.password")))
-        .env("BACKUP_RESTORE_TEST_PAUSE", &pause)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !pause.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "restore never reached the end of its verification pass"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = restore_paused(
+        &into_args(&dst, &a, &setup.path("target.password")),
+        &pause,
+        &[],
+    );
     // Verified: now rewrite A in place with B's bytes (B is validly signed too).
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -272,23 +290,7 @@ fn another_local_user_reaches_neither_the_drill_server_nor_decrypted_sql() {
         "--agent-cert".into(),
         testdata("agent.pub.asc").display().to_string(),
     ]);
-    let child = Command::new(restore_bin())
-        .args(&args)
-        .env("TMPDIR", base.path())
-        .env("BACKUP_RESTORE_TEST_PAUSE", &pause)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !pause.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "the drill never reached its replay"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = restore_paused(&args, &pause, &[("TMPDIR", base.path())]);
     let dir = std::fs::read_dir(base.path())
         .unwrap()
         .flatten()
