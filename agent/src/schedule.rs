@@ -31,7 +31,7 @@ impl Schedule {
             message,
         };
         let fields: Vec<&str> = expr.split_whitespace().collect();
-        check_ranges(expr, &fields).map_err(bad)?;
+        check_ranges(expr, &fields)?;
         let full = match fields.len() {
             5 => {
                 let dow = crontab_weekdays(fields[4])?;
@@ -87,7 +87,7 @@ impl Schedule {
 
 /// Names a number outside its field's range (the cron crate's own words for it are
 /// misleading: "Minutes must be less than 59").
-fn check_ranges(expr: &str, fields: &[&str]) -> Result<(), String> {
+fn check_ranges(expr: &str, fields: &[&str]) -> Result<(), ScheduleProblem> {
     const FIVE: [(&str, u32, u32); 5] = [
         ("minute", 0, 59),
         ("hour", 0, 23),
@@ -108,7 +108,10 @@ fn check_ranges(expr: &str, fields: &[&str]) -> Result<(), String> {
             let range = item.split('/').next().unwrap_or(item);
             for n in range.split('-').filter_map(|x| x.parse::<u32>().ok()) {
                 if n < lo || n > hi {
-                    return Err(format!("{expr:?}: {name} {n} is out of range {lo}-{hi}"));
+                    return Err(ScheduleProblem {
+                        time_zone: false,
+                        message: format!("{expr:?}: {name} {n} is out of range {lo}-{hi}"),
+                    });
                 }
             }
         }

@@ -209,47 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
     let keys = load_keys(&cli, cfg.as_ref())?;
     let t0 = Instant::now();
 
-    // Pass 0: checksums.
-    let mut located = restore::check_checksums(&file)?;
-    if let Some(m) = &cli.max_statement {
-        located.max_statement = backup_core::config::parse_size(m)
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| {
-                usage(format!(
-                    "--max-statement {m:?} is not a size; write e.g. \"256MiB\""
-                ))
-            })?;
-    }
-    eprintln!(
-        "restore: checksum ok: {} ({} bytes, sha256 {})",
-        located.file_name, located.size, located.expected_sha256
-    );
-    if let Some(m) = &located.manifest {
-        eprintln!(
-            "restore: manifest ok: backup {} of source {} from {} ({}), {} tables",
-            m.backup_id, m.source, m.host, m.server_version, m.tables
-        );
-    }
-    // Pass 1: decrypt, signature, MDC, completeness.
-    let v = restore::verify_pass(
-        &file,
-        &located.pins,
-        located.max_statement,
-        &keys.dpo,
-        &keys.trusted,
-    )?;
-    eprintln!(
-        "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
-        keys.dpo.fingerprint,
-        v.outcome.decrypted_with.as_deref().unwrap_or("?"),
-        v.outcome.sym_algo.as_deref().unwrap_or("?"),
-        if v.outcome.aead { "AEAD" } else { "SEIPDv1+MDC" },
-        v.outcome.signer.as_deref().unwrap_or("?"),
-        v.statements,
-        v.trailer.tables.len(),
-        v.sql_bytes,
-        v.trailer.completed.as_deref().unwrap_or("?"),
-    );
+    let (located, v) = verify_file(&cli, &file, &keys)?;
 
     if cli.decrypt.is_some() {
         let out = cli.output.clone().unwrap_or_else(|| PathBuf::from("-"));
@@ -288,31 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
                 clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
     }
-    // On a Galera target each statement is one writeset (autocommit, at most 1 MiB unless a
-    // single row is larger): it must fit wsrep_max_ws_size, or the cluster refuses it midway.
-    let wsrep: Option<(String, u64)> = conn
-        .query_first("SELECT @@GLOBAL.wsrep_on, @@GLOBAL.wsrep_max_ws_size")
-        .await
-        .unwrap_or(None);
-    if let Some((on, ws)) = wsrep {
-        if on == "1" && (ws as usize) < v.largest_statement {
-            bail!(
-                "the target is a Galera node whose wsrep_max_ws_size is {ws} bytes, but the largest statement in this backup is {} bytes; raise wsrep_max_ws_size and retry",
-                v.largest_statement
-            );
-        }
-    }
-    let map: u64 = conn
-        .query_first("SELECT @@max_allowed_packet")
-        .await?
-        .unwrap_or(0);
-    if (map as usize) < v.largest_statement + 1024 {
-        bail!(
-            "the target's max_allowed_packet is {map} bytes but the largest statement in this backup is {} bytes; raise it (SET GLOBAL max_allowed_packet={}) and retry",
-            v.largest_statement,
-            (v.largest_statement + 1024).next_power_of_two()
-        );
-    }
+    check_target_fits(&mut conn, v.largest_statement).await?;
     for d in &clash {
         eprintln!("restore: --force: dropping database {d} on {target}");
         conn.query_drop(format!(
@@ -346,6 +282,88 @@ async fn run(cli: Cli) -> Result<()> {
         wanted.join(", "),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Pass 0 (checksums, pins) and pass 1 (decrypt, signature, MDC, completeness), with what
+/// each found on standard error.
+fn verify_file(
+    cli: &Cli,
+    file: &Path,
+    keys: &Keys,
+) -> Result<(restore::Located, restore::Verified)> {
+    // Pass 0: checksums.
+    let mut located = restore::check_checksums(file)?;
+    if let Some(m) = &cli.max_statement {
+        located.max_statement = backup_core::config::parse_size(m)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                usage(format!(
+                    "--max-statement {m:?} is not a size; write e.g. \"256MiB\""
+                ))
+            })?;
+    }
+    eprintln!(
+        "restore: checksum ok: {} ({} bytes, sha256 {})",
+        located.file_name, located.size, located.expected_sha256
+    );
+    if let Some(m) = &located.manifest {
+        eprintln!(
+            "restore: manifest ok: backup {} of source {} from {} ({}), {} tables",
+            m.backup_id, m.source, m.host, m.server_version, m.tables
+        );
+    }
+    // Pass 1: decrypt, signature, MDC, completeness.
+    let v = restore::verify_pass(
+        file,
+        &located.pins,
+        located.max_statement,
+        &keys.dpo,
+        &keys.trusted,
+    )?;
+    eprintln!(
+        "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
+        keys.dpo.fingerprint,
+        v.outcome.decrypted_with.as_deref().unwrap_or("?"),
+        v.outcome.sym_algo.as_deref().unwrap_or("?"),
+        if v.outcome.aead { "AEAD" } else { "SEIPDv1+MDC" },
+        v.outcome.signer.as_deref().unwrap_or("?"),
+        v.statements,
+        v.trailer.tables.len(),
+        v.sql_bytes,
+        v.trailer.completed.as_deref().unwrap_or("?"),
+    );
+    Ok((located, v))
+}
+
+/// Refuses a target that cannot take this backup's largest statement: max_allowed_packet,
+/// and on a Galera node wsrep_max_ws_size (each statement is one writeset).
+async fn check_target_fits(conn: &mut mysql_async::Conn, largest: usize) -> Result<()> {
+    // On a Galera target each statement is one writeset (autocommit, at most 1 MiB unless a
+    // single row is larger): it must fit wsrep_max_ws_size, or the cluster refuses it midway.
+    let wsrep: Option<(String, u64)> = conn
+        .query_first("SELECT @@GLOBAL.wsrep_on, @@GLOBAL.wsrep_max_ws_size")
+        .await
+        .unwrap_or(None);
+    if let Some((on, ws)) = wsrep {
+        if on == "1" && (ws as usize) < largest {
+            bail!(
+                "the target is a Galera node whose wsrep_max_ws_size is {ws} bytes, but the largest statement in this backup is {} bytes; raise wsrep_max_ws_size and retry",
+                largest
+            );
+        }
+    }
+    let map: u64 = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .await?
+        .unwrap_or(0);
+    if (map as usize) < largest + 1024 {
+        bail!(
+            "the target's max_allowed_packet is {map} bytes but the largest statement in this backup is {} bytes; raise it (SET GLOBAL max_allowed_packet={}) and retry",
+            largest,
+            (largest + 1024).next_power_of_two()
+        );
+    }
     Ok(())
 }
 
