@@ -176,7 +176,13 @@ fn main() -> ExitCode {
 }
 
 fn check_config(cfg: &Config) -> ExitCode {
-    let r = check::check(cfg);
+    let mut r = check::check(cfg);
+    let logins = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(check::check_sources(cfg));
+    r.problems.extend(logins);
     for n in &r.notes {
         println!("ok: {n}");
     }

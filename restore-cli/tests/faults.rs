@@ -686,7 +686,7 @@ fn a_missing_store_directory_is_refused_not_created() {
 #[test]
 fn check_config_fails_an_unmeetable_policy_and_zero_concurrency() {
     let src = source();
-    let db = unique("cfgchk");
+    let db = fresh_db(&src, "cfgchk", "");
     let mut setup = Setup::new(&src, &db);
     setup.policy = "[policy]\ncopies = 2\nmedia = 2\noffsite = 1\nimmutable = 1\n".into();
     let o = setup.agent(&src, &["check-config"]);
@@ -713,6 +713,48 @@ fn check_config_fails_an_unmeetable_policy_and_zero_concurrency() {
         all.contains("max_concurrent_backups") && all.contains("at least 1"),
         "{all}"
     );
+}
+
+/// check-config logs in to the source as the dump user: a wrong password, a database in
+/// databases.include that does not exist, and a missing privilege are each a problem
+/// naming the source and node.
+#[test]
+fn check_config_logs_in_and_checks_databases_and_privileges() {
+    let src = source();
+    let db = fresh_db(&src, "login", "");
+    let mut setup = Setup::new(&src, &db);
+    ok(
+        &setup.agent(&src, &["check-config"]),
+        "check-config of a good source",
+    );
+    let run = |setup: &Setup| {
+        let o = setup.agent(&src, &["check-config"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{out}");
+        out
+    };
+    // The included database is gone.
+    src.drop_db(&db);
+    let out = run(&setup);
+    assert!(
+        out.contains("source main node") && out.contains(&format!("database {db:?}")),
+        "{out}"
+    );
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    // A dump user without SHOW VIEW and EVENT.
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "REVOKE SHOW VIEW, EVENT ON *.* FROM '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    let out = run(&setup);
+    assert!(out.contains("lacks SHOW VIEW, EVENT"), "{out}");
+    // A wrong password.
+    setup.dump_password = "wrong".into();
+    let out = run(&setup);
+    assert!(out.contains("cannot connect to MariaDB"), "{out}");
+    src.drop_db(&db);
 }
 
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";
