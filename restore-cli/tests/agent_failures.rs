@@ -82,7 +82,9 @@ fn check_config_reports_every_problem_with_key_and_line() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("sitee") && stderr(&o).contains(":2:"),
+        stderr(&o).contains("sitee")
+            && stderr(&o).contains(":2:")
+            && stderr(&o).contains("did you mean `site`?"),
         "{}",
         stderr(&o)
     );

@@ -469,7 +469,7 @@ impl Config {
             let position = e.span().map(|s| line_col(text, s.start));
             // toml's message repeats the source excerpt; keep its first line, which names
             // the key ("unknown field `x`, expected one of ...").
-            let message = e.message().trim().to_string();
+            let message = with_suggestion(e.message().trim());
             ConfigError {
                 problems: vec![ConfigProblem {
                     file: file.to_path_buf(),
@@ -556,4 +556,41 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mul)
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" with "; did you mean `a`?" when a
+/// known key is a likely misspelling of the unknown one.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(unknown, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4) && *d < k.len())
+        .min();
+    match best {
+        Some((_, k)) => format!("{message}; did you mean `{k}`?"),
+        None => message.to_string(),
+    }
+}
+
+/// Levenshtein distance (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }

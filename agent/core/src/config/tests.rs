@@ -332,3 +332,14 @@ fn a_zero_duration_is_named_as_zero() {
     let s = e.to_string();
     assert!(s.contains("max_age") && s.contains("is zero"), "{s}");
 }
+
+#[test]
+fn a_misspelt_key_gets_a_suggestion() {
+    let text = GOOD.replace("site = \"dc1\"", "sitee = \"dc1\"");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    assert!(e.to_string().contains("did you mean `site`?"), "{e}");
+    let text = GOOD.replace("site = \"dc1\"", "zzzzzz = \"dc1\"");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    assert!(!e.to_string().contains("did you mean"), "{e}");
+    assert_eq!(edit_distance("password_fle", "password_file"), 1);
+}
