@@ -176,7 +176,7 @@ fn two_agents_started_together_many_times_and_a_killed_holder_is_taken_over() {
     );
     let slot = daemon_slot(base + chrono::Duration::seconds(100));
     let mut pa = spawn_agent(&a2, &c, &["backup", "--slot", &slot], "holder");
-    wait_for("agent A to hold the slot", Duration::from_secs(15), || {
+    wait_for("agent A to hold the slot", Duration::from_secs(30), || {
         lease_rows(&c, &slot)
             .first()
             .is_some_and(|r| r[1] == a_name(&a) && r[2] == "running")
@@ -216,6 +216,7 @@ fn two_agents_started_together_many_times_and_a_killed_holder_is_taken_over() {
     // A slot whose holder failed (its only store is gone) is taken over by the other agent.
     let mut a3 = clone_setup(&a);
     a3.stores = String::new();
+    std::fs::remove_dir(a3.store()).unwrap();
     std::fs::write(a3.store(), "a file where the store directory should be").unwrap();
     let slot3 = daemon_slot(base + chrono::Duration::seconds(200));
     std::thread::sleep(Duration::from_millis(1000));
@@ -428,7 +429,7 @@ fn a_holder_frozen_past_its_lease_loses_the_slot_and_keeps_nothing() {
     let (a, b, shared) = two_agents(&c, &db, "rate_limit = \"64KiB\"", "lease_ttl = \"3s\"");
     let slot = daemon_slot(fresh_slot_base(2300));
     let mut pa = spawn_agent(&a, &c, &["backup", "--slot", &slot], "frozen");
-    wait_for("agent A to hold the slot", Duration::from_secs(15), || {
+    wait_for("agent A to hold the slot", Duration::from_secs(30), || {
         lease_rows(&c, &slot)
             .first()
             .is_some_and(|r| r[1] == a_name(&a) && r[2] == "running")

@@ -498,11 +498,16 @@ fn daemon_slot(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn clone_setup(s: &Setup) -> Setup {
+    let dir = tempfile::Builder::new()
+        .prefix("ba-test")
+        .tempdir()
+        .unwrap();
+    // As Setup::new: the store directory must exist (backup never creates it).
+    for sub in ["store", "state"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
     Setup {
-        dir: tempfile::Builder::new()
-            .prefix("ba-test")
-            .tempdir()
-            .unwrap(),
+        dir,
         db: s.db.clone(),
         dump_user: s.dump_user.clone(),
         dump_password: s.dump_password.clone(),
