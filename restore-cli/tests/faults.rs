@@ -170,35 +170,9 @@ fn hostile_giant_statements_are_refused_in_bounded_memory() {
             .unwrap();
         gz.finish().unwrap();
         let data = case.join(NAME);
-        let o = g
-            .cmd()
-            .args([
-                "--yes",
-                "--compress-algo",
-                "none",
-                "--cipher-algo",
-                "AES256",
-                "--recipient",
-                "dpo@backup-agent.invalid",
-                "--local-user",
-                "intruder@test.invalid",
-                "--sign",
-                "--encrypt",
-                "--output",
-            ])
-            .arg(&data)
-            .arg(&gz_path)
-            .output()
-            .unwrap();
-        ok(&o, "gpg --sign --encrypt");
+        gpg_seal(&g, &gz_path, Some("intruder@test.invalid"), &data);
         std::fs::remove_file(&gz_path).unwrap();
-        let sum = Command::new("sha256sum")
-            .arg(NAME)
-            .current_dir(&case)
-            .output()
-            .unwrap();
-        ok(&sum, "sha256sum");
-        std::fs::write(case.join(format!("{NAME}.sha256")), sum.stdout).unwrap();
+        write_sha256(&data);
 
         let (o, kib) = restore_rss(&into_args(&dst, &data, &case.join("pw")));
         let err = stderr(&o);

@@ -30,39 +30,9 @@ impl Case {
     }
     /// Writes a correct .sha256 for whatever the data file now holds, with sha256sum.
     fn sum(&self) -> &Self {
-        let o = Command::new("sha256sum")
-            .arg(NAME)
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        ok(&o, "sha256sum");
-        std::fs::write(self.dir.join(format!("{NAME}.sha256")), o.stdout).unwrap();
+        write_sha256(&self.data());
         self
     }
-}
-
-fn gpg_seal(g: &Gpg, input: &Path, sign_as: Option<&str>, out: &Path) {
-    let mut c = g.cmd();
-    c.args([
-        "--yes",
-        "--compress-algo",
-        "none",
-        "--cipher-algo",
-        "AES256",
-        "--recipient",
-        "dpo@backup-agent.invalid",
-    ]);
-    if let Some(s) = sign_as {
-        c.args(["--local-user", s, "--sign"]);
-    }
-    let o = c
-        .arg("--encrypt")
-        .arg("--output")
-        .arg(out)
-        .arg(input)
-        .output()
-        .unwrap();
-    ok(&o, "gpg --encrypt");
 }
 
 fn gzip(input: &[u8], out: &Path) {

@@ -596,3 +596,41 @@ pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) {
         assert_eq!(v, &b[k], "{k} differs between source and restored copy");
     }
 }
+
+/// Seals `input` with the real gpg as the agent would (AES-256, no compression, to the
+/// throwaway DPO), signed by `sign_as` if given.
+pub fn gpg_seal(g: &Gpg, input: &Path, sign_as: Option<&str>, out: &Path) {
+    let mut c = g.cmd();
+    c.args([
+        "--yes",
+        "--compress-algo",
+        "none",
+        "--cipher-algo",
+        "AES256",
+        "--recipient",
+        "dpo@backup-agent.invalid",
+    ]);
+    if let Some(s) = sign_as {
+        c.args(["--local-user", s, "--sign"]);
+    }
+    let o = c
+        .arg("--encrypt")
+        .arg("--output")
+        .arg(out)
+        .arg(input)
+        .output()
+        .unwrap();
+    ok(&o, "gpg --encrypt");
+}
+
+/// Writes `<data>.sha256` beside a data file with the real sha256sum.
+pub fn write_sha256(data: &Path) {
+    let name = data.file_name().unwrap();
+    let o = Command::new("sha256sum")
+        .arg(name)
+        .current_dir(data.parent().unwrap())
+        .output()
+        .unwrap();
+    ok(&o, "sha256sum");
+    std::fs::write(format!("{}.sha256", data.display()), o.stdout).unwrap();
+}
