@@ -130,6 +130,11 @@ impl TrustedSigners {
         Ok(TrustedSigners { certs })
     }
 
+    /// The same certificates, for checking the detached signatures of manifests.
+    pub fn trust(&self) -> backup_core::signature::Trust {
+        backup_core::signature::Trust::new(self.certs.clone())
+    }
+
     pub fn fingerprints(&self) -> Vec<String> {
         self.certs
             .iter()

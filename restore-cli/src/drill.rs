@@ -106,8 +106,9 @@ fn fetch(
         .with_context(|| format!("creating a temp dir in {} for the download", base.display()))?;
     for name in [
         m.data.name.clone(),
-        format!("{}{}", m.backup_id, layout::SHA256_SUFFIX),
-        format!("{}{}", m.backup_id, layout::MANIFEST_SUFFIX),
+        layout::object_name(&m.backup_id, layout::SHA256_SUFFIX),
+        layout::object_name(&m.backup_id, layout::SIGNATURE_SUFFIX),
+        layout::object_name(&m.backup_id, layout::MANIFEST_SUFFIX),
     ] {
         let key = layout::key(prefix, &name);
         let mut r = store.open(&key).map_err(|e| anyhow!("{e}"))?;
@@ -127,7 +128,7 @@ fn fetch(
     Ok((dir, file))
 }
 
-fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
+fn choose(cfg: Option<&Config>, a: &DrillArgs, trusted: &TrustedSigners) -> Result<Chosen> {
     if let Some(b) = a.backup {
         let p = Path::new(b);
         if p.is_file() {
@@ -165,6 +166,9 @@ fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
         );
     }
     let want = a.backup.filter(|b| *b != "latest");
+    let trust = trusted.trust();
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut candidate = None;
     for st in stores {
         let store = match open_store(st) {
             Ok(s) => s,
@@ -173,39 +177,79 @@ fn choose(cfg: Option<&Config>, a: &DrillArgs) -> Result<Chosen> {
                 continue;
             }
         };
-        let list = match catalog::complete_backups(store.as_ref(), &src.prefix) {
+        let list = match catalog::complete_backups(store.as_ref(), &src.prefix, &trust) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("restore: skipping store {}: {e}", st.name);
                 continue;
             }
         };
+        for (id, problem) in list.problems {
+            problems.push((
+                id.clone(),
+                format!("store {}: backup {id}: {problem}", st.name),
+            ));
+        }
         let pick = match want {
-            Some(id) => list.into_iter().find(|m| m.backup_id == id),
-            None => list.into_iter().last(),
+            Some(id) => list.backups.into_iter().find(|m| m.backup_id == id),
+            None => list.backups.into_iter().last(),
         };
         if let Some(m) = pick {
-            let (file, fetched) = match &st.kind {
-                StoreKind::Local { path } => (
-                    path.path
-                        .join(&src.prefix)
-                        .join(format!("{}{DATA_SUFFIX}", m.backup_id)),
-                    None,
-                ),
-                StoreKind::S3(_) => {
-                    let (dir, file) = fetch(store.as_ref(), &src.prefix, &m)?;
-                    (file, Some(dir))
-                }
-            };
-            return Ok(Chosen {
-                file,
-                store: Some(st.name.clone()),
-                source: Some(src.name.clone()),
-                prefix: Some(src.prefix.clone()),
-                manifest: Some(m),
-                _fetched: fetched,
-            });
+            if candidate
+                .as_ref()
+                .is_none_or(|(_, _, c): &(_, _, Manifest)| m.backup_id > c.backup_id)
+            {
+                candidate = Some((st, store, m));
+            }
         }
+    }
+    // A backup that is asked for, or newer than the one found, but not trusted on some
+    // store is reported; the drill never runs on an older backup in its place.
+    let newer_bad: Vec<&String> = problems
+        .iter()
+        .filter(|(id, _)| match (want, &candidate) {
+            (Some(w), None) => id == w,
+            (Some(_), Some(_)) => false,
+            (None, Some((_, _, m))) => *id > m.backup_id,
+            (None, None) => true,
+        })
+        .map(|(_, p)| p)
+        .collect();
+    if !newer_bad.is_empty() {
+        bail!(
+            "{}; the drill refuses to run on another backup instead (scrub and repair replace a bad copy, or name an older backup with --backup ID)",
+            newer_bad.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+        );
+    }
+    for (id, p) in &problems {
+        if candidate
+            .as_ref()
+            .is_some_and(|(_, _, m)| m.backup_id == *id)
+        {
+            eprintln!("restore: warning: {p} (another store's copy is used)");
+        }
+    }
+    if let Some((st, store, m)) = candidate {
+        let (file, fetched) = match &st.kind {
+            StoreKind::Local { path } => (
+                path.path
+                    .join(&src.prefix)
+                    .join(format!("{}{DATA_SUFFIX}", m.backup_id)),
+                None,
+            ),
+            StoreKind::S3(_) => {
+                let (dir, file) = fetch(store.as_ref(), &src.prefix, &m)?;
+                (file, Some(dir))
+            }
+        };
+        return Ok(Chosen {
+            file,
+            store: Some(st.name.clone()),
+            source: Some(src.name.clone()),
+            prefix: Some(src.prefix.clone()),
+            manifest: Some(m),
+            _fetched: fetched,
+        });
     }
     bail!(
         "no complete backup {}of source {} in the configured stores",
@@ -500,7 +544,7 @@ pub async fn run(
     trusted: &TrustedSigners,
     report: &mut DrillReport,
 ) -> Result<()> {
-    let chosen = choose(cfg, a)?;
+    let chosen = choose(cfg, a, trusted)?;
     report.file = Some(chosen.file.display().to_string());
     report.store = chosen.store.clone();
     report.source = chosen.source.clone();
@@ -520,7 +564,7 @@ pub async fn run(
     let _ = &chosen.prefix;
 
     // Every check before any byte reaches any server.
-    let (v, pins, limit) = verify_chosen(&chosen.file, dpo, trusted, report)?;
+    let (v, pins, limit) = verify_chosen(&chosen, dpo, trusted, report)?;
 
     // The scratch server.
     let eph;
@@ -593,12 +637,13 @@ pub async fn run(
 /// Checks the sha256 (against the .sha256 file and the manifest), then decrypts and
 /// verifies the whole file (MDC, signature, completeness), noting each check.
 fn verify_chosen(
-    file: &Path,
+    chosen: &Chosen,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
     report: &mut DrillReport,
 ) -> Result<(restore::Verified, Pins, usize)> {
-    let located = match restore::check_checksums(file) {
+    let file = chosen.file.as_path();
+    let located = match restore::check_checksums(file, trusted) {
         Ok(l) => {
             report.check(
                 "sha256",
@@ -662,6 +707,20 @@ fn verify_chosen(
             v.trailer.completed.clone().unwrap_or_default()
         ),
     );
+    match restore::check_identity(&located, &v, chosen.source.as_deref()) {
+        Ok(id) => report.check(
+            "identity",
+            true,
+            format!(
+                "the signed dump is backup {} of source {}, as its name and signed manifest say",
+                id.backup_id, id.source
+            ),
+        ),
+        Err(e) => {
+            report.check("identity", false, format!("{e:#}"));
+            bail!("{e:#}");
+        }
+    }
     report.sql_bytes = Some(v.sql_bytes);
     Ok((v, located.pins, located.max_statement))
 }

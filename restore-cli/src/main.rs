@@ -140,6 +140,14 @@ fn load_keys(cli: &Cli, cfg: Option<&Config>) -> Result<Keys> {
         .dpo_passphrase_file
         .clone()
         .or_else(|| rc.and_then(|r| r.dpo_passphrase_file.as_ref().map(|p| p.path.clone())));
+    let trusted = load_trusted(cli, cfg)?;
+    let dpo = crypto::load_dpo_key(&key, pass.as_deref())?;
+    Ok(Keys { dpo, trusted })
+}
+
+/// The trusted agent certificates (pinned), from the flags and the config.
+fn load_trusted(cli: &Cli, cfg: Option<&Config>) -> Result<crypto::TrustedSigners> {
+    let rc = cfg.map(|c| &c.restore);
     let mut certs: Vec<PathBuf> = cli.agent_certs.clone();
     if let Some(r) = rc {
         certs.extend(r.agent_certificates.iter().map(|p| p.path.clone()));
@@ -158,10 +166,7 @@ fn load_keys(cli: &Cli, cfg: Option<&Config>) -> Result<Keys> {
         pins.extend(r.agent_fingerprints.iter().cloned());
     }
     let cert_refs: Vec<&Path> = certs.iter().map(|p| p.as_path()).collect();
-    let trusted =
-        crypto::TrustedSigners::load(&cert_refs, &pins).map_err(|e| usage(format!("{e:#}")))?;
-    let dpo = crypto::load_dpo_key(&key, pass.as_deref())?;
-    Ok(Keys { dpo, trusted })
+    crypto::TrustedSigners::load(&cert_refs, &pins).map_err(|e| usage(format!("{e:#}")))
 }
 
 fn target_password(
@@ -293,7 +298,7 @@ fn verify_file(
     keys: &Keys,
 ) -> Result<(restore::Located, restore::Verified)> {
     // Pass 0: checksums.
-    let mut located = restore::check_checksums(file)?;
+    let mut located = restore::check_checksums(file, &keys.trusted)?;
     if let Some(m) = &cli.max_statement {
         located.max_statement = backup_core::config::parse_size(m)
             .and_then(|n| usize::try_from(n).ok())
@@ -333,6 +338,13 @@ fn verify_file(
         v.sql_bytes,
         v.trailer.completed.as_deref().unwrap_or("?"),
     );
+    let id = restore::check_identity(&located, &v, cli.source.as_deref())?;
+    eprintln!(
+        "restore: identity ok: the signed dump is backup {} of source {} (databases: {})",
+        id.backup_id,
+        id.source,
+        id.databases.join(", ")
+    );
     Ok((located, v))
 }
 
@@ -369,6 +381,7 @@ async fn check_target_fits(conn: &mut mysql_async::Conn, largest: usize) -> Resu
 
 fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
     let cfg = cfg.ok_or_else(|| usage("--list needs --config (the stores and sources)"))?;
+    let trust = load_trusted(cli, Some(cfg))?.trust();
     let mut rows = Vec::new();
     for src in cfg
         .sources
@@ -377,9 +390,15 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
     {
         for st in &cfg.stores {
             let store = backup_core::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
-            let list = backup_core::catalog::complete_backups(store.as_ref(), &src.prefix)
+            let list = backup_core::catalog::complete_backups(store.as_ref(), &src.prefix, &trust)
                 .map_err(|e| anyhow!("{e}"))?;
-            for m in list {
+            for (id, problem) in &list.problems {
+                eprintln!(
+                    "restore: store {}: backup {id} is not listed: {problem}",
+                    st.name
+                );
+            }
+            for m in list.backups {
                 rows.push(serde_json::json!({
                     "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
                     "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,

@@ -49,8 +49,109 @@ pub fn statement_limit(manifest: Option<&Manifest>) -> usize {
     }
 }
 
+/// The manifest beside a backup's data file, if there is one: it counts only with a good
+/// signature by a trusted agent key beside it, and only if it is the manifest of backup
+/// `id` (the one the file's name says).
+fn read_manifest_beside(
+    data: &Path,
+    id: &str,
+    trusted: &TrustedSigners,
+) -> Result<Option<Manifest>> {
+    let mp = data.with_file_name(layout::object_name(id, layout::MANIFEST_SUFFIX));
+    let bytes = match read_small(&mp, backup_core::catalog::MAX_MANIFEST_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read manifest {}", mp.display())),
+    };
+    let sp = data.with_file_name(layout::object_name(id, layout::SIGNATURE_SUFFIX));
+    let sig = match read_small(&sp, backup_core::signature::MAX_SIGNATURE_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "manifest {} has no signature beside it ({} is missing); an unsigned manifest is not trusted: fetch the backup's objects again, or restore the data file alone",
+            mp.display(),
+            sp.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", sp.display())),
+    };
+    let signed = backup_core::catalog::check_signed(
+        &mp.display().to_string(),
+        id,
+        bytes,
+        sig,
+        &trusted.trust(),
+    )
+    .map_err(|e| anyhow!("{e}; nothing was restored"))?;
+    Ok(Some(signed.manifest))
+}
+
+/// Reads a small file, refusing one larger than `limit` bytes.
+fn read_small(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut b = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut b)?;
+    if b.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than {limit} bytes, not one of ours"
+        )));
+    }
+    Ok(b)
+}
+
+/// Checks that the dump is the backup that was asked for: the identity in its signed
+/// header must name the backup id of the file's name (when it has one), agree with the
+/// signed manifest (id, source, databases), name `source` when one was asked for, and
+/// list the databases its trailer lists. A renamed or substituted backup fails here,
+/// before anything reaches a server.
+pub fn check_identity(
+    located: &Located,
+    v: &Verified,
+    source: Option<&str>,
+) -> Result<backup_core::format::Identity> {
+    let fail = |what: String| {
+        anyhow!(
+            "{} is not the backup it claims to be: {what}; nothing was restored (a renamed or substituted backup: fetch the right one)",
+            located.file_name
+        )
+    };
+    let id = v.trailer.identity.clone().ok_or_else(|| {
+        fail("its dump names no backup identity in its header (not made by a backup-agent that signs its identity)".into())
+    })?;
+    if let Some(name_id) = layout::backup_id_of(&located.file_name) {
+        if id.backup_id != name_id {
+            return Err(fail(format!(
+                "the file is named {name_id}, but the dump inside is backup {}",
+                id.backup_id
+            )));
+        }
+    }
+    if let Some(m) = &located.manifest {
+        if m.backup_id != id.backup_id || m.source != id.source || m.databases != id.databases {
+            return Err(fail(format!(
+                "its manifest says backup {} of source {} with databases [{}], the dump inside says backup {} of source {} with databases [{}]",
+                m.backup_id, m.source, m.databases.join(", "), id.backup_id, id.source, id.databases.join(", ")
+            )));
+        }
+    }
+    if let Some(s) = source {
+        if id.source != s {
+            return Err(fail(format!(
+                "source {s} was asked for, the dump is of source {}",
+                id.source
+            )));
+        }
+    }
+    if v.trailer.databases != id.databases {
+        return Err(fail(format!(
+            "its header names databases [{}], its trailer [{}]",
+            id.databases.join(", "),
+            v.trailer.databases.join(", ")
+        )));
+    }
+    Ok(id)
+}
+
 /// Pass 0: the data file, its `.sha256` file, and the manifest if present; hashes the data.
-pub fn check_checksums(data: &Path) -> Result<Located> {
+pub fn check_checksums(data: &Path, trusted: &TrustedSigners) -> Result<Located> {
     let file_name = data
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
@@ -66,19 +167,7 @@ pub fn check_checksums(data: &Path) -> Result<Located> {
         )
     })?;
     let manifest = match layout::backup_id_of(&file_name) {
-        Some(id) => {
-            let mp = data.with_file_name(layout::object_name(id, layout::MANIFEST_SUFFIX));
-            match std::fs::read(&mp) {
-                Ok(b) => Some(
-                    serde_json::from_slice::<Manifest>(&b)
-                        .with_context(|| format!("manifest {} is malformed", mp.display()))?,
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot read manifest {}", mp.display()))
-                }
-            }
-        }
+        Some(id) => read_manifest_beside(data, id, trusted)?,
         None => None,
     };
     let got = pin_file(data).with_context(|| format!("cannot read backup {}", data.display()))?;

@@ -221,7 +221,14 @@ fn plaintext(data: &Path, dir: &Path) -> String {
 fn seal(sql: &str, dir: &Path, n: usize) -> PathBuf {
     let d = dir.join(format!("case{n}"));
     std::fs::create_dir_all(&d).unwrap();
-    let name = "mariadb_2026-01-01_000000.sql.gz.gpg";
+    // Named after the backup the dump says it is (its signed identity line), as the
+    // agent names it: a file under another backup's name is refused for that alone.
+    let id_line = sql
+        .lines()
+        .find_map(|l| l.strip_prefix("-- Backup identity: "))
+        .expect("the dump's identity line");
+    let id: serde_json::Value = serde_json::from_str(id_line).unwrap();
+    let name = &format!("{}.sql.gz.gpg", id["backup_id"].as_str().unwrap());
     let enc = EncryptionConfig {
         dpo_certificates: vec![ConfigPath {
             path: testdata("dpo.pub.asc"),
@@ -234,6 +241,7 @@ fn seal(sql: &str, dir: &Path, n: usize) -> PathBuf {
             position: None,
         },
         signing_key_passphrase_file: None,
+        peer_certificates: vec![],
         compression_level: 6,
     };
     let keys = Arc::new(SealingKeys::load(&enc).unwrap());

@@ -507,6 +507,170 @@ fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
     src.drop_db(&db);
 }
 
+/// The objects of backup `id` in a source's directory of a local store, by suffix.
+fn objects(dir: &std::path::Path, id: &str) -> Vec<(String, std::path::PathBuf)> {
+    [
+        ".sql.gz.gpg",
+        ".sql.gz.gpg.sha256",
+        ".manifest.json.sig",
+        ".manifest.json",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), dir.join(format!("{id}{s}"))))
+    .collect()
+}
+
+/// A tamperer with write access to one store (issue 11, item 2): backup A's objects put
+/// under backup B's names, and A's manifest edited under its old signature. Scrub fails
+/// both copies (never skips them), `list` shows them failed, the drill and `restore`
+/// refuse them naming the substitution, and repair replaces them from the good store.
+#[test]
+fn a_substituted_backup_or_edited_manifest_fails_scrub_restore_and_the_drill() {
+    let src = source();
+    let dst = target();
+    let db = fresh_db(
+        &src,
+        "subst",
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1), (2)",
+    );
+    let mut setup = Setup::new(&src, &db);
+    let second = setup.path("second");
+    std::fs::create_dir_all(&second).unwrap();
+    setup.stores = format!(
+        "[[store]]\nname = \"second\"\nkind = \"local\"\npath = {second:?}\nmedia = \"disk\"\n"
+    );
+    setup.policy = "[policy]\ncopies = 2\nmedia = 1\noffsite = 0\n".into();
+    setup.tail = format!(
+        "[restore]\ndpo_secret_key_file = {:?}\nagent_certificates = [{:?}]\n",
+        testdata("dpo.sec.asc"),
+        testdata("agent.pub.asc")
+    );
+    let (a, b) = ("mariadb_2026-04-01_020000", "mariadb_2026-04-02_020000");
+    ok(
+        &setup.agent(&src, &["backup", "--now", "2026-04-01T02:00:00Z"]),
+        "backup A",
+    );
+    src.sql_db(&db, "INSERT INTO t VALUES (3)");
+    ok(
+        &setup.agent(&src, &["backup", "--now", "2026-04-02T02:00:00Z"]),
+        "backup B",
+    );
+    ok(
+        &setup.agent(&src, &["scrub", "--all"]),
+        "scrub of good copies",
+    );
+
+    // On "second": B's objects replaced by A's (each renamed), A's manifest edited.
+    let dir = second.join("main");
+    for ((_, from), (_, to)) in objects(&dir, a).iter().zip(objects(&dir, b).iter()) {
+        std::fs::copy(from, to).unwrap();
+    }
+    // ... with a .sha256 that names B's file, as a careful tamperer writes it.
+    write_sha256(&dir.join(format!("{b}.sql.gz.gpg")));
+    let mpath = dir.join(format!("{a}.manifest.json"));
+    let edited = std::fs::read_to_string(&mpath).unwrap().replacen(
+        "\"largest_statement_bytes\": ",
+        "\"largest_statement_bytes\": 9",
+        1,
+    );
+    std::fs::write(&mpath, edited).unwrap();
+
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    let o = setup.agent(&src, &["list", "--json"]);
+    ok(&o, "list");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backups = v[0]["backups"].as_array().unwrap().clone();
+    assert_eq!(backups.len(), 2, "{v:#}");
+    for (row, what) in [
+        (&backups[0], "bad signature"),
+        (&backups[1], &*format!("it is the manifest of backup {a}")),
+    ] {
+        let copy = row["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["store"] == "second")
+            .cloned()
+            .unwrap_or_else(|| panic!("the copy on second is listed, not skipped: {row:#}"));
+        assert_eq!(copy["status"], "failed", "{row:#}");
+        assert!(
+            copy["error"].as_str().unwrap_or("").contains(what),
+            "{what}: {row:#}"
+        );
+    }
+
+    // The drill on that store refuses B, naming the substitution, and touches no server.
+    let cfg = setup.config(&src);
+    let o = restore(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--verify",
+        "--store",
+        "second",
+        "--backup",
+        b,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "drill: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("it is the manifest of backup {a}")),
+        "{}",
+        stderr(&o)
+    );
+    // restore --into of B's file on that store: refused before the first statement.
+    let data = dir.join(format!("{b}.sql.gz.gpg"));
+    let o = restore(&into_args(&dst, &data, &setup.path("target.password")));
+    assert_eq!(o.status.code(), Some(1), "restore: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("it is the manifest of backup {a}")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dst.databases().contains(&db));
+    // The data alone under B's name (manifest and signature gone): the signed identity
+    // inside the dump names A.
+    std::fs::remove_file(dir.join(format!("{b}.manifest.json"))).unwrap();
+    std::fs::remove_file(dir.join(format!("{b}.manifest.json.sig"))).unwrap();
+    let o = restore(&into_args(&dst, &data, &setup.path("target.password")));
+    assert_eq!(o.status.code(), Some(1), "restore: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "the file is named {b}, but the dump inside is backup {a}"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dst.databases().contains(&db));
+
+    // B's real manifest and signature back beside A's data: scrub fails the copy (its
+    // data is not what the manifest records); repair replaces the bad copies from the
+    // good store; scrub is clean again.
+    for s in [".manifest.json", ".manifest.json.sig"] {
+        std::fs::copy(
+            setup.store().join(format!("main/{b}{s}")),
+            dir.join(format!("{b}{s}")),
+        )
+        .unwrap();
+    }
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    ok(&setup.agent(&src, &["repair"]), "repair");
+    ok(
+        &setup.agent(&src, &["scrub", "--all"]),
+        "scrub after repair",
+    );
+    for id in [a, b] {
+        for ((_, good), (_, copy)) in objects(&setup.store().join("main"), id)
+            .iter()
+            .zip(objects(&dir, id).iter())
+        {
+            assert_eq!(std::fs::read(good).unwrap(), std::fs::read(copy).unwrap());
+        }
+    }
+    src.drop_db(&db);
+}
+
 /// Two backups of one source on one host at once: the second is refused at once with a
 /// message naming the running one, and touches nothing; the first completes alone.
 #[test]

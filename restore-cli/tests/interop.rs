@@ -2,7 +2,8 @@
 //! it made itself (RSA-4096 with a passphrase, ed25519/cv25519 without, two recipients at
 //! once) and reports a good signature from the agent key; the message is SEIPD v1 with
 //! MDC and AES-256, no AEAD; gunzip reads it; the stock `mariadb` client loads it with the
-//! same table checksums; `sha256sum -c` accepts the .sha256 file.
+//! same table checksums; `sha256sum -c` accepts the .sha256 file; `gpg --verify` accepts
+//! the manifest's detached signature.
 
 mod common;
 use common::*;
@@ -45,6 +46,25 @@ fn stock_gpg_gunzip_mariadb_and_sha256sum_read_the_backup() {
         .output()
         .unwrap();
     ok(&o, "sha256sum -c");
+
+    // gpg --verify checks the manifest's detached signature: the agent's key signed it.
+    let manifest = data
+        .to_string_lossy()
+        .replace(".sql.gz.gpg", ".manifest.json");
+    ed.import(&testdata("agent.pub.asc"));
+    let o = ed
+        .cmd()
+        .args(["--status-fd", "2", "--verify"])
+        .arg(format!("{manifest}.sig"))
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let status = stderr(&o);
+    assert!(o.status.success(), "gpg --verify: {status}");
+    assert!(
+        status.contains(&format!("[GNUPG:] VALIDSIG {AGENT_FPR}")),
+        "{status}"
+    );
 
     let pass_file = setup.path("rsa.pass");
     std::fs::write(&pass_file, rsa_pass).unwrap();

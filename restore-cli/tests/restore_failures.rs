@@ -1,6 +1,7 @@
 //! Nothing reaches the server from a file that fails any check: flipped byte, truncated
-//! file, missing or wrong checksum, manifest mismatch, wrong DPO key, a signature by
-//! another key, no signature, a missing completion line. Each gives a clear error, exit 1,
+//! file, missing or wrong checksum, a renamed or substituted backup (objects renamed,
+//! manifest edited, unsigned or re-signed by another key, data renamed alone), wrong DPO
+//! key, a signature by another key, no signature, a missing completion line. Each gives a clear error, exit 1,
 //! and the target server is untouched. The bad messages are built with the real `gpg`.
 
 mod common;
@@ -93,7 +94,7 @@ fn tampered_or_foreign_files_restore_nothing() {
     g.import(&testdata("agent.sec.asc"));
     g.gen_key("intruder@test.invalid", "ed25519", None, "0");
     let root = setup.path("cases");
-    let mut cases: Vec<(Case, &str, Vec<String>)> = Vec::new();
+    let mut cases: Vec<(Case, String, Vec<String>)> = Vec::new();
 
     let mut flipped = good_bytes.clone();
     let mid = flipped.len() / 2;
@@ -112,51 +113,103 @@ fn tampered_or_foreign_files_restore_nothing() {
         format!("{}  {NAME}\n", &good_hash[..64]),
     )
     .unwrap();
-    cases.push((c, "checksum mismatch", vec![]));
+    cases.push((c, "checksum mismatch".into(), vec![]));
 
     let c = Case::new(&root, "flipped-resummed");
     c.write(&flipped).sum();
-    cases.push((c, "failed verification", vec![]));
+    cases.push((c, "failed verification".into(), vec![]));
 
     let c = Case::new(&root, "truncated");
     c.write(&good_bytes[..good_bytes.len() / 2]).sum();
-    cases.push((c, "failed verification", vec![]));
+    cases.push((c, "failed verification".into(), vec![]));
 
     let c = Case::new(&root, "truncated-tail");
     c.write(&good_bytes[..good_bytes.len() - 40]).sum();
-    cases.push((c, "failed verification", vec![]));
+    cases.push((c, "failed verification".into(), vec![]));
 
     let c = Case::new(&root, "no-sha256");
     c.write(&good_bytes);
-    cases.push((c, "checksum file", vec![]));
+    cases.push((c, "checksum file".into(), vec![]));
 
-    let c = Case::new(&root, "manifest-mismatch");
+    // Substitution (issue 11, item 2): the good backup's objects under another backup's
+    // name, its manifest edited (old signature kept, none, or re-signed by another key),
+    // or the data alone renamed with a fresh .sha256.
+    let good_id = good
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".sql.gz.gpg", "");
+    let manifest_path = |dir: &Path, id: &str| dir.join(format!("{id}.manifest.json"));
+    let sig_path = |dir: &Path, id: &str| dir.join(format!("{id}.manifest.json.sig"));
+    let good_dir = good.parent().unwrap();
+    let good_manifest = std::fs::read(manifest_path(good_dir, &good_id)).unwrap();
+    let good_sig = std::fs::read(sig_path(good_dir, &good_id)).unwrap();
+    let this_id = NAME.replace(".sql.gz.gpg", "");
+    let mut m: serde_json::Value = serde_json::from_slice(&good_manifest).unwrap();
+    m["backup_id"] = serde_json::json!(this_id);
+    m["data"]["name"] = serde_json::json!(NAME);
+    m["largest_statement_bytes"] = serde_json::json!(1u64 << 40);
+    let edited = serde_json::to_vec_pretty(&m).unwrap();
+
+    let c = Case::new(&root, "renamed");
     c.write(&good_bytes).sum();
-    let mut m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            good.to_string_lossy()
-                .replace(".sql.gz.gpg", ".manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    m["data"]["sha256"] = serde_json::json!("0".repeat(64));
-    std::fs::write(
-        c.dir.join("mariadb_2026-01-01_000000.manifest.json"),
-        serde_json::to_vec(&m).unwrap(),
-    )
-    .unwrap();
-    cases.push((c, "the manifest of", vec![]));
+    std::fs::write(manifest_path(&c.dir, &this_id), &good_manifest).unwrap();
+    std::fs::write(sig_path(&c.dir, &this_id), &good_sig).unwrap();
+    cases.push((c, format!("it is the manifest of backup {good_id}"), vec![]));
+
+    let c = Case::new(&root, "manifest-edited");
+    c.write(&good_bytes).sum();
+    std::fs::write(manifest_path(&c.dir, &this_id), &edited).unwrap();
+    std::fs::write(sig_path(&c.dir, &this_id), &good_sig).unwrap();
+    cases.push((c, "bad signature".into(), vec![]));
+
+    let c = Case::new(&root, "manifest-unsigned");
+    c.write(&good_bytes).sum();
+    std::fs::write(manifest_path(&c.dir, &this_id), &edited).unwrap();
+    cases.push((c, "has no signature beside it".into(), vec![]));
+
+    let c = Case::new(&root, "manifest-resigned");
+    c.write(&good_bytes).sum();
+    std::fs::write(manifest_path(&c.dir, &this_id), &edited).unwrap();
+    ok(
+        &g.run(&[
+            "--local-user",
+            "intruder@test.invalid",
+            "--armor",
+            "--output",
+            sig_path(&c.dir, &this_id).to_str().unwrap(),
+            "--detach-sign",
+            manifest_path(&c.dir, &this_id).to_str().unwrap(),
+        ]),
+        "gpg --detach-sign",
+    );
+    cases.push((c, "bad signature".into(), vec![]));
+
+    let c = Case::new(&root, "renamed-data-only");
+    c.write(&good_bytes).sum();
+    cases.push((
+        c,
+        format!("the file is named {this_id}, but the dump inside is backup {good_id}"),
+        vec![],
+    ));
 
     let c = Case::new(&root, "other-signer");
     gpg_seal(&g, &plain_gz, Some("intruder@test.invalid"), &c.data());
     c.sum();
-    cases.push((c, "no good signature from a trusted agent key", vec![]));
+    cases.push((
+        c,
+        "no good signature from a trusted agent key".into(),
+        vec![],
+    ));
 
     let c = Case::new(&root, "unsigned");
     gpg_seal(&g, &plain_gz, None, &c.data());
     c.sum();
-    cases.push((c, "no good signature from a trusted agent key", vec![]));
+    cases.push((
+        c,
+        "no good signature from a trusted agent key".into(),
+        vec![],
+    ));
 
     // Validly signed by the agent key, but the SQL lacks its completion line.
     let cut = sql.trim_ascii_end();
@@ -167,7 +220,7 @@ fn tampered_or_foreign_files_restore_nothing() {
     let c = Case::new(&root, "no-completion");
     gpg_seal(&g, &gz, Some("agent@backup-agent.invalid"), &c.data());
     c.sum();
-    cases.push((c, "no completion line", vec![]));
+    cases.push((c, "no completion line".into(), vec![]));
 
     // Validly signed and complete, but cut inside a statement.
     let half = &sql[..sql.len() / 2];
@@ -176,7 +229,7 @@ fn tampered_or_foreign_files_restore_nothing() {
     let c = Case::new(&root, "cut-statement");
     gpg_seal(&g, &gz, Some("agent@backup-agent.invalid"), &c.data());
     c.sum();
-    cases.push((c, "failed verification", vec![]));
+    cases.push((c, "failed verification".into(), vec![]));
 
     // The good file, but the wrong DPO key.
     let wrong = Gpg::new();
@@ -187,7 +240,7 @@ fn tampered_or_foreign_files_restore_nothing() {
     c.write(&good_bytes).sum();
     cases.push((
         c,
-        "cannot decrypt",
+        "cannot decrypt".into(),
         vec!["--dpo-key".into(), wrong_key.display().to_string()],
     ));
 
@@ -198,7 +251,7 @@ fn tampered_or_foreign_files_restore_nothing() {
     g.export_public("intruder@test.invalid", &intruder_pub);
     cases.push((
         c,
-        "no good signature from a trusted agent key",
+        "no good signature from a trusted agent key".into(),
         vec![
             "--agent-cert".into(),
             intruder_pub.display().to_string(),
@@ -207,7 +260,9 @@ fn tampered_or_foreign_files_restore_nothing() {
         ],
     ));
 
-    let before = dst.databases();
+    // Other tests create databases on the same target at the same time: the check is
+    // that this backup's database never appears there.
+    assert!(!dst.databases().contains(&db));
     for (case, expect, extra) in &cases {
         let mut args = into_args(&dst, &case.data(), &setup.path("target.password"));
         // Later flags override: replace --dpo-key / the trusted certificate where given.
@@ -230,7 +285,7 @@ fn tampered_or_foreign_files_restore_nothing() {
             o.status.code()
         );
         assert!(
-            err.contains(expect),
+            err.contains(expect.as_str()),
             "{}: expected {expect:?} in: {err}",
             case.dir.display()
         );
@@ -238,14 +293,14 @@ fn tampered_or_foreign_files_restore_nothing() {
             err.lines()
                 .filter(|l| l.starts_with("restore: ")
                     && !l.starts_with("restore: checksum ok")
-                    && !l.starts_with("restore: manifest ok"))
+                    && !l.starts_with("restore: manifest ok")
+                    && !l.starts_with("restore: verified:"))
                 .count(),
             1,
             "one error line: {err}"
         );
-        assert_eq!(
-            dst.databases(),
-            before,
+        assert!(
+            !dst.databases().contains(&db),
             "{}: the target changed",
             case.dir.display()
         );

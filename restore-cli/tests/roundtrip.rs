@@ -27,9 +27,10 @@ fn round_trip_every_type_and_object() {
     let o = setup.agent(&src, &["backup"]);
     ok(&o, "backup");
 
-    // Three objects under the source's prefix, no temp files.
+    // Four objects under the source's prefix (data, .sha256, the manifest's signature,
+    // the manifest), no temp files.
     let files = setup.store_files();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     assert!(
         files.iter().all(|f| f.starts_with("main/mariadb_")),
         "{files:?}"

@@ -81,7 +81,7 @@ fn canaries_never_leak() {
     logs.extend(&o.stdout);
     logs.extend(&o.stderr);
     cmdlines.extend(cmd);
-    assert_eq!(setup.store_files().len(), 3);
+    assert_eq!(setup.store_files().len(), 4);
 
     // The backup really holds the canary (so the scan below could find it in plaintext).
     let g2 = Gpg::new();

@@ -104,13 +104,13 @@ fn every_store_gets_a_verified_copy_and_the_drill_fetches_from_s3() {
         ]
     );
     assert!(s[0].2, "compliant: {v}");
-    // The same three objects on both servers, under the store's prefix, and byte-equal to
+    // The same four objects on both servers, under the store's prefix, and byte-equal to
     // the local copy; no upload left pending.
     let local = setup.only_backup();
     let name = local.file_name().unwrap().to_str().unwrap().to_string();
     for srv in [&g, &m] {
         let keys = srv.keys(&format!("{prefix}/"));
-        assert_eq!(keys.len(), 3, "{}: {keys:?}", srv.kind);
+        assert_eq!(keys.len(), 4, "{}: {keys:?}", srv.kind);
         assert_eq!(
             srv.get(&format!("{prefix}/main/{name}")),
             std::fs::read(&local).unwrap(),
@@ -121,7 +121,14 @@ fn every_store_gets_a_verified_copy_and_the_drill_fetches_from_s3() {
     }
     // restore --list sees every store; the drill fetches from S3 (Garage) and passes.
     let cfg = setup.config(&src);
-    let o = restore(&["--config", cfg.to_str().unwrap(), "--list", "--json"]);
+    let o = restore(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--list",
+        "--json",
+        "--agent-cert",
+        testdata("agent.pub.asc").to_str().unwrap(),
+    ]);
     ok(&o, "restore --list");
     let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
@@ -314,7 +321,7 @@ fn refusing_mid_upload(kind: &str) {
     ok(&setup.agent(&src, &["repair"]), "repair after S3 is back");
     let s = statuses(&list_json(&setup, &src));
     assert!(s[0].2, "{s:?}");
-    assert_eq!(srv.keys(&format!("{prefix}/")).len(), 3);
+    assert_eq!(srv.keys(&format!("{prefix}/")).len(), 4);
     src.drop_db(&db);
 }
 
@@ -430,7 +437,7 @@ fn object_lock_on_moto_counts_as_immutable_and_blocks_deletion() {
     assert!(out.contains("locked until"), "{out}");
     assert_eq!(
         locked.keys(&format!("{prefix}/")).len(),
-        6,
+        8,
         "nothing deleted under lock: {out}"
     );
     // The same store without lock needs: policy immutable = 1 is not met.

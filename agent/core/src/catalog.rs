@@ -1,19 +1,35 @@
 //! What the stores hold: the complete backups of a source. A backup is complete when its
-//! manifest exists, parses, and its data object exists with the recorded size.
+//! manifest exists, carries a good signature by a trusted agent key, names the backup its
+//! object name says, and its data object exists with the recorded size.
 
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
 
 use crate::layout;
-use crate::layout::MANIFEST_SUFFIX;
-use crate::manifest::Manifest;
+use crate::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX};
+use crate::manifest::{Manifest, SignedManifest};
+use crate::signature::{SignatureError, Trust, MAX_SIGNATURE_BYTES};
 use crate::store::{Store, StoreError};
 
-/// Complete backups of `prefix` in `store`, oldest first.
-pub fn complete_backups(store: &dyn Store, prefix: &str) -> Result<Vec<Manifest>, StoreError> {
+/// The complete backups of a source in one store, and why the others are not.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Oldest first.
+    pub backups: Vec<Manifest>,
+    /// (backup id, what is wrong): a manifest that is not trusted, or a data object that
+    /// is missing or of another size.
+    pub problems: Vec<(String, String)>,
+}
+
+/// Complete backups of `prefix` in `store`, oldest first, with the problems found.
+pub fn complete_backups(
+    store: &dyn Store,
+    prefix: &str,
+    trust: &Trust,
+) -> Result<Listing, StoreError> {
     let names = store.list(prefix)?;
-    let mut out = Vec::new();
+    let mut out = Listing::default();
     for n in &names {
         let Some(id) = n.strip_suffix(MANIFEST_SUFFIX) else {
             continue;
@@ -21,57 +37,141 @@ pub fn complete_backups(store: &dyn Store, prefix: &str) -> Result<Vec<Manifest>
         if !layout::is_backup_id(id) {
             continue;
         }
-        let Ok(m) = read_manifest(store, &layout::key(prefix, n)) else {
-            continue;
+        let m = match read_signed_manifest(store, prefix, id, trust) {
+            Ok(m) => m.manifest,
+            Err(e) => {
+                out.problems.push((id.to_string(), e.to_string()));
+                continue;
+            }
         };
-        if m.backup_id != id || !names.contains(&m.data.name) {
-            continue;
+        let data = layout::key(prefix, &m.data.name);
+        match store.size(&data)? {
+            Some(s) if s == m.data.size => out.backups.push(m),
+            Some(s) => out.problems.push((
+                id.to_string(),
+                format!("{data} has {s} bytes, the manifest records {}", m.data.size),
+            )),
+            None => out
+                .problems
+                .push((id.to_string(), format!("{data} is missing"))),
         }
-        if store.size(&layout::key(prefix, &m.data.name))? != Some(m.data.size) {
-            continue;
-        }
-        out.push(m);
     }
-    out.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
+    out.backups.sort_by(|a, b| a.backup_id.cmp(&b.backup_id));
     Ok(out)
 }
 
 /// A manifest larger than this is not one of ours (they are a few KiB); reading stops.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// Why a manifest could not be read.
+/// Why a manifest could not be read or is not trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("reading {key}: {source}")]
     Read { key: String, source: std::io::Error },
-    #[error("{key}: larger than {MAX_MANIFEST_BYTES} bytes, not a manifest")]
-    TooLarge { key: String },
+    #[error("{key}: larger than {limit} bytes, not one of ours")]
+    TooLarge { key: String, limit: u64 },
     #[error("{key}: not a valid manifest: {source}")]
     Invalid {
         key: String,
         source: serde_json::Error,
     },
+    #[error("{key}: the agent's signature {key}.sig is missing; an unsigned manifest is not trusted (another store's copy, or a repair, replaces it)")]
+    Unsigned { key: String },
+    #[error("{key}: bad signature: {source}; the manifest was changed or is not from a trusted agent (add the other agent's certificate to the trusted ones if it is yours)")]
+    BadSignature { key: String, source: SignatureError },
+    #[error("{key}: {what}; a renamed or substituted backup is refused")]
+    Substituted { key: String, what: String },
 }
 
-/// Reads and parses the manifest at `key` (at most [`MAX_MANIFEST_BYTES`]).
-pub fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest, ManifestError> {
+fn read_capped(store: &dyn Store, key: &str, limit: u64) -> Result<Vec<u8>, ManifestError> {
     let mut text = Vec::new();
     store
         .open(key)?
-        .take(MAX_MANIFEST_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut text)
         .map_err(|source| ManifestError::Read {
             key: key.into(),
             source,
         })?;
-    if text.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(ManifestError::TooLarge { key: key.into() });
+    if text.len() as u64 > limit {
+        return Err(ManifestError::TooLarge {
+            key: key.into(),
+            limit,
+        });
     }
-    serde_json::from_slice(&text).map_err(|source| ManifestError::Invalid {
-        key: key.into(),
-        source,
+    Ok(text)
+}
+
+/// Reads the manifest of backup `id` under `prefix` and its signature, and checks them
+/// (see [`check_signed`]).
+pub fn read_signed_manifest(
+    store: &dyn Store,
+    prefix: &str,
+    id: &str,
+    trust: &Trust,
+) -> Result<SignedManifest, ManifestError> {
+    let key = layout::object_key(prefix, id, MANIFEST_SUFFIX);
+    let bytes = read_capped(store, &key, MAX_MANIFEST_BYTES)?;
+    let sig_key = layout::object_key(prefix, id, SIGNATURE_SUFFIX);
+    let signature = match read_capped(store, &sig_key, MAX_SIGNATURE_BYTES) {
+        Ok(s) => s,
+        Err(ManifestError::Store(e)) if e.is_not_found() => {
+            return Err(ManifestError::Unsigned { key })
+        }
+        Err(e) => return Err(e),
+    };
+    check_signed(&key, id, bytes, signature, trust)
+}
+
+/// Checks a manifest's bytes against its detached signature (a trusted agent key), parses
+/// them, and checks that the manifest is the one of backup `id` (its id, its data object's
+/// name) and that its `signer` is the key that signed it.
+pub fn check_signed(
+    key: &str,
+    id: &str,
+    bytes: Vec<u8>,
+    signature: Vec<u8>,
+    trust: &Trust,
+) -> Result<SignedManifest, ManifestError> {
+    let signed_by = trust
+        .verify_detached(&bytes, &signature)
+        .map_err(|source| ManifestError::BadSignature {
+            key: key.into(),
+            source,
+        })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| ManifestError::Invalid {
+            key: key.into(),
+            source,
+        })?;
+    let what = if manifest.backup_id != id {
+        Some(format!(
+            "it is the manifest of backup {}",
+            manifest.backup_id
+        ))
+    } else if manifest.data.name != layout::object_name(id, DATA_SUFFIX) {
+        Some(format!("it names the data object {}", manifest.data.name))
+    } else if manifest.signer != signed_by {
+        Some(format!(
+            "it says the data was signed by {}, but {signed_by} signed the manifest",
+            manifest.signer
+        ))
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return Err(ManifestError::Substituted {
+            key: key.into(),
+            what,
+        });
+    }
+    Ok(SignedManifest {
+        manifest,
+        bytes,
+        signature,
+        signed_by,
     })
 }
 

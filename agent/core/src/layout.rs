@@ -4,19 +4,28 @@
 //!
 //! A backup `mariadb_YYYY-MM-DD_HHMMSS` (UTC) of a source with prefix `P` is
 //! `P/<id>.sql.gz.gpg` (the sealed data), `P/<id>.sql.gz.gpg.sha256` and
-//! `P/<id>.manifest.json` (written last). Drill records are `P/drills/<name>.json`.
+//! `P/<id>.manifest.json.sig` (the agent's detached signature over the manifest, written
+//! before it) and `P/<id>.manifest.json` (written last). Drill records are
+//! `P/drills/<name>.json`.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 pub const DATA_SUFFIX: &str = ".sql.gz.gpg";
 pub const SHA256_SUFFIX: &str = ".sql.gz.gpg.sha256";
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const SIGNATURE_SUFFIX: &str = ".manifest.json.sig";
 
 const ID_FORMAT: &str = "mariadb_%Y-%m-%d_%H%M%S";
 const DRILLS_DIR: &str = "drills";
 
-/// The three objects of a backup, in the order they are written.
-pub const SUFFIXES: [&str; 3] = [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX];
+/// The objects of a backup, in the order they are written (and removed in reverse: the
+/// manifest first, so that no half-removed backup looks complete).
+pub const SUFFIXES: [&str; 4] = [
+    DATA_SUFFIX,
+    SHA256_SUFFIX,
+    SIGNATURE_SUFFIX,
+    MANIFEST_SUFFIX,
+];
 
 /// `mariadb_YYYY-MM-DD_HHMMSS` for a UTC time.
 pub fn backup_id(t: DateTime<Utc>) -> String {
@@ -25,7 +34,12 @@ pub fn backup_id(t: DateTime<Utc>) -> String {
 
 /// Whether a file name is one of ours, and of which backup.
 pub fn backup_id_of(file_name: &str) -> Option<&str> {
-    for suffix in [SHA256_SUFFIX, DATA_SUFFIX, MANIFEST_SUFFIX] {
+    for suffix in [
+        SHA256_SUFFIX,
+        DATA_SUFFIX,
+        SIGNATURE_SUFFIX,
+        MANIFEST_SUFFIX,
+    ] {
         if let Some(id) = file_name.strip_suffix(suffix) {
             if is_backup_id(id) {
                 return Some(id);
@@ -107,6 +121,10 @@ mod tests {
         );
         assert_eq!(
             backup_id_of(&format!("{id}{SHA256_SUFFIX}")),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            backup_id_of(&format!("{id}{SIGNATURE_SUFFIX}")),
             Some(id.as_str())
         );
         assert_eq!(backup_id_of("mariadb_latest.sql.gz.gpg"), None);

@@ -1,5 +1,6 @@
 //! The manifest: written last, it is what makes a backup exist. It holds no table names
-//! and no row data; those stay inside the encrypted message.
+//! and no row data; those stay inside the encrypted message. The agent signs it (a
+//! detached signature object written just before it); see `catalog` for how it is read.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,4 +48,15 @@ pub struct DataObject {
     pub sha256: String,
     pub compression: String,
     pub encryption: String,
+}
+
+/// A manifest as stored and checked: its exact bytes, the agent's detached signature over
+/// them, and the trusted certificate that made the signature. Copies between stores carry
+/// these bytes unchanged (another site's agent cannot re-sign them, nor needs to).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedManifest {
+    pub manifest: Manifest,
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub signed_by: String,
 }

@@ -17,8 +17,8 @@ use crate::source::dump::{self, DumpError, DumpSummary, SqlOutput};
 use backup_core::checksum::ObjectSum;
 use backup_core::config::{EncryptionConfig, SourceConfig, StoreConfig};
 use backup_core::layout;
-use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use backup_core::manifest::{self, DataObject, Manifest};
+use backup_core::layout::DATA_SUFFIX;
+use backup_core::manifest::{self, DataObject, Manifest, SignedManifest};
 use backup_core::secret::read_secret_file;
 use backup_core::state::CopyMark;
 use backup_core::store::{ObjectWriter, Store, StoreError};
@@ -338,7 +338,7 @@ pub async fn run_backup(
         source.name,
         started.format("%Y-%m-%dT%H:%M:%SZ")
     );
-    let dumped = dump::dump(&mut conn, source, &description, &mut out).await;
+    let dumped = dump::dump(&mut conn, source, &id, &description, &mut out).await;
     let (summary, sealed) = match dumped {
         Ok(s) => {
             // End marker: the sealer finalizes and commits only after this.
@@ -387,13 +387,27 @@ pub async fn run_backup(
     let _ = conn.disconnect().await;
 
     let m = manifest_of(source, &id, started, t0, &summary, &sealed, &keys, from);
+    let bytes = serde_json::to_vec_pretty(&m).expect("manifest serializes");
+    let signature = keys
+        .sign_detached(&bytes)
+        .map_err(|e| BackupError::Pipeline {
+            source_name: sname.clone(),
+            err: PipelineError::Crypto(e),
+        })?;
+    let signed = SignedManifest {
+        manifest: m,
+        bytes,
+        signature,
+        signed_by: keys.signer_fingerprint().to_string(),
+    };
 
     // Per store: the data object is visible; verify it, then the .sha256 file and the
     // manifest; if anything fails, remove this backup's objects from that store again.
     // Cloned, not taken: until this run returns its backup, the guard removes every
     // committed copy if the run is dropped or fails.
     let committed: Vec<StoreOutcome> = outcome.lock().expect("lock").stores.clone();
-    let (stores, marks) = verify_and_publish(committed, targets, &source.prefix, &m, &mut failures);
+    let (stores, marks) =
+        verify_and_publish(committed, targets, &source.prefix, &signed, &mut failures);
     if stores.is_empty() {
         return Err(BackupError::NoCopy {
             source_name: sname,
@@ -402,7 +416,7 @@ pub async fn run_backup(
     }
     uncommitted.kept = true;
     Ok(BackupReport {
-        manifest: m,
+        manifest: signed.manifest,
         stores,
         marks,
         failed_stores: failures,
@@ -438,7 +452,7 @@ fn open_targets(
         };
         let opened =
             tokio::task::block_in_place(|| -> Result<Box<dyn ObjectWriter>, StoreError> {
-                for suffix in [DATA_SUFFIX, SHA256_SUFFIX, MANIFEST_SUFFIX] {
+                for suffix in layout::SUFFIXES {
                     if store.exists(&key(suffix))? {
                         return Err(StoreError::Exists {
                             store: store.name().into(),
@@ -506,9 +520,10 @@ fn verify_and_publish(
     committed: Vec<StoreOutcome>,
     targets: &[Target<'_>],
     prefix: &str,
-    m: &Manifest,
+    signed: &SignedManifest,
     failures: &mut Vec<(String, String)>,
 ) -> (Vec<String>, Vec<(String, CopyMark)>) {
+    let m = &signed.manifest;
     let mut stores = Vec::new();
     let mut marks = Vec::new();
     for (name, r) in committed {
@@ -527,7 +542,7 @@ fn verify_and_publish(
             if !mark.verified {
                 return Err(mark.error.unwrap_or_default());
             }
-            copies::publish(*store, &prefix, m).map_err(|e| e.to_string())?;
+            copies::publish(*store, &prefix, signed).map_err(|e| e.to_string())?;
             Ok(mark)
         });
         match verified {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use backup_core::config::{Config, SourceConfig, StoreConfig};
 use backup_core::layout;
 use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use backup_core::manifest::Manifest;
+use backup_core::manifest::{Manifest, SignedManifest};
 use backup_core::policy::{self, CopyFact, Verdict};
 use backup_core::state::{CopyMark, State};
 use backup_core::store::{open_store, Store, StoreError, TEMP_PREFIX};
@@ -55,6 +55,9 @@ pub struct BackupRow {
     pub size: u64,
     #[serde(skip)]
     pub manifest: Manifest,
+    /// The manifest as stored and checked (its bytes and signature), for repair and scrub.
+    #[serde(skip)]
+    pub signed: SignedManifest,
     /// One entry per store that holds a complete copy.
     pub copies: Vec<CopyRow>,
     pub verdict: Verdict,
@@ -102,7 +105,9 @@ pub fn build(
     now: DateTime<Utc>,
 ) -> Inventory {
     let prefix = &src.prefix;
-    let mut manifests: BTreeMap<String, Manifest> = BTreeMap::new();
+    let trust = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref())
+        .map_err(|e| format!("cannot check manifest signatures: {e}"));
+    let mut manifests: BTreeMap<String, SignedManifest> = BTreeMap::new();
     // id -> store -> (mark, lock)
     // id -> (store index, lock until)
     let mut present: BTreeMap<String, Vec<Located>> = BTreeMap::new();
@@ -152,42 +157,29 @@ pub fn build(
                 }
                 continue;
             }
-            let m = match backup_core::catalog::read_manifest(store, &layout::key(prefix, n)) {
-                Ok(m) => m,
-                Err(err) => {
-                    inv.notes.push(format!("store {}: {err}", os.cfg.name));
-                    continue;
-                }
-            };
-            let ours = m.backup_id == id
-                && m.source == src.name
-                && m.data.name == layout::object_name(id, DATA_SUFFIX);
-            if !ours {
-                inv.notes.push(format!(
-                    "store {}: {prefix}/{n} names another backup or source; left alone, check it by hand",
-                    os.cfg.name
-                ));
-                continue;
-            }
-            // A copy whose data object is gone or changed size is a failed copy, never
-            // one that silently drops out of the count.
-            let broken = match names.get(m.data.name.as_str()) {
-                None => Some(format!("{} is missing", m.data.name)),
-                Some(d) if d.size != m.data.size => Some(format!(
-                    "{} has {} bytes, the manifest records {}",
-                    m.data.name, d.size, m.data.size
+            let signed = match trust.as_ref().map_err(|e| e.clone()).and_then(|t| {
+                backup_core::catalog::read_signed_manifest(store, prefix, id, t)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(m) if m.manifest.source != src.name => Err(format!(
+                    "{prefix}/{n} is a backup of source {}, not {}; a substituted backup",
+                    m.manifest.source, src.name
                 )),
-                Some(_) if !names.contains_key(layout::object_name(id, SHA256_SUFFIX).as_str()) => {
-                    Some(format!(
-                        "{} is missing",
-                        layout::object_name(id, SHA256_SUFFIX)
-                    ))
+                other => other,
+            };
+            // A copy whose manifest is not trusted, or whose data object is gone or
+            // changed size, is a failed copy, never one that silently drops out of the
+            // count.
+            let (m, broken) = match signed {
+                Ok(m) => {
+                    let broken = broken_objects(&names, id, &m.manifest);
+                    (Some(m), broken)
                 }
-                Some(_) => None,
+                Err(e) => (None, Some(e)),
             };
             let lock = if store.immutable() {
                 store
-                    .stat(&layout::key(prefix, &m.data.name))
+                    .stat(&layout::object_key(prefix, id, DATA_SUFFIX))
                     .ok()
                     .flatten()
                     .and_then(|i| i.lock_until)
@@ -198,10 +190,31 @@ pub fn build(
                 .entry(id.to_string())
                 .or_default()
                 .push((i, lock, broken));
-            manifests.entry(id.to_string()).or_insert(m);
+            if let Some(m) = m {
+                manifests.entry(id.to_string()).or_insert(m);
+            }
         }
     }
-    for (id, m) in manifests {
+    for (id, located) in &present {
+        if !manifests.contains_key(id) {
+            let why: Vec<String> = located
+                .iter()
+                .map(|(i, _, b)| {
+                    format!(
+                        "store {}: {}",
+                        stores[*i].cfg.name,
+                        b.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            inv.notes.push(format!(
+                "backup {id} has no trusted manifest in any store, so it is not counted: {}",
+                why.join("; ")
+            ));
+        }
+    }
+    for (id, signed) in manifests {
+        let m = signed.manifest.clone();
         let mut copies = Vec::new();
         let mut facts = Vec::new();
         for (i, lock, broken) in &present[&id] {
@@ -237,10 +250,31 @@ pub fn build(
             finished_at,
             size: m.data.size,
             manifest: m,
+            signed,
             copies,
             verdict,
         });
     }
     inv.backups.sort_by(|a, b| a.id.cmp(&b.id));
     inv
+}
+
+/// Why a copy whose manifest is trusted is still broken: its data object missing or of
+/// another size than the manifest records, or its `.sha256` file missing.
+fn broken_objects(
+    names: &BTreeMap<&str, &backup_core::store::Entry>,
+    id: &str,
+    m: &Manifest,
+) -> Option<String> {
+    match names.get(m.data.name.as_str()) {
+        None => Some(format!("{} is missing", m.data.name)),
+        Some(d) if d.size != m.data.size => Some(format!(
+            "{} has {} bytes, the manifest records {}",
+            m.data.name, d.size, m.data.size
+        )),
+        Some(_) if !names.contains_key(layout::object_name(id, SHA256_SUFFIX).as_str()) => Some(
+            format!("{} is missing", layout::object_name(id, SHA256_SUFFIX)),
+        ),
+        Some(_) => None,
+    }
 }

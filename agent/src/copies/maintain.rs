@@ -167,13 +167,13 @@ pub fn repair_into(
                     continue;
                 }
             }
-            match copies::copy_backup(from, to.as_ref(), &src.prefix, &b.manifest) {
+            match copies::copy_backup(from, to.as_ref(), &src.prefix, &b.signed) {
                 Ok(()) => {
                     let mark = copies::verify_copy(
                         to.as_ref(),
                         os.cfg.verify,
                         &src.prefix,
-                        &b.manifest,
+                        &b.signed,
                         None,
                     );
                     let ok = mark.verified;
@@ -243,7 +243,7 @@ pub fn scrub(
             .find(|s| s.cfg.name == store_name)
             .expect("configured");
         let prev = inventory::mark(&st, &store_name, &src.prefix, &b.id);
-        let mark = copies::verify_copy(store, os.cfg.verify, &src.prefix, &b.manifest, prev);
+        let mark = copies::verify_copy(store, os.cfg.verify, &src.prefix, &b.signed, prev);
         rep.checked += 1;
         if !mark.verified {
             let e = mark.error.clone().unwrap_or_default();

@@ -15,23 +15,36 @@ use backup_core::checksum;
 use backup_core::checksum::hash_stream;
 use backup_core::config::VerifyMode;
 use backup_core::layout;
-use backup_core::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SHA256_SUFFIX};
-use backup_core::manifest::Manifest;
+use backup_core::layout::{MANIFEST_SUFFIX, SHA256_SUFFIX, SIGNATURE_SUFFIX};
+use backup_core::manifest::{Manifest, SignedManifest};
 use backup_core::state::CopyMark;
 use backup_core::store::{put_bytes, Store, StoreError};
 
-/// Checks a stored copy against its manifest. HEAD-only checks size and the sha256 the
-/// store keeps in metadata, or (without one) the ETag recorded at the last full check;
-/// with neither, it reads the copy back.
+/// Checks a stored copy against its signed manifest: this store's manifest and signature
+/// must be the checked ones byte for byte (a changed or re-signed manifest fails the copy),
+/// then the data. HEAD-only checks the data's size and the sha256 the store keeps in
+/// metadata, or (without one) the ETag recorded at the last full check; with neither, it
+/// reads the copy back.
 pub fn verify_copy(
     store: &dyn Store,
     mode: VerifyMode,
     prefix: &str,
-    m: &Manifest,
+    signed: &SignedManifest,
     prev: Option<&CopyMark>,
 ) -> CopyMark {
+    let m = &signed.manifest;
     let mark = verify_data(store, mode, prefix, m, prev);
-    if !mark.verified || mark.method != "read-back" {
+    if !mark.verified {
+        return mark;
+    }
+    if let Some(e) = manifest_differs(store, prefix, signed) {
+        return CopyMark {
+            verified: false,
+            error: Some(e),
+            ..mark
+        };
+    }
+    if mark.method != "read-back" {
         return mark;
     }
     // The .sha256 file must name the same digest.
@@ -64,6 +77,39 @@ pub fn verify_copy(
         },
         None => mark,
     }
+}
+
+/// Why this store's manifest or signature object is not the checked one, if it is not.
+fn manifest_differs(store: &dyn Store, prefix: &str, signed: &SignedManifest) -> Option<String> {
+    let id = &signed.manifest.backup_id;
+    for (suffix, want) in [
+        (MANIFEST_SUFFIX, &signed.bytes),
+        (SIGNATURE_SUFFIX, &signed.signature),
+    ] {
+        let key = layout::object_key(prefix, id, suffix);
+        let mut got = Vec::new();
+        let read = store.open(&key).and_then(|r| {
+            r.take(backup_core::catalog::MAX_MANIFEST_BYTES + 1)
+                .read_to_end(&mut got)
+                .map_err(|source| StoreError::Io {
+                    store: store.name().into(),
+                    action: "reading",
+                    key: key.clone(),
+                    source,
+                })
+        });
+        match read {
+            Err(e) if e.is_not_found() => return Some(format!("{key} is missing")),
+            Err(e) => return Some(e.to_string()),
+            Ok(_) if got != *want => {
+                return Some(format!(
+                    "{key} differs from the signed manifest checked on the other copies (changed in this store)"
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    None
 }
 
 /// Checks the data object of a copy (not its `.sha256` file).
@@ -164,9 +210,10 @@ pub fn verify_data(
     }
 }
 
-/// Writes the `.sha256` file and the manifest (last) of a backup whose data object is
-/// already in the store.
-pub fn publish(store: &dyn Store, prefix: &str, m: &Manifest) -> Result<(), StoreError> {
+/// Writes the `.sha256` file, the manifest's signature and the manifest (last) of a
+/// backup whose data object is already in the store.
+pub fn publish(store: &dyn Store, prefix: &str, signed: &SignedManifest) -> Result<(), StoreError> {
+    let m = &signed.manifest;
     put_bytes(
         store,
         &layout::object_key(prefix, &m.backup_id, SHA256_SUFFIX),
@@ -174,16 +221,21 @@ pub fn publish(store: &dyn Store, prefix: &str, m: &Manifest) -> Result<(), Stor
     )?;
     put_bytes(
         store,
+        &layout::object_key(prefix, &m.backup_id, SIGNATURE_SUFFIX),
+        &signed.signature,
+    )?;
+    put_bytes(
+        store,
         &layout::object_key(prefix, &m.backup_id, MANIFEST_SUFFIX),
-        &serde_json::to_vec_pretty(m).expect("manifest serializes"),
+        &signed.bytes,
     )
 }
 
 /// Removes a backup from a store: manifest first (from then on it is not a backup), then
-/// the `.sha256` file, then the data. Returns the keys removed.
+/// its signature, the `.sha256` file, and the data. Returns the keys removed.
 pub fn remove_backup(store: &dyn Store, prefix: &str, id: &str) -> Result<Vec<String>, StoreError> {
     let mut removed = Vec::new();
-    for suffix in [MANIFEST_SUFFIX, SHA256_SUFFIX, DATA_SUFFIX] {
+    for suffix in layout::SUFFIXES.iter().rev() {
         let k = layout::object_key(prefix, id, suffix);
         if store.exists(&k)? {
             store.remove(&k)?;
@@ -200,8 +252,9 @@ pub fn copy_backup(
     from: &dyn Store,
     to: &dyn Store,
     prefix: &str,
-    m: &Manifest,
+    signed: &SignedManifest,
 ) -> Result<(), CopyError> {
+    let m = &signed.manifest;
     let data_key = layout::key(prefix, &m.data.name);
     let io = |store: &dyn Store, action: &'static str| {
         let (store, key) = (store.name().to_string(), data_key.clone());
@@ -236,7 +289,7 @@ pub fn copy_backup(
         });
     }
     w.commit()?;
-    publish(to, prefix, m).map_err(|e| {
+    publish(to, prefix, signed).map_err(|e| {
         // The data object is ours (just committed): take the half-copy away again.
         let _ = remove_backup(to, prefix, &m.backup_id);
         CopyError::Store(e)

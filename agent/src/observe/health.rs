@@ -163,14 +163,15 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         .filter(|c| matches!(c.kind, backup_core::config::StoreKind::Local { .. }))
         .filter_map(|c| open_store(c).ok())
         .collect();
+    let trust = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref()).unwrap_or_default();
     let mut sources = Vec::new();
     for src in &cfg.sources {
         let mut newest: Option<(String, DateTime<Utc>)> = None;
         let mut with = Vec::new();
         let mut per_store = Vec::new();
         for st in &stores {
-            if let Ok(list) = catalog::complete_backups(st.as_ref(), &src.prefix) {
-                if let Some(m) = list.last() {
+            if let Ok(list) = catalog::complete_backups(st.as_ref(), &src.prefix, &trust) {
+                if let Some(m) = list.backups.last() {
                     per_store.push((st.name().to_string(), m.backup_id.clone()));
                     if let Some(t) = catalog::finished_at(m) {
                         if newest.as_ref().is_none_or(|(id, _)| m.backup_id > *id) {

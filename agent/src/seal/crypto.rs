@@ -13,12 +13,13 @@ use openpgp::cert::prelude::*;
 use openpgp::crypto::{KeyPair, Password};
 use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
-use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message, Recipient, Signer};
+use openpgp::serialize::stream::{Armorer, Encryptor, LiteralWriter, Message, Recipient, Signer};
 use openpgp::types::{DataFormat, Features, SymmetricAlgorithm};
 use sequoia_openpgp as openpgp;
 
 use backup_core::config::{ConfigPath, EncryptionConfig};
 use backup_core::secret::read_secret_file;
+use backup_core::signature::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -270,6 +271,28 @@ impl SealingKeys {
         self.signer.fingerprint()
     }
 
+    /// A detached, ASCII-armoured signature over `data` by the agent's key (`gpg --verify
+    /// SIG DATA` checks it).
+    pub fn sign_detached(&self, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let err = |e: anyhow::Error| CryptoError::Seal(format!("signing the manifest: {e}"));
+        let mut out = Vec::new();
+        let message = Message::new(&mut out);
+        let message = Armorer::new(message)
+            .kind(openpgp::armor::Kind::Signature)
+            .build()
+            .map_err(err)?;
+        let mut signer = Signer::new(message, self.signer.pair.clone())
+            .map_err(err)?
+            .detached()
+            .build()
+            .map_err(err)?;
+        signer
+            .write_all(data)
+            .map_err(|e| err(anyhow::Error::from(e)))?;
+        signer.finalize().map_err(err)?;
+        Ok(out)
+    }
+
     /// Fingerprints of all encryption subkeys a message is encrypted to.
     pub fn recipient_fingerprints(&self) -> Vec<String> {
         self.dpo_info
@@ -370,4 +393,24 @@ impl Write for Sealer<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The certificates whose manifest signatures this agent accepts: its own key's and the
+/// configured peers' (`encryption.peer_certificates`: the other agents writing to the same
+/// stores). Only public parts are read; no passphrase is needed.
+pub fn manifest_trust(enc: Option<&EncryptionConfig>) -> Result<Trust, CryptoError> {
+    let enc = enc.ok_or_else(|| CryptoError::Key {
+        key: "encryption".into(),
+        path: "the configuration".into(),
+        message: "no [encryption] section, so no key to check manifest signatures with".into(),
+    })?;
+    let mut trust = Trust::default();
+    for cp in std::iter::once(&enc.signing_key_file).chain(enc.peer_certificates.iter()) {
+        trust.add(Trust::read_file(&cp.path).map_err(|m| CryptoError::Key {
+            key: cp.key.clone(),
+            path: cp.path.display().to_string(),
+            message: m,
+        })?);
+    }
+    Ok(trust)
 }

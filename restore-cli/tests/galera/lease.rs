@@ -402,7 +402,7 @@ fn the_compose_configs_of_both_sites_share_slots_through_the_lease() {
         texts[standby]
     );
     for v in &vaults {
-        assert_eq!(v.keys("galera/").len(), 3, "one backup in {}", v.bucket);
+        assert_eq!(v.keys("galera/").len(), 4, "one backup in {}", v.bucket);
     }
     let row = c.node(1).sql(&format!(
         "SELECT holder, state FROM backup_agent.lease WHERE source = 'galera' AND slot = '{slot}'"
@@ -475,8 +475,8 @@ fn a_holder_frozen_past_its_lease_loses_the_slot_and_keeps_nothing() {
         .collect();
     assert_eq!(
         shared_files.len(),
-        3,
-        "only B's three objects: {shared_files:?}"
+        4,
+        "only B's four objects: {shared_files:?}"
     );
     c.node(1).drop_db(&db);
 }

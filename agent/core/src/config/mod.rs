@@ -257,6 +257,8 @@ pub struct EncryptionConfig {
     pub dpo_certificates: Vec<ConfigPath>,
     pub signing_key_file: ConfigPath,
     pub signing_key_passphrase_file: Option<ConfigPath>,
+    /// Other agents writing to the same stores, whose signed manifests are trusted.
+    pub peer_certificates: Vec<ConfigPath>,
     pub compression_level: u32,
 }
 

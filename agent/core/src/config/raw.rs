@@ -114,6 +114,10 @@ pub(crate) struct RawEncryption {
     pub(crate) dpo_certificates: Spanned<Vec<Spanned<PathBuf>>>,
     pub(crate) signing_key_file: Spanned<PathBuf>,
     pub(crate) signing_key_passphrase_file: Option<Spanned<PathBuf>>,
+    /// Certificates of the other agents that write to the same stores (the other site of
+    /// a cluster): their manifests are accepted as this agent's own.
+    #[serde(default)]
+    pub(crate) peer_certificates: Vec<Spanned<PathBuf>>,
     /// gzip level 1..=9 (default 6).
     pub(crate) compression_level: Option<Spanned<u32>>,
 }

@@ -27,6 +27,29 @@ pub const TRAILER_START: &str = "-- Trailer: backup-agent dump format 1";
 pub const USERS_SECTION: &str = "-- Users and roles";
 pub const GRANTS_SECTION: &str = "-- Grants";
 pub const FORMAT_VERSION: u32 = 1;
+/// Prefix of the header line that says what a dump is (JSON [`Identity`]). It is inside
+/// the signed message, so a reader can check that the backup it holds is the one it was
+/// asked for, whatever the file is called.
+pub const IDENTITY_PREFIX: &str = "-- Backup identity: ";
+
+/// What a dump is: its backup id, source and databases, as the agent that made it wrote
+/// them in its header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub backup_id: String,
+    pub source: String,
+    pub databases: Vec<String>,
+}
+
+impl Identity {
+    pub fn to_line(&self) -> String {
+        format!(
+            "{IDENTITY_PREFIX}{}\n",
+            serde_json::to_string(self).expect("serializable")
+        )
+    }
+}
 
 /// Largest INSERT the dumper writes, unless a single row is larger.
 pub const MAX_INSERT_BYTES: usize = 1 << 20;
@@ -109,7 +132,7 @@ pub fn push_hex(out: &mut Vec<u8>, s: &[u8]) {
 /// Session settings at the top of a dump: exact values (UTC, utf8mb4), fast load
 /// (no unique/foreign key/check constraint checks), zero dates and zero AUTO_INCREMENT
 /// values accepted. Every setting is restored by [`footer`].
-pub fn header(description: &str) -> String {
+pub fn header(description: &str, identity: &Identity) -> String {
     let mut h = String::new();
     h.push_str(SANDBOX_LINE);
     h.push('\n');
@@ -118,6 +141,7 @@ pub fn header(description: &str) -> String {
         h.push_str(line);
         h.push('\n');
     }
+    h.push_str(&identity.to_line());
     h.push_str(
         "SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT, @OLD_CHARACTER_SET_RESULTS=@@CHARACTER_SET_RESULTS, @OLD_COLLATION_CONNECTION=@@COLLATION_CONNECTION;\n\
 SET NAMES utf8mb4;\n\
@@ -447,13 +471,15 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
 #[derive(Debug, thiserror::Error)]
 #[error("malformed {kind} trailer line: {source}")]
 pub struct TrailerError {
-    /// table, object or database.
+    /// table, object, database or identity.
     pub kind: &'static str,
     pub source: serde_json::Error,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trailer {
+    /// The header's identity line, when the dump has one.
+    pub identity: Option<Identity>,
     pub started: bool,
     pub databases: Vec<String>,
     pub tables: Vec<TableTrailer>,
@@ -470,6 +496,22 @@ impl Trailer {
         }
         if let Some(ts) = comment.strip_prefix(COMPLETION_PREFIX) {
             self.completed = Some(ts.trim().to_string());
+            return Ok(());
+        }
+        if let Some(rest) = comment.strip_prefix(IDENTITY_PREFIX) {
+            let id: Identity = serde_json::from_str(rest).map_err(|source| TrailerError {
+                kind: "identity",
+                source,
+            })?;
+            if self.identity.is_some() || self.started {
+                return Err(TrailerError {
+                    kind: "identity",
+                    source: serde::de::Error::custom(
+                        "a second identity line, or one after the trailer started",
+                    ),
+                });
+            }
+            self.identity = Some(id);
             return Ok(());
         }
         if !self.started {

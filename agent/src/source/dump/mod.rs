@@ -106,9 +106,11 @@ pub struct DumpSummary {
 }
 
 /// Runs a whole dump on `conn`, writing SQL to `out`.
+/// `backup_id` goes into the header's identity line with the source and the databases.
 pub async fn dump(
     conn: &mut Conn,
     source: &SourceConfig,
+    backup_id: &str,
     description: &str,
     out: &mut SqlOutput,
 ) -> Result<DumpSummary, DumpError> {
@@ -122,7 +124,13 @@ pub async fn dump(
     } else {
         None
     };
-    out.write(format::header(description).as_bytes()).await?;
+    let identity = format::Identity {
+        backup_id: backup_id.to_string(),
+        source: source.name.clone(),
+        databases: databases.clone(),
+    };
+    out.write(format::header(description, &identity).as_bytes())
+        .await?;
     if let Some(a) = &accounts {
         write_accounts(out, a).await?;
     }

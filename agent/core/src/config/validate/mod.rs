@@ -169,8 +169,15 @@ impl Validator<'_> {
             Some(l) => l.into_inner(),
             None => 6,
         };
+        let peers = e
+            .peer_certificates
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| self.path(format!("encryption.peer_certificates[{i}]"), p))
+            .collect();
         EncryptionConfig {
             dpo_certificates: certs,
+            peer_certificates: peers,
             signing_key_file: self.path("encryption.signing_key_file".into(), e.signing_key_file),
             signing_key_passphrase_file: e
                 .signing_key_passphrase_file
