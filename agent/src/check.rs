@@ -95,6 +95,19 @@ pub fn check(cfg: &Config) -> CheckReport {
                     .problem(file, strip_key(&e.to_string(), &enc.signing_key_file.key)),
             ),
         }
+        for cp in &enc.peer_certificates {
+            match backup_core::signature::Trust::read_file(&cp.path) {
+                Ok(certs) => {
+                    for c in certs {
+                        r.notes.push(format!(
+                            "peer agent certificate {} (its manifests are trusted)",
+                            c.fingerprint().to_hex()
+                        ));
+                    }
+                }
+                Err(e) => r.problems.push(cp.problem(file, format!("{}: {e}", cp.path.display()))),
+            }
+        }
     }
     for p in policy_problems(cfg) {
         r.problems.push(backup_core::config::ConfigProblem {

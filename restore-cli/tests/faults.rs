@@ -671,6 +671,36 @@ fn a_substituted_backup_or_edited_manifest_fails_scrub_restore_and_the_drill() {
     src.drop_db(&db);
 }
 
+/// Two backups started in the same second (issue 11, item 6): the second takes the next
+/// free second as its id; neither overwrites nor refuses the other, and both stay.
+#[test]
+fn backups_started_in_the_same_second_get_distinct_ids_and_both_stay() {
+    let src = source();
+    let db = fresh_db(&src, "samesec", "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)");
+    let setup = Setup::new(&src, &db);
+    for run in ["first", "second"] {
+        ok(
+            &setup.agent(&src, &["backup", "--now", "2026-05-01T02:00:00Z"]),
+            run,
+        );
+    }
+    let o = setup.agent(&src, &["list", "--json"]);
+    ok(&o, "list");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v[0]["backups"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["mariadb_2026-05-01_020000", "mariadb_2026-05-01_020001"],
+        "{v:#}"
+    );
+    for r in rows {
+        assert_eq!(r["copies"][0]["status"], "verified", "{r:#}");
+    }
+    assert_eq!(setup.store_files().len(), 8, "{:?}", setup.store_files());
+    src.drop_db(&db);
+}
+
 /// Two backups of one source on one host at once: the second is refused at once with a
 /// message naming the running one, and touches nothing; the first completes alone.
 #[test]

@@ -289,7 +289,7 @@ pub async fn run_backup(
 ) -> Result<BackupReport, BackupError> {
     let sname = source.name.clone();
     let t0 = Instant::now();
-    let id = layout::backup_id(started);
+    let id = tokio::task::block_in_place(|| free_id(targets, &source.prefix, started));
 
     let password = read_secret_file(&source.password_file.path, &source.password_file.key)
         .map_err(|err| BackupError::Secret {
@@ -424,6 +424,29 @@ pub async fn run_backup(
         non_transactional: summary.non_transactional,
         rows: summary.rows,
     })
+}
+
+/// The id of a new backup started at `started`: its second, or the next second no store
+/// holds an object of (a backup that finished within the same second, a run of another
+/// host without a lease, a tamperer's file). Runs of one source on one host are serialized
+/// by the source's lock, so the id found stays free for this run; a writer elsewhere that
+/// takes it meanwhile is stopped by the stores' refusal to overwrite.
+fn free_id(targets: &[Target<'_>], prefix: &str, started: chrono::DateTime<chrono::Utc>) -> String {
+    let taken = |id: &str| {
+        targets.iter().filter_map(|t| t.store.ok()).any(|s| {
+            layout::SUFFIXES
+                .iter()
+                .any(|suffix| s.exists(&layout::object_key(prefix, id, suffix)).unwrap_or(false))
+        })
+    };
+    for k in 0..120 {
+        let id = layout::backup_id(started + chrono::Duration::seconds(k));
+        if !taken(&id) {
+            return id;
+        }
+    }
+    // Every second of two minutes taken: let the store refuse the first one, by name.
+    layout::backup_id(started)
 }
 
 /// Opens the data object on every store that can take it (refusing a name that exists):
