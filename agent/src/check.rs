@@ -105,7 +105,9 @@ pub fn check(cfg: &Config) -> CheckReport {
                         ));
                     }
                 }
-                Err(e) => r.problems.push(cp.problem(file, format!("{}: {e}", cp.path.display()))),
+                Err(e) => r
+                    .problems
+                    .push(cp.problem(file, format!("{}: {e}", cp.path.display()))),
             }
         }
     }

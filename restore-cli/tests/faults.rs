@@ -676,7 +676,11 @@ fn a_substituted_backup_or_edited_manifest_fails_scrub_restore_and_the_drill() {
 #[test]
 fn backups_started_in_the_same_second_get_distinct_ids_and_both_stay() {
     let src = source();
-    let db = fresh_db(&src, "samesec", "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)");
+    let db = fresh_db(
+        &src,
+        "samesec",
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
     let setup = Setup::new(&src, &db);
     for run in ["first", "second"] {
         ok(

@@ -434,9 +434,10 @@ pub async fn run_backup(
 fn free_id(targets: &[Target<'_>], prefix: &str, started: chrono::DateTime<chrono::Utc>) -> String {
     let taken = |id: &str| {
         targets.iter().filter_map(|t| t.store.ok()).any(|s| {
-            layout::SUFFIXES
-                .iter()
-                .any(|suffix| s.exists(&layout::object_key(prefix, id, suffix)).unwrap_or(false))
+            layout::SUFFIXES.iter().any(|suffix| {
+                s.exists(&layout::object_key(prefix, id, suffix))
+                    .unwrap_or(false)
+            })
         })
     };
     for k in 0..120 {

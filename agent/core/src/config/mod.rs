@@ -467,28 +467,34 @@ impl Config {
         env: &dyn Env,
         schedule_check: Option<ScheduleCheck>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let position = e.span().map(|s| line_col(text, s.start));
-            // toml's message repeats the source excerpt; keep its first line, which names
-            // the key ("unknown field `x`, expected one of ...").
-            let message = with_suggestion(e.message().trim());
-            ConfigError {
-                problems: vec![ConfigProblem {
-                    file: file.to_path_buf(),
-                    position,
-                    key: key_near(text, e.span()),
-                    message,
-                }],
-            }
-        })?;
-        Validator {
+        let (raw, mut problems) = parse_all(file, text);
+        let Some(raw) = raw else {
+            return Err(ConfigError { problems });
+        };
+        let validated = Validator {
             file,
             text,
             env,
             schedule_check,
             problems: Vec::new(),
         }
-        .validate(raw)
+        .validate(raw);
+        match validated {
+            Ok(c) if problems.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigError { problems }),
+            Err(e) => {
+                // The rest of the file's problems, less those about keys already reported
+                // (a line set aside for its own error is missing to the validator).
+                let keys: Vec<String> = problems.iter().map(|p| last_key(&p.key)).collect();
+                problems.extend(
+                    e.problems
+                        .into_iter()
+                        .filter(|p| !keys.contains(&last_key(&p.key))),
+                );
+                problems.sort_by_key(|p| p.position);
+                Err(ConfigError { problems })
+            }
+        }
     }
 
     /// The configuration a `backup-agent` command needs: at least one source, encryption
@@ -542,6 +548,85 @@ impl Config {
                 }),
         }
     }
+}
+
+/// Parses the file, reporting every error it can: after an error, the lines it points at
+/// are set aside (commented out) and parsing goes on, so that one run names every
+/// misspelt key and wrong value. Returns what parsed with the erroneous lines set aside
+/// (None when nothing could be parsed), and the problems.
+fn parse_all(file: &Path, text: &str) -> (Option<RawConfig>, Vec<ConfigProblem>) {
+    let mut work = text.to_string();
+    let mut problems: Vec<ConfigProblem> = Vec::new();
+    for round in 0..64 {
+        // A syntax error ends the parse: what follows it cannot be read reliably. After
+        // lines were set aside, a syntax error is of our making: stop with what was found.
+        if round > 0 && work.parse::<toml::Table>().is_err() {
+            return (None, problems);
+        }
+        let e = match toml::from_str::<RawConfig>(&work) {
+            Ok(raw) => return (Some(raw), problems),
+            Err(e) => e,
+        };
+        // toml's message repeats the source excerpt; keep its first line, which names
+        // the key ("unknown field `x`, expected one of ...").
+        let message = with_suggestion(e.message().trim());
+        let key = key_near(&work, e.span());
+        // A line set aside for a wrong value comes back as a missing field: said already.
+        let said = problems
+            .iter()
+            .any(|p| message.starts_with(&format!("missing field `{}`", last_key(&p.key))));
+        if !said {
+            problems.push(ConfigProblem {
+                file: file.to_path_buf(),
+                position: e.span().map(|s| line_col(&work, s.start)),
+                key,
+                message,
+            });
+        }
+        if work.parse::<toml::Table>().is_err() {
+            break;
+        }
+        let Some(next) = e.span().and_then(|s| set_aside(&work, s)) else {
+            break;
+        };
+        work = next;
+    }
+    (None, problems)
+}
+
+/// The text with the lines covering `span` commented out (same line numbers), or None
+/// when that changes nothing.
+fn set_aside(text: &str, span: std::ops::Range<usize>) -> Option<String> {
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let end = span.end.max(span.start + 1).min(text.len());
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut changed = false;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let line_end = pos + line.len();
+        if line_end > start && pos < end && !line.trim_start().starts_with('#') {
+            out.push('#');
+            changed = true;
+        }
+        out.push_str(line);
+        pos = line_end;
+    }
+    changed.then_some(out)
+}
+
+/// The last component of a problem's key (`source[0].port` -> `port`).
+fn last_key(key: &str) -> String {
+    key.rsplit('.')
+        .next()
+        .unwrap_or(key)
+        .split('[')
+        .next()
+        .unwrap_or(key)
+        .trim()
+        .to_string()
 }
 
 /// "16MiB", "64 MiB", "1GiB", "5242880": a byte count.

@@ -343,3 +343,34 @@ fn a_misspelt_key_gets_a_suggestion() {
     assert!(!e.to_string().contains("did you mean"), "{e}");
     assert_eq!(edit_distance("password_fle", "password_file"), 1);
 }
+
+/// Every problem in one run (issue 11, item 7): misspelt keys in two sections, a value of
+/// the wrong type, and a validation problem elsewhere, each with its line; a syntax error
+/// is reported alone with its line.
+#[test]
+fn every_problem_of_a_file_is_reported_at_once() {
+    let text = GOOD
+        .replace("site = \"dc1\"", "sitee = \"dc1\"")
+        .replace("port = 3306", "port = \"3306x\"")
+        .replace("user = \"backup\"", "user = \"backup\"\nmax_age = \"0s\"")
+        .replace("kind = \"local\"", "kind = \"local\"\npaht = \"/x\"");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("did you mean `site`?"), "{s}");
+    assert!(s.contains("did you mean `path`?"), "{s}");
+    assert!(s.contains("port"), "{s}");
+    assert!(s.contains("max_age") && s.contains("is zero"), "{s}");
+    assert_eq!(e.problems.len(), 4, "{s}");
+    let lines: Vec<usize> = e
+        .problems
+        .iter()
+        .filter_map(|p| p.position.map(|p| p.0))
+        .collect();
+    assert_eq!(lines, vec![3, 8, 10, 21], "{s}");
+    // A syntax error: one problem, at its line; nothing invented after it.
+    let text = GOOD.replace("port = 3306", "port = [3306");
+    let e = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    // (the parser notices the unclosed array on the next line)
+    assert_eq!(e.problems[0].position.map(|p| p.0), Some(9), "{e}");
+}
