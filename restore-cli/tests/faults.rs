@@ -3,6 +3,7 @@
 //! can make `restore` do.
 
 mod common;
+use common::s3::garage;
 use common::*;
 
 use std::io::Write;
@@ -930,3 +931,173 @@ fn check_config_logs_in_and_checks_databases_and_privileges() {
 }
 
 const NAME: &str = "mariadb_2026-01-01_000000.sql.gz.gpg";
+
+/// The names in a store's listing of a source that are not part of a complete backup
+/// (temp files, and objects of a backup whose four objects are not all there).
+fn debris(names: &[String]) -> Vec<String> {
+    const SUFFIXES: [&str; 4] = [
+        ".sql.gz.gpg",
+        ".sql.gz.gpg.sha256",
+        ".manifest.json.sig",
+        ".manifest.json",
+    ];
+    let complete = |id: &str| SUFFIXES.iter().all(|s| names.contains(&format!("{id}{s}")));
+    names
+        .iter()
+        .filter(|n| {
+            n.starts_with(".tmp-")
+                || SUFFIXES
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .is_some_and(|id| !complete(id))
+        })
+        .cloned()
+        .collect()
+}
+
+/// SIGKILL of a backup to a local store and Garage at 12 points of its run (issue 11):
+/// no partial backup is ever visible (every manifest in a store has its data, `.sha256`
+/// and signature, and `list` shows no failed copy); the debris the dead run left (temp
+/// files, pending uploads, objects without a manifest) is removed by the next run at once
+/// (its ids are in the source's journal, and the source's lock proves the writer dead),
+/// not after the 24 h grace period; a copy published before the kill stays and is repaired
+/// to the other store.
+#[test]
+fn a_backup_killed_at_any_of_12_points_leaves_nothing_visible_and_the_next_run_cleans_up() {
+    let src = source();
+    let db = fresh_db(
+        &src,
+        "kill",
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); \
+         INSERT INTO t SELECT seq, CONCAT(SHA2(seq, 256), SHA2(seq + 1, 512)) FROM seq_1_to_60000",
+    );
+    let mut setup = Setup::new(&src, &db);
+    let g = garage();
+    let prefix = unique("kill");
+    setup.stores = g.store_toml("garage", "dc1", &prefix, &g.url, "");
+    setup.policy = "[policy]\ncopies = 2\nmedia = 1\noffsite = 0\n".into();
+    // About 12 MB of SQL (7 MB sealed: a multipart upload to Garage) at 4 MiB/s.
+    setup.extra = "rate_limit = \"4MiB\"\n".into();
+    let cfg = setup.config(&src);
+    let local_names = || -> Vec<String> {
+        std::fs::read_dir(setup.store().join("main"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let garage_names = || -> Vec<String> {
+        g.keys(&format!("{prefix}/main/"))
+            .iter()
+            .map(|k| k.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    let points = [
+        "locked",
+        "opened",
+        "mid-dump",
+        "dumped",
+        "committed:local",
+        "committed:garage",
+        "verified:local",
+        "published-sig:local",
+        "published:local",
+        "verified:garage",
+        "published-sha256:garage",
+        "stored",
+    ];
+    for (i, point) in points.iter().enumerate() {
+        let now = format!("2026-06-{:02}T02:00:00Z", i + 1);
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["backup", "--now", &now])
+            .env("TMPDIR", setup.path("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let status = if *point == "mid-dump" {
+            let mut child = cmd.spawn().unwrap();
+            let journal = setup.path("state/locks/main.run");
+            let t0 = Instant::now();
+            while !journal.exists() {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "the run never started"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(2000));
+            child.kill().unwrap();
+            child.wait().unwrap()
+        } else {
+            cmd.env("BACKUP_AGENT_TEST_KILL_AT", point)
+                .status()
+                .unwrap()
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: the run was not killed: {status:?}"
+        );
+
+        // Nothing partial is visible: every manifest has all its objects; list agrees.
+        for (store, names) in [("local", local_names()), ("garage", garage_names())] {
+            for n in names.iter().filter(|n| n.ends_with(".manifest.json")) {
+                let id = n.strip_suffix(".manifest.json").unwrap();
+                for s in [".sql.gz.gpg", ".sql.gz.gpg.sha256", ".manifest.json.sig"] {
+                    assert!(
+                        names.contains(&format!("{id}{s}")),
+                        "{point}: {store} shows {n} without {id}{s}: {names:?}"
+                    );
+                }
+            }
+        }
+        let o = setup.agent(&src, &["list", "--json"]);
+        ok(&o, &format!("{point}: list"));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v[0]["notes"], serde_json::json!([]), "{point}: {v:#}");
+        for b in v[0]["backups"].as_array().unwrap() {
+            for c in b["copies"].as_array().unwrap() {
+                assert_ne!(c["status"], "failed", "{point}: {b:#}");
+            }
+        }
+        if (1..=10).contains(&i) {
+            assert!(
+                !debris(&local_names()).is_empty()
+                    || !debris(&garage_names()).is_empty()
+                    || !g.uploads(&format!("{prefix}/")).is_empty(),
+                "{point}: the killed run left nothing to clean up (the kill came too late?)"
+            );
+        }
+
+        // The next run removes the dead run's debris at once and completes.
+        ok(
+            &setup.agent(&src, &["backup"]),
+            &format!("{point}: the next run"),
+        );
+        assert_eq!(
+            debris(&local_names()),
+            Vec::<String>::new(),
+            "{point}: local"
+        );
+        assert_eq!(
+            debris(&garage_names()),
+            Vec::<String>::new(),
+            "{point}: garage"
+        );
+        assert_eq!(
+            g.uploads(&format!("{prefix}/")),
+            Vec::<String>::new(),
+            "{point}: pending uploads"
+        );
+        assert!(
+            !setup.path("state/locks/main.run").exists(),
+            "{point}: journal left"
+        );
+    }
+    src.drop_db(&db);
+}

@@ -47,6 +47,20 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     r
 }
 
+/// The fault suite's seam: when `BACKUP_AGENT_TEST_KILL_AT` names this point, the process
+/// SIGKILLs itself here (no destructor, no cleanup runs: a crash at exactly this instant).
+/// Unset, it does nothing.
+pub fn test_kill_point(point: &str) {
+    if std::env::var_os("BACKUP_AGENT_TEST_KILL_AT").is_some_and(|v| v == point) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! fails drops out without stopping the others; what it wrote for this backup is removed
 //! again. The backup is made when at least one copy is verified.
 
+pub mod journal;
 pub mod slot;
 
 use std::io::{self, Write};
@@ -256,6 +257,7 @@ impl ObjectWriter for Tee {
                 } else {
                     w.commit().map_err(|e| WriteFailed::Commit(Arc::new(e)))
                 };
+                backup_core::os::test_kill_point(&format!("committed:{name}"));
                 o.stores.push((name, r));
             }
         }
@@ -286,10 +288,16 @@ pub async fn run_backup(
     targets: &[Target<'_>],
     started: chrono::DateTime<chrono::Utc>,
     from: &DumpFrom<'_>,
+    journal: &std::path::Path,
 ) -> Result<BackupReport, BackupError> {
     let sname = source.name.clone();
     let t0 = Instant::now();
     let id = tokio::task::block_in_place(|| free_id(targets, &source.prefix, started));
+    journal::record(journal, &id).map_err(|err| BackupError::Lock {
+        source_name: sname.clone(),
+        path: journal.display().to_string(),
+        err,
+    })?;
 
     let password = read_secret_file(&source.password_file.path, &source.password_file.key)
         .map_err(|err| BackupError::Secret {
@@ -306,6 +314,7 @@ pub async fn run_backup(
 
     // Open the data object on every store that can take it.
     let (slots, descriptions, mut failures) = open_targets(targets, &source.prefix, &id);
+    backup_core::os::test_kill_point("opened");
     if slots.is_empty() {
         let _ = conn.disconnect().await;
         return Err(BackupError::NoCopy {
@@ -341,6 +350,7 @@ pub async fn run_backup(
     let dumped = dump::dump(&mut conn, source, &id, &description, &mut out).await;
     let (summary, sealed) = match dumped {
         Ok(s) => {
+            backup_core::os::test_kill_point("dumped");
             // End marker: the sealer finalizes and commits only after this.
             let sent = tx.send(Vec::new()).await;
             drop(out);
@@ -414,6 +424,7 @@ pub async fn run_backup(
             failures,
         });
     }
+    backup_core::os::test_kill_point("stored");
     uncommitted.kept = true;
     Ok(BackupReport {
         manifest: signed.manifest,
@@ -566,6 +577,7 @@ fn verify_and_publish(
             if !mark.verified {
                 return Err(mark.error.unwrap_or_default());
             }
+            backup_core::os::test_kill_point(&format!("verified:{name}"));
             copies::publish(*store, &prefix, signed).map_err(|e| e.to_string())?;
             Ok(mark)
         });

@@ -108,7 +108,8 @@ async fn dump_from_best_node(
                 .unwrap_or_else(Utc::now)
         };
         let from = backup::DumpFrom { node, extra };
-        let r = backup::run_backup(src, enc, keys.clone(), targets, t, &from).await;
+        let journal = backup::journal::path(&cfg.agent.state_dir, &src.name);
+        let r = backup::run_backup(src, enc, keys.clone(), targets, t, &from, &journal).await;
         match r {
             Err(e) if e.is_deadlock() && attempt <= retries => {
                 tracing::warn!(event = "dump_retry", source = %src.name, node = %node.name, attempt, error = %e, "replicated writes or DDL aborted the dump's snapshot; dumping again");
@@ -156,6 +157,14 @@ pub async fn backup_once(
     let _ = state
         .update(|s| s.sources.entry(src.name.clone()).or_default().last_attempt = Some(started));
     tracing::info!(event = "backup_started", source = %src.name, stores = stores.len());
+    // The caller holds the source's lock: ids in the journal are a dead run's.
+    let journal = backup::journal::path(&cfg.agent.state_dir, &src.name);
+    let dead = backup::journal::read(&journal);
+    if !dead.is_empty() {
+        tokio::task::block_in_place(|| remove_dead_runs(src, &stores, &dead));
+    }
+    let _clear = backup::journal::Clear(journal);
+    backup_core::os::test_kill_point("locked");
     let targets: Vec<backup::Target> = stores
         .iter()
         .map(|o| backup::Target {
@@ -361,8 +370,28 @@ async fn record_failure(
         .await;
 }
 
-/// How a slot ended for this agent.
-#[derive(Debug)]
+/// Removes, in every store, the debris of runs of this source that were killed (their ids
+/// from the journal), logging each object removed.
+fn remove_dead_runs(src: &SourceConfig, stores: &[OpenStore], dead: &[String]) {
+    for os in stores {
+        let Ok(store) = os.store.as_ref() else {
+            continue;
+        };
+        for id in dead {
+            match crate::copies::remove_dead_run(store.as_ref(), &src.prefix, id) {
+                Ok(removed) => {
+                    for k in removed {
+                        tracing::warn!(event = "dead_run_debris_removed", source = %src.name, store = %os.cfg.name, backup = %id, object = %k, "left by a run of this source that was killed; removed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event = "dead_run_debris_left", source = %src.name, store = %os.cfg.name, backup = %id, error = %e, "left by a killed run; removing it failed (prune removes it after the grace period)")
+                }
+            }
+        }
+    }
+}
+
 /// The exclusive lock of one source on this host: `<state_dir>/locks/<source>.lock`,
 /// held (flock) for the whole run and released when dropped or when the process dies;
 /// the file names the holder for the refused run's message.
@@ -413,6 +442,8 @@ impl SourceLock {
     }
 }
 
+/// How a slot ended for this agent.
+#[derive(Debug)]
 pub enum SlotOutcome {
     /// This agent ran the slot (or tried to).
     Ran(Box<Result<RunReport, BackupError>>),

@@ -219,16 +219,20 @@ pub fn publish(store: &dyn Store, prefix: &str, signed: &SignedManifest) -> Resu
         &layout::object_key(prefix, &m.backup_id, SHA256_SUFFIX),
         checksum::sha256_line(&m.data.sha256, &m.data.name).as_bytes(),
     )?;
+    backup_core::os::test_kill_point(&format!("published-sha256:{}", store.name()));
     put_bytes(
         store,
         &layout::object_key(prefix, &m.backup_id, SIGNATURE_SUFFIX),
         &signed.signature,
     )?;
+    backup_core::os::test_kill_point(&format!("published-sig:{}", store.name()));
     put_bytes(
         store,
         &layout::object_key(prefix, &m.backup_id, MANIFEST_SUFFIX),
         &signed.bytes,
-    )
+    )?;
+    backup_core::os::test_kill_point(&format!("published:{}", store.name()));
+    Ok(())
 }
 
 /// Removes a backup from a store: manifest first (from then on it is not a backup), then
@@ -242,6 +246,24 @@ pub fn remove_backup(store: &dyn Store, prefix: &str, id: &str) -> Result<Vec<St
             removed.push(k);
         }
     }
+    Ok(removed)
+}
+
+/// Removes what a dead run of this host left of backup `id` in a store (see
+/// `backup::journal`): nothing if the backup's manifest is there (it was published; the
+/// inventory judges it), else its objects and our temp files and pending uploads of it.
+pub fn remove_dead_run(
+    store: &dyn Store,
+    prefix: &str,
+    id: &str,
+) -> Result<Vec<String>, StoreError> {
+    if store.exists(&layout::object_key(prefix, id, MANIFEST_SUFFIX))? {
+        return Ok(Vec::new());
+    }
+    let mut removed = remove_backup(store, prefix, id)?;
+    removed.extend(store.clean_debris(prefix, std::time::Duration::ZERO, &|n| {
+        layout::backup_id_of(n) == Some(id)
+    })?);
     Ok(removed)
 }
 

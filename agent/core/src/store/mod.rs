@@ -354,7 +354,7 @@ impl Store for LocalStore {
         &self,
         prefix: &str,
         grace: std::time::Duration,
-        _ours: &dyn Fn(&str) -> bool,
+        ours: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut removed = Vec::new();
         let now = Utc::now();
@@ -362,6 +362,10 @@ impl Store for LocalStore {
             let Some(rest) = e.name.strip_prefix(TEMP_PREFIX) else {
                 continue;
             };
+            // `.tmp-<name>.<pid>`: only temp files of names the caller owns.
+            if !rest.rsplit_once('.').is_some_and(|(name, _)| ours(name)) {
+                continue;
+            }
             let pid = rest.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
             let writer_gone = pid.is_some_and(|pid| {
                 pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
