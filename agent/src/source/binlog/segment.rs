@@ -1,0 +1,125 @@
+//! Cutting the stream into segments: each a valid binary log file holding whole
+//! transactions only, so that a segment replays on its own after the previous one.
+
+use super::{kind, RawEvent};
+
+/// The magic number that starts every binary log file.
+pub const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
+
+/// A finished segment: a binary log file and what its manifest says of it.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub bytes: Vec<u8>,
+    pub first_gtid: Option<String>,
+    pub last_gtid: Option<String>,
+    /// Event times (seconds since the epoch) of the first and last transaction.
+    pub first_time: Option<u32>,
+    pub last_time: Option<u32>,
+    pub transactions: u64,
+    pub server_id: Option<u32>,
+}
+
+/// Builds a segment from the stream's events. It holds the current format description
+/// event; a new one (the server moved to its next binary log) means the caller should
+/// cut first (see [`SegmentBuilder::push`]).
+#[derive(Debug, Default)]
+pub struct SegmentBuilder {
+    fde: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    first_gtid: Option<String>,
+    last_gtid: Option<String>,
+    first_time: Option<u32>,
+    last_time: Option<u32>,
+    transactions: u64,
+    server_id: Option<u32>,
+    /// Inside a transaction (a GTID event seen, its end not yet).
+    open: Option<bool>,
+}
+
+impl SegmentBuilder {
+    pub fn new() -> SegmentBuilder {
+        SegmentBuilder::default()
+    }
+
+    /// Whether the segment holds no transaction yet.
+    pub fn is_empty(&self) -> bool {
+        self.transactions == 0
+    }
+
+    /// Whether the last event ended a transaction (a cut here keeps transactions whole).
+    pub fn at_boundary(&self) -> bool {
+        self.open.is_none()
+    }
+
+    /// Bytes so far (the file's size if finished now).
+    pub fn len(&self) -> usize {
+        MAGIC.len() + self.fde.as_ref().map_or(0, Vec::len) + self.buf.len()
+    }
+
+    /// Adds an event. Returns true when the event is a new format description (the
+    /// server's next binary log) while this segment already holds transactions: the
+    /// caller finishes this segment and pushes the event again into the next one.
+    pub fn push(&mut self, e: &RawEvent) -> bool {
+        if e.artificial || e.kind == kind::ROTATE {
+            return false;
+        }
+        if e.kind == kind::FORMAT_DESCRIPTION {
+            if self.transactions > 0 || self.open.is_some() {
+                return true;
+            }
+            self.fde = Some(e.bytes.clone());
+            self.buf.clear();
+            return false;
+        }
+        if self.fde.is_none() {
+            // Nothing is readable without the format description event.
+            return false;
+        }
+        if let Some((gtid, standalone)) = &e.gtid {
+            if self.first_gtid.is_none() {
+                self.first_gtid = Some(gtid.clone());
+                self.first_time = Some(e.timestamp);
+            }
+            self.last_gtid = Some(gtid.clone());
+            self.last_time = Some(e.timestamp);
+            self.server_id.get_or_insert(e.server_id);
+            self.transactions += 1;
+            self.open = Some(*standalone);
+        } else if let Some(standalone) = self.open {
+            let ends = e.kind == kind::XID
+                || (e.kind == kind::QUERY
+                    && (standalone || e.query_text().is_some_and(|q| q == b"COMMIT")));
+            if ends {
+                self.open = None;
+            }
+        }
+        self.buf.extend_from_slice(&e.bytes);
+        false
+    }
+
+    /// The finished segment (None when it holds no transaction); the builder starts the
+    /// next segment with the same format description event.
+    pub fn finish(&mut self) -> Option<Segment> {
+        if self.transactions == 0 {
+            return None;
+        }
+        let fde = self
+            .fde
+            .clone()
+            .expect("a segment with transactions has an FDE");
+        let mut bytes = Vec::with_capacity(MAGIC.len() + fde.len() + self.buf.len());
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&fde);
+        bytes.append(&mut self.buf);
+        let seg = Segment {
+            bytes,
+            first_gtid: self.first_gtid.take(),
+            last_gtid: self.last_gtid.take(),
+            first_time: self.first_time.take(),
+            last_time: self.last_time.take(),
+            transactions: std::mem::take(&mut self.transactions),
+            server_id: self.server_id.take(),
+        };
+        Some(seg)
+    }
+}
