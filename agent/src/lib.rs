@@ -6,6 +6,7 @@
 //! run, the upkeep of copies, health and metrics, and the daemon. See
 //! docs/architecture.md.
 
+pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod config;

@@ -1,12 +1,30 @@
-//! Point-in-time recovery, part 1 (issue 13), first step: the binary log streamed from the
-//! real source server by GTID over a replication connection and cut into segments that
+//! Point-in-time recovery, part 1 (issue 13), first steps: the binary log streamed from
+//! the real source server by GTID over a replication connection and cut into segments that
 //! stock `mariadb-binlog` reads and that replay, on a server holding the state before
-//! them, to exactly the source's rows.
+//! them, to exactly the source's rows; a segment sealed and stored like a dump.
+//!
+//! Other tests write to the same source at the same time: each test writes in its own
+//! GTID domain (`SET SESSION gtid_domain_id`) and replays only that domain
+//! (`mariadb-binlog --do-domain-ids`), so their transactions in the stream do not matter.
 
 mod common;
 use common::*;
 
 use backup_agent::source::binlog::{self, SegmentBuilder};
+
+/// `sql` run in GTID domain `domain`.
+fn in_domain(domain: u32, sql: &str) -> String {
+    format!("SET SESSION gtid_domain_id = {domain}; {sql}")
+}
+
+/// The sequence number of domain `domain` in a GTID list (`0-1-5,7001-1-30`).
+fn seq_of(list: &str, domain: u32) -> Option<u64> {
+    list.split(',')
+        .map(str::trim)
+        .find(|g| g.starts_with(&format!("{domain}-")))
+        .and_then(|g| g.rsplit('-').next())
+        .and_then(|s| s.parse().ok())
+}
 
 fn conn_opts(s: &Server) -> mysql_async::OptsBuilder {
     mysql_async::OptsBuilder::default()
@@ -51,10 +69,11 @@ fn streamed_segments_are_binlog_files_that_replay_to_the_source_rows() {
     let db = unique("pitr");
     src.drop_db(&db);
     dst.drop_db(&db);
+    const DOMAIN: u32 = 7001;
     let schema =
         "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(100), b BLOB, d DATETIME(6)) ENGINE=InnoDB";
-    src.sql(&format!("CREATE DATABASE `{db}`"));
-    src.sql_db(&db, schema);
+    src.sql(&in_domain(DOMAIN, &format!("CREATE DATABASE `{db}`")));
+    src.sql_db(&db, &in_domain(DOMAIN, schema));
     dst.sql(&format!("CREATE DATABASE `{db}`"));
     dst.sql_db(&db, schema);
     let start = src.sql("SELECT @@gtid_binlog_pos").trim().to_string();
@@ -62,55 +81,180 @@ fn streamed_segments_are_binlog_files_that_replay_to_the_source_rows() {
     // Row events of every kind, multi-statement transactions, a DDL, binary data.
     src.sql_db(
         &db,
-        "INSERT INTO t SELECT seq, CONCAT('row-', seq), UNHEX(SHA2(seq, 256)), '2026-01-02 03:04:05.123456' FROM seq_1_to_3000;\
+        &in_domain(DOMAIN, "INSERT INTO t SELECT seq, CONCAT('row-', seq), UNHEX(SHA2(seq, 256)), '2026-01-02 03:04:05.123456' FROM seq_1_to_3000;\
          START TRANSACTION; UPDATE t SET v = CONCAT(v, '-upd') WHERE id % 3 = 0; DELETE FROM t WHERE id % 7 = 0; COMMIT;\
          ALTER TABLE t ADD COLUMN extra INT DEFAULT 5;\
-         INSERT INTO t (id, v, b, d, extra) VALUES (100000, 'it''s \\\\ \"quoted\"', 0x00FF27, NULL, 9);",
+         INSERT INTO t (id, v, b, d, extra) VALUES (100000, 'it''s \\\\ \"quoted\"', 0x00FF27, NULL, 9);"),
     );
     for i in 0..50 {
         src.sql_db(
             &db,
-            &format!("UPDATE t SET extra = {i} WHERE id = {}", i + 1),
+            &in_domain(
+                DOMAIN,
+                &format!("UPDATE t SET extra = {i} WHERE id = {}", i + 1),
+            ),
         );
     }
     let end = src.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+    let last = seq_of(&end, DOMAIN).unwrap();
 
     let segments = stream_segments(&src, &start, 64 << 10);
     assert!(segments.len() > 1, "several segments: {}", segments.len());
-    let seq = |g: &str| g.rsplit('-').next().unwrap().parse::<u64>().unwrap();
-    // The first transaction after the start position, through the last one, contiguous.
-    assert_eq!(
-        seq(segments[0].first_gtid.as_deref().unwrap()),
-        seq(&start) + 1
-    );
-    assert_eq!(
-        segments.last().unwrap().last_gtid.as_deref(),
-        Some(end.as_str())
-    );
-    // Contiguous: each segment starts with the sequence number after the previous end.
-    for w in segments.windows(2) {
-        assert_eq!(
-            seq(w[1].first_gtid.as_deref().unwrap()),
-            seq(w[0].last_gtid.as_deref().unwrap()) + 1
-        );
-    }
     let tmp = tempfile::tempdir().unwrap();
+    let mut printed = String::new();
     for (i, s) in segments.iter().enumerate() {
         let f = tmp.path().join(format!("seg{i:03}.bin"));
         std::fs::write(&f, &s.bytes).unwrap();
         // Stock mariadb-binlog reads it (checksums verified) and replays it.
         let o = std::process::Command::new("mariadb-binlog")
             .arg("--verify-binlog-checksum")
+            .arg(format!("--do-domain-ids={DOMAIN}"))
             .arg(&f)
             .output()
             .unwrap();
         ok(&o, &format!("mariadb-binlog {}", f.display()));
+        printed.push_str(&String::from_utf8_lossy(&o.stdout));
         let sql = tmp.path().join(format!("seg{i:03}.sql"));
         std::fs::write(&sql, &o.stdout).unwrap();
         let o = dst.load_file(None, &sql);
         ok(&o, &format!("replaying segment {i}"));
     }
+    // Every transaction of the test after the start, through the last one.
+    let first = seq_of(&start, DOMAIN).map_or(1, |s| s + 1);
+    for seq in [first, last] {
+        assert!(
+            printed.contains(&format!("GTID {DOMAIN}-1-{seq} ")),
+            "GTID {DOMAIN}-1-{seq} is in the segments"
+        );
+    }
     assert_same(&fingerprint(&src, &db), &fingerprint(&dst, &db));
     src.drop_db(&db);
     dst.drop_db(&db);
+}
+
+/// A segment sealed and stored like a dump (issue 13): in a local store and in Garage,
+/// four objects under `<prefix>/binlog/`, the data read back before the manifest; the DPO
+/// reads it with stock tools (`sha256sum -c`, `gpg --verify` on the manifest, `gpg -d |
+/// gunzip | mariadb-binlog`), and the manifest names the chain (previous, first and last
+/// GTID) exactly.
+#[test]
+fn a_segment_is_sealed_and_stored_like_a_dump_and_read_with_stock_tools() {
+    use backup_agent::archive::{archive_segment, SegmentFrom};
+    use backup_agent::copies::inventory::open_all;
+    use backup_agent::seal::crypto::SealingKeys;
+
+    let src = source();
+    let db = unique("seg");
+    src.drop_db(&db);
+    let start = src.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, REPEAT('archived-row', 20) FROM seq_1_to_2000",
+    );
+    let segments = stream_segments(&src, &start, 64 << 20);
+    assert_eq!(segments.len(), 1);
+    let seg = &segments[0];
+
+    let mut setup = Setup::new(&src, &db);
+    let g = common::s3::garage();
+    let prefix = unique("seg");
+    setup.stores = g.store_toml("garage", "dc2", &prefix, &g.url, "");
+    let cfg = backup_core::config::Config::load(&setup.config(&src)).unwrap();
+    let keys = SealingKeys::load(cfg.encryption.as_ref().unwrap()).unwrap();
+    let stores = open_all(&cfg);
+    let src_cfg = &cfg.sources[0];
+    let from = SegmentFrom {
+        source: src_cfg,
+        node: &src_cfg.nodes[0],
+        previous_gtid: start.clone(),
+    };
+    let archived = archive_segment(&stores, &keys, 6, &from, seg).unwrap();
+    assert_eq!(
+        archived.stores,
+        vec!["local", "garage"],
+        "{:?}",
+        archived.failed
+    );
+    let m = &archived.manifest;
+    assert_eq!(m.previous_gtid, start);
+    assert_eq!(Some(&m.first_gtid), seg.first_gtid.as_ref());
+    assert_eq!(Some(&m.last_gtid), seg.last_gtid.as_ref());
+    assert_eq!(m.source, "main");
+    assert_eq!(m.binlog_bytes, seg.bytes.len() as u64);
+    let id = m.segment_id.clone();
+    assert!(id.starts_with("binlog_"), "{id}");
+
+    // Four objects in each store, and nothing else.
+    let names = |v: Vec<String>| -> Vec<String> {
+        let mut v: Vec<String> = v
+            .into_iter()
+            .map(|k| k.rsplit('/').next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let want = names(vec![
+        format!("{id}.binlog.gz.gpg"),
+        format!("{id}.binlog.gz.gpg.sha256"),
+        format!("{id}.manifest.json"),
+        format!("{id}.manifest.json.sig"),
+    ]);
+    let dir = setup.store().join("main/binlog");
+    let local: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names(local), want);
+    assert_eq!(names(g.keys(&format!("{prefix}/main/binlog/"))), want);
+
+    // Stock tools, as the DPO would use them.
+    let o = std::process::Command::new("sha256sum")
+        .arg("-c")
+        .arg(format!("{id}.binlog.gz.gpg.sha256"))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    ok(&o, "sha256sum -c");
+    let gpg = Gpg::new();
+    gpg.import(&testdata("dpo.sec.asc"));
+    gpg.import(&testdata("agent.pub.asc"));
+    let o = gpg
+        .cmd()
+        .arg("--verify")
+        .arg(dir.join(format!("{id}.manifest.json.sig")))
+        .arg(dir.join(format!("{id}.manifest.json")))
+        .output()
+        .unwrap();
+    ok(&o, "gpg --verify of the segment manifest");
+    let bin = setup.path("seg.bin");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gpg --batch --decrypt {:?} | gunzip > {:?}",
+            dir.join(format!("{id}.binlog.gz.gpg")),
+            bin
+        ))
+        .env("GNUPGHOME", gpg.home.path())
+        .output()
+        .unwrap();
+    ok(&o, "gpg -d | gunzip");
+    assert_eq!(std::fs::read(&bin).unwrap(), seg.bytes);
+    let o = std::process::Command::new("mariadb-binlog")
+        .arg("--verify-binlog-checksum")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    ok(&o, "mariadb-binlog");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("CREATE TABLE t"),
+        "the DDL is in the segment"
+    );
+
+    // A second copy of the same segment is refused, never overwrites.
+    let again = archive_segment(&stores, &keys, 6, &from, seg);
+    assert!(again.is_err(), "{again:?}");
+    assert_eq!(names(g.keys(&format!("{prefix}/main/binlog/"))), want);
+    src.drop_db(&db);
 }

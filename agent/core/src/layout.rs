@@ -104,6 +104,41 @@ pub fn is_drill_record(name: &str) -> bool {
     name.starts_with("drill_") && name.ends_with(".json")
 }
 
+/// Binary log segments (point-in-time recovery) of a source with prefix `P` live under
+/// `P/binlog/`: `<id>.binlog.gz.gpg` (the sealed segment, a binary log file), its
+/// `.sha256`, its manifest's signature and its manifest (written last), with the same
+/// suffixes as a backup's beside the data. A segment id is `binlog_<first event time,
+/// UTC>_<sequence number of its first GTID, 20 digits>`: ids sort in log order.
+pub const SEGMENT_DATA_SUFFIX: &str = ".binlog.gz.gpg";
+pub const SEGMENT_SHA256_SUFFIX: &str = ".binlog.gz.gpg.sha256";
+/// The objects of a segment, in the order they are written.
+pub const SEGMENT_SUFFIXES: [&str; 4] = [
+    SEGMENT_DATA_SUFFIX,
+    SEGMENT_SHA256_SUFFIX,
+    SIGNATURE_SUFFIX,
+    MANIFEST_SUFFIX,
+];
+const BINLOG_DIR: &str = "binlog";
+
+/// Where a source's binary log segments are listed.
+pub fn binlog_prefix(prefix: &str) -> String {
+    format!("{prefix}/{BINLOG_DIR}")
+}
+
+/// The id of a segment whose first transaction has GTID sequence number `first_seq` and
+/// was written at `first_time`.
+pub fn segment_id(first_time: DateTime<Utc>, first_seq: u64) -> String {
+    format!(
+        "binlog_{}_{first_seq:020}",
+        first_time.format("%Y-%m-%d_%H%M%S")
+    )
+}
+
+/// The key of one of a segment's objects: `suffix` is one of [`SEGMENT_SUFFIXES`].
+pub fn segment_key(prefix: &str, id: &str, suffix: &str) -> String {
+    format!("{}/{id}{suffix}", binlog_prefix(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,38 @@ pub struct DataObject {
     pub encryption: String,
 }
 
+pub const SEGMENT_MANIFEST_VERSION: u32 = 1;
+
+/// The manifest of a binary log segment (point-in-time recovery): which transactions it
+/// holds, where they came from, and the chain it continues (`previous_gtid`: the GTID
+/// position the segment starts after, i.e. the previous segment's last, or the position
+/// archiving started from). No statement, table name or row: those stay sealed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentManifest {
+    pub format_version: u32,
+    pub segment_id: String,
+    pub source: String,
+    /// The node the events were read from (its configured name and address).
+    pub node: String,
+    pub address: String,
+    /// The `server_id` in the events' headers (the server that wrote them first).
+    pub server_id: u32,
+    pub previous_gtid: String,
+    pub first_gtid: String,
+    pub last_gtid: String,
+    pub first_event_at: String,
+    pub last_event_at: String,
+    pub transactions: u64,
+    /// Size of the binary log file inside (before compression).
+    pub binlog_bytes: u64,
+    pub data: DataObject,
+    pub dpo_recipients: Vec<String>,
+    pub signer: String,
+    pub tool_version: String,
+    pub archived_at: String,
+}
+
 /// A manifest as stored and checked: its exact bytes, the agent's detached signature over
 /// them, and the trusted certificate that made the signature. Copies between stores carry
 /// these bytes unchanged (another site's agent cannot re-sign them, nor needs to).
