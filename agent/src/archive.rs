@@ -37,12 +37,10 @@ pub enum ArchiveError {
     },
 }
 
-/// Where a segment's events came from, and the position it continues.
+/// Where a segment's events came from.
 pub struct SegmentFrom<'a> {
     pub source: &'a SourceConfig,
     pub node: &'a NodeConfig,
-    /// The GTID position the segment starts after.
-    pub previous_gtid: String,
 }
 
 /// A stored segment: its manifest, the stores that hold a verified copy, the ones that
@@ -105,7 +103,7 @@ pub fn archive_segment(
         node: from.node.name.clone(),
         address: from.node.endpoint.to_string(),
         server_id: seg.server_id.unwrap_or(0),
-        previous_gtid: from.previous_gtid.clone(),
+        previous_gtid: seg.previous_position.clone(),
         first_gtid: first,
         last_gtid: seg.last_gtid.clone().unwrap_or_default(),
         first_event_at: utc(seg.first_time),

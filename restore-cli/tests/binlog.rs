@@ -45,7 +45,7 @@ fn stream_segments(src: &Server, after: &str, max: usize) -> Vec<binlog::Segment
     rt.block_on(async {
         let conn = mysql_async::Conn::new(conn_opts(src)).await.unwrap();
         let mut stream = binlog::open(conn, after, 4_000_001, true).await.unwrap();
-        let mut b = SegmentBuilder::new();
+        let mut b = SegmentBuilder::new(binlog::GtidPos::parse(after).unwrap());
         let mut out = Vec::new();
         while let Some(e) = stream.next().await.unwrap() {
             if b.at_boundary() && b.len() >= max && e.gtid.is_some() {
@@ -100,6 +100,22 @@ fn streamed_segments_are_binlog_files_that_replay_to_the_source_rows() {
 
     let segments = stream_segments(&src, &start, 64 << 10);
     assert!(segments.len() > 1, "several segments: {}", segments.len());
+    // A chain: each segment starts at the position the previous one ended at.
+    assert_eq!(
+        segments[0].previous_position,
+        binlog::GtidPos::parse(&start).unwrap().to_string()
+    );
+    for w in segments.windows(2) {
+        assert_eq!(w[1].previous_position, w[0].end_position);
+    }
+    assert_eq!(
+        binlog::GtidPos::parse(&segments.last().unwrap().end_position)
+            .unwrap()
+            .to_string()
+            .split(',')
+            .find(|g| g.starts_with(&format!("{DOMAIN}-"))),
+        Some(format!("{DOMAIN}-1-{last}").as_str())
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut printed = String::new();
     for (i, s) in segments.iter().enumerate() {
@@ -167,7 +183,6 @@ fn a_segment_is_sealed_and_stored_like_a_dump_and_read_with_stock_tools() {
     let from = SegmentFrom {
         source: src_cfg,
         node: &src_cfg.nodes[0],
-        previous_gtid: start.clone(),
     };
     let archived = archive_segment(&stores, &keys, 6, &from, seg).unwrap();
     assert_eq!(

@@ -19,7 +19,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 pub mod segment;
 
-pub use segment::{Segment, SegmentBuilder};
+pub use segment::{GtidPos, Segment, SegmentBuilder};
 
 /// Event type codes this module looks at (MariaDB's numbering).
 pub(crate) mod kind {

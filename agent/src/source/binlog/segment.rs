@@ -1,7 +1,50 @@
 //! Cutting the stream into segments: each a valid binary log file holding whole
 //! transactions only, so that a segment replays on its own after the previous one.
 
+use std::collections::BTreeMap;
+
 use super::{kind, RawEvent};
+
+/// A GTID position: per replication domain, the last transaction's server id and
+/// sequence number (`0-1-153,7-1-20`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GtidPos(BTreeMap<u32, (u32, u64)>);
+
+impl GtidPos {
+    /// Parses a GTID list as `@@gtid_binlog_pos` gives it ("" is the empty position).
+    pub fn parse(s: &str) -> Option<GtidPos> {
+        let mut m = BTreeMap::new();
+        for g in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            let mut p = g.split('-');
+            let d = p.next()?.parse().ok()?;
+            let srv = p.next()?.parse().ok()?;
+            let seq = p.next()?.parse().ok()?;
+            if p.next().is_some() {
+                return None;
+            }
+            m.insert(d, (srv, seq));
+        }
+        Some(GtidPos(m))
+    }
+
+    /// Moves the position past transaction `gtid` (`domain-server-seq`).
+    pub fn advance(&mut self, gtid: &str) {
+        if let Some(GtidPos(one)) = GtidPos::parse(gtid) {
+            self.0.extend(one);
+        }
+    }
+}
+
+impl std::fmt::Display for GtidPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(d, (s, q))| format!("{d}-{s}-{q}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
 
 /// The magic number that starts every binary log file.
 pub const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
@@ -17,6 +60,9 @@ pub struct Segment {
     pub last_time: Option<u32>,
     pub transactions: u64,
     pub server_id: Option<u32>,
+    /// The GTID position the segment starts after, and the one it ends at.
+    pub previous_position: String,
+    pub end_position: String,
 }
 
 /// Builds a segment from the stream's events. It holds the current format description
@@ -34,11 +80,24 @@ pub struct SegmentBuilder {
     server_id: Option<u32>,
     /// Inside a transaction (a GTID event seen, its end not yet).
     open: Option<bool>,
+    /// The position at this segment's start, and after its last transaction.
+    start: GtidPos,
+    position: GtidPos,
 }
 
 impl SegmentBuilder {
-    pub fn new() -> SegmentBuilder {
-        SegmentBuilder::default()
+    /// A builder whose first segment continues the stream after `start`.
+    pub fn new(start: GtidPos) -> SegmentBuilder {
+        SegmentBuilder {
+            position: start.clone(),
+            start,
+            ..SegmentBuilder::default()
+        }
+    }
+
+    /// The position after the last transaction pushed.
+    pub fn position(&self) -> &GtidPos {
+        &self.position
     }
 
     /// Whether the segment holds no transaction yet.
@@ -84,6 +143,7 @@ impl SegmentBuilder {
             self.last_time = Some(e.timestamp);
             self.server_id.get_or_insert(e.server_id);
             self.transactions += 1;
+            self.position.advance(gtid);
             self.open = Some(*standalone);
         } else if let Some(standalone) = self.open {
             let ends = e.kind == kind::XID
@@ -119,7 +179,10 @@ impl SegmentBuilder {
             last_time: self.last_time.take(),
             transactions: std::mem::take(&mut self.transactions),
             server_id: self.server_id.take(),
+            previous_position: self.start.to_string(),
+            end_position: self.position.to_string(),
         };
+        self.start = self.position.clone();
         Some(seg)
     }
 }
