@@ -7,6 +7,8 @@
 
 use std::io::{Read, Write};
 
+use mysql_async::prelude::*;
+
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
@@ -28,6 +30,11 @@ pub enum ArchiveError {
         source_name: String,
         segment: String,
         err: CryptoError,
+    },
+    #[error("source {source_name}: {message}")]
+    Stream {
+        source_name: String,
+        message: String,
     },
     #[error("source {source_name}: segment {segment} is in no store: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
     NoCopy {
@@ -81,14 +88,9 @@ pub fn archive_segment(
 ) -> Result<Archived, ArchiveError> {
     let sname = from.source.name.clone();
     let first = seg.first_gtid.clone().unwrap_or_default();
-    let first_seq = first
-        .rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
     let first_time = chrono::DateTime::from_timestamp(i64::from(seg.first_time.unwrap_or(0)), 0)
         .unwrap_or_default();
-    let id = layout::segment_id(first_time, first_seq);
+    let id = layout::segment_id(first_time, &first);
     let seal_err = |err| ArchiveError::Seal {
         source_name: sname.clone(),
         segment: id.clone(),
@@ -104,6 +106,7 @@ pub fn archive_segment(
         address: from.node.endpoint.to_string(),
         server_id: seg.server_id.unwrap_or(0),
         previous_gtid: seg.previous_position.clone(),
+        end_position: seg.end_position.clone(),
         first_gtid: first,
         last_gtid: seg.last_gtid.clone().unwrap_or_default(),
         first_event_at: utc(seg.first_time),
@@ -219,4 +222,143 @@ fn store_one(
         written.push(key(suffix));
     }
     Ok(())
+}
+
+/// The id this agent's replication connection gives itself for `source`: in a range of
+/// its own (4 000 000 000 + a hash of agent and source names), so that it never equals a
+/// server's or another reader's.
+pub fn reader_server_id(agent: &str, source: &str) -> u32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{agent}/{source}").as_bytes());
+    let h: [u8; 4] = h[..4].try_into().expect("4 bytes");
+    4_000_000_000 + u32::from_le_bytes(h) % 200_000_000
+}
+
+/// Where archiving of `src` starts the first time: the snapshot GTID of the newest backup
+/// in the stores (so that the chain reaches back to a backup), else None.
+fn newest_backup_gtid(
+    cfg: &backup_core::config::Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+) -> Option<String> {
+    let trust = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref()).ok()?;
+    stores
+        .iter()
+        .filter_map(|os| os.store.as_ref().ok())
+        .filter_map(|s| {
+            backup_core::catalog::complete_backups(s.as_ref(), &src.prefix, &trust).ok()
+        })
+        .flat_map(|l| l.backups)
+        .filter_map(|m| m.binlog.and_then(|b| b.gtid).map(|g| (m.backup_id, g)))
+        .max()
+        .map(|(_, g)| g)
+}
+
+/// One archiving pass of a source: its binary log from where the last pass ended (the
+/// state's position; the first time, the newest backup's snapshot GTID, else the
+/// server's current position) to the log's current end, in segments of at most
+/// `max_bytes` (cut between transactions), each stored in every store before the state's
+/// position moves past it: a pass that fails loses nothing, the next one starts again
+/// from the last stored segment.
+pub async fn archive_until_now(
+    cfg: &backup_core::config::Config,
+    src: &SourceConfig,
+    keys: &SealingKeys,
+    state: &backup_core::state::StateStore,
+    max_bytes: usize,
+) -> Result<Vec<Archived>, ArchiveError> {
+    use crate::source::binlog::{self, GtidPos, SegmentBuilder};
+    let fail = |message: String| ArchiveError::Stream {
+        source_name: src.name.clone(),
+        message,
+    };
+    let stores: Vec<OpenStore> =
+        tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
+    let node = &src.nodes[0];
+    let password =
+        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+            .map_err(|e| fail(e.to_string()))?;
+    let mut conn = crate::source::dump::connect(src, &node.endpoint, &password)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    drop(password);
+    let known = state
+        .load()
+        .map_err(|e| fail(e.to_string()))?
+        .sources
+        .get(&src.name)
+        .and_then(|s| s.binlog_position.clone());
+    let start = match known {
+        Some(p) => p,
+        None => match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, &stores)) {
+            Some(g) => g,
+            None => conn
+                .query_first::<String, _>("SELECT @@gtid_binlog_pos")
+                .await
+                .map_err(|e| fail(format!("reading the server's GTID position: {e}")))?
+                .unwrap_or_default(),
+        },
+    };
+    let pos =
+        GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
+    let id = reader_server_id(&cfg.agent.name, &src.name);
+    let mut stream = binlog::open(conn, &start, id, true)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut b = SegmentBuilder::new(pos);
+    let mut out = Vec::new();
+    let from = SegmentFrom { source: src, node };
+    let mut store_seg = |seg: Segment| -> Result<(), ArchiveError> {
+        let a = tokio::task::block_in_place(|| {
+            archive_segment(
+                &stores,
+                keys,
+                cfg.encryption.as_ref().map_or(6, |e| e.compression_level),
+                &from,
+                &seg,
+            )
+        })?;
+        state
+            .update(|s| {
+                s.sources
+                    .entry(src.name.clone())
+                    .or_default()
+                    .binlog_position = Some(seg.end_position.clone())
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(event = "segment_archived", source = %src.name, segment = %a.manifest.segment_id, first = %a.manifest.first_gtid, last = %a.manifest.last_gtid, stores = %a.stores.join(","));
+        out.push(a);
+        Ok(())
+    };
+    loop {
+        let e = match stream.next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => {
+                stream.close().await;
+                return Err(fail(e.to_string()));
+            }
+        };
+        if e.gtid.is_some() && b.at_boundary() && b.len() >= max_bytes {
+            if let Some(seg) = b.finish() {
+                store_seg(seg)?;
+            }
+        }
+        if b.push(&e) {
+            if let Some(seg) = b.finish() {
+                store_seg(seg)?;
+            }
+            b.push(&e);
+        }
+    }
+    stream.close().await;
+    if !b.at_boundary() {
+        return Err(fail(
+            "the binary log ends inside a transaction; the next pass archives it whole".into(),
+        ));
+    }
+    if let Some(seg) = b.finish() {
+        store_seg(seg)?;
+    }
+    Ok(out)
 }

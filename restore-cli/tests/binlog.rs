@@ -273,3 +273,139 @@ fn a_segment_is_sealed_and_stored_like_a_dump_and_read_with_stock_tools() {
     assert_eq!(names(g.keys(&format!("{prefix}/main/binlog/"))), want);
     src.drop_db(&db);
 }
+
+/// `backup-agent archive-binlog` (issue 13): each pass archives from where the last one
+/// ended to the log's current end; the segments of several passes form one chain (each
+/// starts at the position the previous ended: no gap, no duplicate), and replayed in
+/// order they give exactly the source's rows.
+#[test]
+fn archive_passes_continue_the_chain_and_replay_exactly() {
+    const DOMAIN: u32 = 7003;
+    let src = source();
+    let dst = target();
+    let db = unique("arch");
+    src.drop_db(&db);
+    dst.drop_db(&db);
+    let schema = "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(200))";
+    src.sql(&in_domain(DOMAIN, &format!("CREATE DATABASE `{db}`")));
+    src.sql_db(&db, &in_domain(DOMAIN, schema));
+    dst.sql(&format!("CREATE DATABASE `{db}`"));
+    dst.sql_db(&db, schema);
+    let setup = Setup::new(&src, &db);
+    // The documented grants for archiving.
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    // The first pass starts at the server's position (no backup, no state yet).
+    ok(
+        &setup.agent(&src, &["archive-binlog", "--segment-size", "64KiB"]),
+        "first pass",
+    );
+    for pass in 0..3 {
+        src.sql_db(
+            &db,
+            &in_domain(
+                DOMAIN,
+                &format!(
+                    "INSERT INTO t SELECT seq + {0}, REPEAT(SHA2(seq, 256), 3) FROM seq_1_to_1500; \
+                     UPDATE t SET v = 'changed' WHERE id = {0} + 7; DELETE FROM t WHERE id = {0} + 9",
+                    pass * 10_000
+                ),
+            ),
+        );
+        let o = setup.agent(&src, &["archive-binlog", "--segment-size", "64KiB"]);
+        ok(&o, &format!("pass {pass}"));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("segment(s) archived, up to GTID"),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    let dir = setup.store().join("main/binlog");
+    let manifests: Vec<serde_json::Value> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    assert!(manifests.len() >= 3, "{}", manifests.len());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(setup.path("state/state.json")).unwrap()).unwrap();
+    let position = state["sources"]["main"]["binlog_position"]
+        .as_str()
+        .unwrap();
+    // One chain: from the segment no other ends at, each next one starts where it ended,
+    // through every segment, to the state's position.
+    let ends: Vec<&str> = manifests
+        .iter()
+        .map(|m| m["end_position"].as_str().unwrap())
+        .collect();
+    let mut at = manifests
+        .iter()
+        .find(|m| !ends.contains(&m["previous_gtid"].as_str().unwrap()))
+        .expect("a first segment");
+    let mut chain = vec![at];
+    while let Some(next) = manifests
+        .iter()
+        .find(|n| n["previous_gtid"] == at["end_position"])
+    {
+        chain.push(next);
+        at = next;
+    }
+    assert_eq!(
+        chain.len(),
+        manifests.len(),
+        "one chain through every segment"
+    );
+    assert_eq!(at["end_position"].as_str().unwrap(), position);
+
+    // Decrypt as the DPO does and replay the test's domain, in chain order.
+    let gpg = Gpg::new();
+    gpg.import(&testdata("dpo.sec.asc"));
+    for m in &chain {
+        let id = m["segment_id"].as_str().unwrap();
+        let bin = setup.path(&format!("{id}.bin"));
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "gpg --batch --decrypt {:?} | gunzip > {:?}",
+                dir.join(format!("{id}.binlog.gz.gpg")),
+                bin
+            ))
+            .env("GNUPGHOME", gpg.home.path())
+            .output()
+            .unwrap();
+        ok(&o, "gpg -d | gunzip");
+        let o = std::process::Command::new("mariadb-binlog")
+            .arg(format!("--do-domain-ids={DOMAIN}"))
+            .arg(&bin)
+            .output()
+            .unwrap();
+        ok(&o, "mariadb-binlog");
+        let sql = setup.path(&format!("{id}.sql"));
+        std::fs::write(&sql, &o.stdout).unwrap();
+        ok(&dst.load_file(None, &sql), &format!("replaying {id}"));
+    }
+    assert!(
+        position.split(',').any(|g| g
+            == format!(
+                "{DOMAIN}-1-{}",
+                src.sql("SELECT @@gtid_binlog_pos")
+                    .trim()
+                    .split(',')
+                    .find(|g| g.starts_with(&format!("{DOMAIN}-")))
+                    .unwrap()
+                    .rsplit('-')
+                    .next()
+                    .unwrap()
+            )),
+        "the state's position {position} includes the test's last GTID"
+    );
+    assert_same(&fingerprint(&src, &db), &fingerprint(&dst, &db));
+    src.drop_db(&db);
+    dst.drop_db(&db);
+}

@@ -108,7 +108,8 @@ pub fn is_drill_record(name: &str) -> bool {
 /// `P/binlog/`: `<id>.binlog.gz.gpg` (the sealed segment, a binary log file), its
 /// `.sha256`, its manifest's signature and its manifest (written last), with the same
 /// suffixes as a backup's beside the data. A segment id is `binlog_<first event time,
-/// UTC>_<sequence number of its first GTID, 20 digits>`: ids sort in log order.
+/// UTC>_<its first GTID>` (unique: a GTID is); the order of the chain is the one of the
+/// manifests' positions (each segment starts where the previous one ended), not the ids'.
 pub const SEGMENT_DATA_SUFFIX: &str = ".binlog.gz.gpg";
 pub const SEGMENT_SHA256_SUFFIX: &str = ".binlog.gz.gpg.sha256";
 /// The objects of a segment, in the order they are written.
@@ -125,11 +126,10 @@ pub fn binlog_prefix(prefix: &str) -> String {
     format!("{prefix}/{BINLOG_DIR}")
 }
 
-/// The id of a segment whose first transaction has GTID sequence number `first_seq` and
-/// was written at `first_time`.
-pub fn segment_id(first_time: DateTime<Utc>, first_seq: u64) -> String {
+/// The id of a segment whose first transaction is `first_gtid`, written at `first_time`.
+pub fn segment_id(first_time: DateTime<Utc>, first_gtid: &str) -> String {
     format!(
-        "binlog_{}_{first_seq:020}",
+        "binlog_{}_{first_gtid}",
         first_time.format("%Y-%m-%d_%H%M%S")
     )
 }

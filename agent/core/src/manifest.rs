@@ -68,6 +68,8 @@ pub struct SegmentManifest {
     /// The `server_id` in the events' headers (the server that wrote them first).
     pub server_id: u32,
     pub previous_gtid: String,
+    /// The GTID position after this segment: the next segment's `previous_gtid`.
+    pub end_position: String,
     pub first_gtid: String,
     pub last_gtid: String,
     pub first_event_at: String,

@@ -61,6 +61,9 @@ pub struct SourceState {
     pub failed_stores: Vec<String>,
     /// The 3-2-1 verdict of the newest backup, as the last listing found it.
     pub policy: Option<PolicyMark>,
+    /// The GTID position the binary log is archived up to (the last stored segment's end).
+    #[serde(default)]
+    pub binlog_position: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
