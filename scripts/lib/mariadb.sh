@@ -18,6 +18,8 @@ ba_need_packages() {
   command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   [ -x /usr/bin/time ] || missing+=(time)
+  [ -x /usr/bin/kill ] || missing+=(procps)
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
