@@ -44,7 +44,10 @@ fn stream_segments(src: &Server, after: &str, max: usize) -> Vec<binlog::Segment
         .unwrap();
     rt.block_on(async {
         let conn = mysql_async::Conn::new(conn_opts(src)).await.unwrap();
-        let mut stream = binlog::open(conn, after, 4_000_001, true).await.unwrap();
+        // A replication id of this test process's own: two readers with one id would
+        // make the server drop the first.
+        let id = 1_000_000_000 + std::process::id();
+        let mut stream = binlog::open(conn, after, id, true).await.unwrap();
         let mut b = SegmentBuilder::new(binlog::GtidPos::parse(after).unwrap());
         let mut out = Vec::new();
         while let Some(e) = stream.next().await.unwrap() {
