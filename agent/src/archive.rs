@@ -290,14 +290,27 @@ pub async fn archive_until_now(
         .and_then(|s| s.binlog_position.clone());
     let start = match known {
         Some(p) => p,
-        None => match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, &stores)) {
-            Some(g) => g,
-            None => conn
-                .query_first::<String, _>("SELECT @@gtid_binlog_pos")
-                .await
-                .map_err(|e| fail(format!("reading the server's GTID position: {e}")))?
-                .unwrap_or_default(),
-        },
+        None => {
+            let p = match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, &stores)) {
+                Some(g) => g,
+                None => conn
+                    .query_first::<String, _>("SELECT @@gtid_binlog_pos")
+                    .await
+                    .map_err(|e| fail(format!("reading the server's GTID position: {e}")))?
+                    .unwrap_or_default(),
+            };
+            // The chain starts here, even if this pass finds nothing to archive: the
+            // next pass continues from this position, not from a later one.
+            state
+                .update(|s| {
+                    s.sources
+                        .entry(src.name.clone())
+                        .or_default()
+                        .binlog_position = Some(p.clone())
+                })
+                .map_err(|e| fail(e.to_string()))?;
+            p
+        }
     };
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
