@@ -5,6 +5,7 @@ mod crypto;
 mod drill;
 mod pinned;
 mod restore;
+mod scratch;
 mod target;
 
 use std::io::IsTerminal;
