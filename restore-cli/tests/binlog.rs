@@ -26,6 +26,19 @@ fn seq_of(list: &str, domain: u32) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
+/// What the DPO does with a sealed segment: `gpg -d SEG | gunzip > OUT` (the keys in `gpg`).
+fn open_segment(gpg: &Gpg, sealed: &std::path::Path, out: &std::path::Path) {
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gpg --batch --decrypt {sealed:?} | gunzip > {out:?}"
+        ))
+        .env("GNUPGHOME", gpg.home.path())
+        .output()
+        .unwrap();
+    ok(&o, "gpg -d | gunzip");
+}
+
 fn conn_opts(s: &Server) -> mysql_async::OptsBuilder {
     mysql_async::OptsBuilder::default()
         .ip_or_hostname("127.0.0.1")
@@ -247,17 +260,7 @@ fn a_segment_is_sealed_and_stored_like_a_dump_and_read_with_stock_tools() {
         .unwrap();
     ok(&o, "gpg --verify of the segment manifest");
     let bin = setup.path("seg.bin");
-    let o = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "gpg --batch --decrypt {:?} | gunzip > {:?}",
-            dir.join(format!("{id}.binlog.gz.gpg")),
-            bin
-        ))
-        .env("GNUPGHOME", gpg.home.path())
-        .output()
-        .unwrap();
-    ok(&o, "gpg -d | gunzip");
+    open_segment(&gpg, &dir.join(format!("{id}.binlog.gz.gpg")), &bin);
     assert_eq!(std::fs::read(&bin).unwrap(), seg.bytes);
     let o = std::process::Command::new("mariadb-binlog")
         .arg("--verify-binlog-checksum")
@@ -379,17 +382,7 @@ fn archive_passes_continue_the_chain_and_replay_exactly() {
     for m in &chain {
         let id = m["segment_id"].as_str().unwrap();
         let bin = setup.path(&format!("{id}.bin"));
-        let o = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "gpg --batch --decrypt {:?} | gunzip > {:?}",
-                dir.join(format!("{id}.binlog.gz.gpg")),
-                bin
-            ))
-            .env("GNUPGHOME", gpg.home.path())
-            .output()
-            .unwrap();
-        ok(&o, "gpg -d | gunzip");
+        open_segment(&gpg, &dir.join(format!("{id}.binlog.gz.gpg")), &bin);
         let o = std::process::Command::new("mariadb-binlog")
             .arg(format!("--do-domain-ids={DOMAIN}"))
             .arg(&bin)
