@@ -24,6 +24,7 @@ use sequoia_openpgp as openpgp;
 use backup_core::secret::read_secret_file;
 
 /// The DPO's unlocked decryption keys.
+#[derive(Clone)]
 pub struct DpoKey {
     pub fingerprint: String,
     pairs: Vec<KeyPair>,

@@ -81,8 +81,8 @@ pub struct DrillArgs<'a> {
 }
 
 /// Where the backup to drill is.
-struct Chosen {
-    file: PathBuf,
+pub(crate) struct Chosen {
+    pub(crate) file: PathBuf,
     store: Option<String>,
     source: Option<String>,
     prefix: Option<String>,
@@ -129,7 +129,11 @@ fn fetch(
     Ok((dir, file))
 }
 
-fn choose(cfg: Option<&Config>, a: &DrillArgs, trusted: &TrustedSigners) -> Result<Chosen> {
+pub(crate) fn choose(
+    cfg: Option<&Config>,
+    a: &DrillArgs,
+    trusted: &TrustedSigners,
+) -> Result<Chosen> {
     if let Some(b) = a.backup {
         let p = Path::new(b);
         if p.is_file() {

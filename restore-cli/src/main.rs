@@ -4,6 +4,7 @@
 mod crypto;
 mod drill;
 mod pinned;
+mod pitr;
 mod restore;
 mod scratch;
 mod target;
@@ -38,8 +39,22 @@ struct Cli {
     #[arg(short = 'o', long, value_name = "OUT", requires = "decrypt")]
     output: Option<PathBuf>,
     /// Restore into this server: mysql://user@host:port/ or mysql://user@localhost/?socket=PATH
-    #[arg(long, value_name = "URL", requires = "backup")]
+    #[arg(long, value_name = "URL")]
     into: Option<String>,
+    /// With --into and --config: restore to this point in time (RFC 3339 with a zone,
+    /// e.g. 2026-12-02T10:15:00Z): the newest backup before it, then the archived binary
+    /// log up to it (every transaction timestamped at or before it, at the log's
+    /// one-second resolution).
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "into",
+        conflicts_with = "until_gtid"
+    )]
+    until: Option<String>,
+    /// With --into and --config: restore up to and including this GTID (e.g. 0-1-12345).
+    #[arg(long, value_name = "GTID", requires = "into")]
+    until_gtid: Option<String>,
     /// The drill: verify the newest (or the given) backup by restoring it into a scratch
     /// server and comparing every table with the dump's digests.
     #[arg(long)]
@@ -47,8 +62,8 @@ struct Cli {
     /// List the complete backups in the configured stores.
     #[arg(long)]
     list: bool,
-    /// The backup: a .sql.gz.gpg file (its .sha256 file beside it), or with --verify and
-    /// --config also a backup id or "latest".
+    /// The backup: a .sql.gz.gpg file (its .sha256 file beside it), or with --verify,
+    /// --until and --config also a backup id or "latest".
     #[arg(long, value_name = "FILE|ID")]
     backup: Option<PathBuf>,
     /// With --verify/--list: the source (from --config).
@@ -203,11 +218,18 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.verify {
         return verify(&cli, cfg.as_ref()).await;
     }
+    let until =
+        pitr::parse_until(cli.until.as_deref(), cli.until_gtid.as_deref()).map_err(usage)?;
+    if let Some(until) = until {
+        return restore_until(&cli, cfg.as_ref(), until).await;
+    }
     let file = cli
         .decrypt
         .clone()
         .or_else(|| cli.backup.clone())
-        .expect("clap requires one");
+        .ok_or_else(|| {
+            usage("--into needs --backup FILE (or --until/--until-gtid with --config)")
+        })?;
     let target = match &cli.into {
         Some(u) => Some(target::parse(u).map_err(|e| usage(format!("{e:#}")))?),
         None => None,
@@ -225,44 +247,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
 
     let target = target.expect("--into given");
-    let dumped: Vec<String> = v.trailer.databases.clone();
-    let only = if cli.databases.is_empty() {
-        None
-    } else {
-        for d in &cli.databases {
-            if !dumped.contains(d) {
-                return Err(usage(format!(
-                    "database {d:?} is not in this backup; it has: {}",
-                    dumped.join(", ")
-                )));
-            }
-        }
-        Some(cli.databases.clone())
-    };
-    let wanted: Vec<String> = only.clone().unwrap_or_else(|| dumped.clone());
-    let password = target_password(&cli, cfg.as_ref(), &target)?;
-    let mut conn = target::connect(&target, password.as_ref()).await?;
-    drop(password);
-    let existing: Vec<String> = conn
-        .query("SHOW DATABASES")
-        .await
-        .context("listing databases on the target")?;
-    let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
-    if !clash.is_empty() && !cli.force {
-        bail!(
-                "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them",
-                clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            );
-    }
-    check_target_fits(&mut conn, v.largest_statement).await?;
-    for d in &clash {
-        eprintln!("restore: --force: dropping database {d} on {target}");
-        conn.query_drop(format!(
-            "DROP DATABASE {}",
-            backup_core::format::quote_ident(d)
-        ))
-        .await?;
-    }
+    let (only, wanted) = selection(&cli, &v)?;
+    let mut conn =
+        prepare_target(&cli, cfg.as_ref(), &target, &wanted, v.largest_statement).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
     let n = restore::replay(
@@ -286,6 +273,165 @@ async fn run(cli: Cli) -> Result<()> {
     eprintln!(
         "restore: restored {} into {target}: {n} statements in {:.1}s",
         wanted.join(", "),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The databases to restore: `--database` (each must be in the backup) or all of them.
+fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, Vec<String>)> {
+    let dumped: Vec<String> = v.trailer.databases.clone();
+    let only = if cli.databases.is_empty() {
+        None
+    } else {
+        for d in &cli.databases {
+            if !dumped.contains(d) {
+                return Err(usage(format!(
+                    "database {d:?} is not in this backup; it has: {}",
+                    dumped.join(", ")
+                )));
+            }
+        }
+        Some(cli.databases.clone())
+    };
+    let wanted = only.clone().unwrap_or(dumped);
+    Ok((only, wanted))
+}
+
+/// Connects to the target, refuses to overwrite databases without --force (drops them
+/// with it), and checks that the largest statement fits.
+async fn prepare_target(
+    cli: &Cli,
+    cfg: Option<&Config>,
+    target: &target::Target,
+    wanted: &[String],
+    largest: usize,
+) -> Result<mysql_async::Conn> {
+    let password = target_password(cli, cfg, target)?;
+    let mut conn = target::connect(target, password.as_ref()).await?;
+    drop(password);
+    let existing: Vec<String> = conn
+        .query("SHOW DATABASES")
+        .await
+        .context("listing databases on the target")?;
+    let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
+    if !clash.is_empty() && !cli.force {
+        bail!(
+                "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them",
+                clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+    }
+    check_target_fits(&mut conn, largest).await?;
+    for d in &clash {
+        eprintln!("restore: --force: dropping database {d} on {target}");
+        conn.query_drop(format!(
+            "DROP DATABASE {}",
+            backup_core::format::quote_ident(d)
+        ))
+        .await?;
+    }
+    Ok(conn)
+}
+
+/// `--into URL --until TIME|--until-gtid GTID`: a backup and the archived binary log up
+/// to the target, everything verified before anything is replayed.
+async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> Result<()> {
+    let cfg = cfg.ok_or_else(|| {
+        usage("--until and --until-gtid need --config (the stores that hold the backups and the archived binary log)")
+    })?;
+    let source = match &cli.source {
+        Some(s) => s.clone(),
+        None if cfg.sources.len() == 1 => cfg.sources[0].name.clone(),
+        None => {
+            return Err(usage(
+                "several sources are configured; choose one with --source NAME",
+            ))
+        }
+    };
+    let target = target::parse(cli.into.as_deref().expect("clap requires --into"))
+        .map_err(|e| usage(format!("{e:#}")))?;
+    let keys = load_keys(cli, Some(cfg))?;
+    let t0 = Instant::now();
+    let backup = cli.backup.as_ref().map(|b| b.display().to_string());
+    let mut plan = pitr::plan(
+        cfg,
+        &source,
+        cli.store.as_deref(),
+        backup.as_deref(),
+        &until,
+        &keys.trusted,
+    )?;
+    eprintln!("restore: to {until}: {}", pitr::describe(&plan));
+    let args = drill::DrillArgs {
+        source: Some(&source),
+        backup: Some(&plan.backup.backup_id),
+        store: cli.store.as_deref(),
+        scratch: None,
+        scratch_password: None,
+    };
+    let chosen = drill::choose(Some(cfg), &args, &keys.trusted)?;
+    let (located, v) = verify_file(cli, &chosen.file, &keys)?;
+    let (only, wanted) = selection(cli, &v)?;
+    let summary = pitr::verify(&mut plan, &wanted, &keys.dpo, &keys.trusted)?;
+    eprintln!(
+        "restore: binary log verified: {} segment(s), checksums, decryption, MDC, trusted signatures and every event; {} transaction(s) to apply{}{}",
+        plan.segments.len(),
+        summary.applied,
+        match &summary.last_applied {
+            Some((g, t)) => format!(" (the last {g} at {})", chrono::DateTime::from_timestamp(i64::from(*t), 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            None => String::new(),
+        },
+        match &summary.stopped_before {
+            Some((g, t)) => format!(", stopping before {g} at {}", chrono::DateTime::from_timestamp(i64::from(*t), 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            None => String::new(),
+        }
+    );
+    if !summary.other.is_empty() {
+        eprintln!(
+            "restore: skipping transactions of databases not restored: {}",
+            summary
+                .other
+                .iter()
+                .map(|(d, n)| format!("{d} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for q in &summary.unattributed_skipped {
+        eprintln!("restore: skipping a statement without a default database that names no restored database: {q}");
+    }
+    let mut conn = prepare_target(cli, Some(cfg), &target, &wanted, v.largest_statement).await?;
+    test_pause_before_pass_2();
+    let n = restore::replay(
+        &chosen.file,
+        &located.pins,
+        located.max_statement,
+        &keys.dpo,
+        &keys.trusted,
+        &mut conn,
+        only,
+        v.sql_bytes,
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
+            wanted.join(", ")
+        )
+    })?;
+    eprintln!(
+        "restore: backup {} replayed: {n} statements",
+        plan.backup.backup_id
+    );
+    let m = pitr::apply(&plan, &wanted, &keys.dpo, &keys.trusted, &mut conn)
+        .await
+        .map_err(|e| anyhow!("applying the binary log on {target} failed: {e:#}; the target holds the backup and part of the log: drop {} and restore again", wanted.join(", ")))?;
+    let _ = conn.disconnect().await;
+    eprintln!(
+        "restore: restored {} into {target} as of {until}: backup {} and {} transaction(s) of the binary log ({m} statements) in {:.1}s",
+        wanted.join(", "),
+        plan.backup.backup_id,
+        summary.applied,
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::layout;
 use crate::layout::{DATA_SUFFIX, MANIFEST_SUFFIX, SIGNATURE_SUFFIX};
-use crate::manifest::{Manifest, SignedManifest};
+use crate::manifest::{Manifest, SegmentManifest, SignedManifest};
 use crate::signature::{SignatureError, Trust, MAX_SIGNATURE_BYTES};
 use crate::store::{Store, StoreError};
 
@@ -173,6 +173,123 @@ pub fn check_signed(
         signature,
         signed_by,
     })
+}
+
+/// The binary log segments of a source in one store whose manifests are trusted, and
+/// why the others are not.
+#[derive(Debug, Default)]
+pub struct SegmentListing {
+    /// By segment id (roughly by time; the chain's order is the positions').
+    pub segments: Vec<SegmentManifest>,
+    /// (segment id, what is wrong).
+    pub problems: Vec<(String, String)>,
+}
+
+/// Whether a name listed under a binlog prefix is a segment id.
+fn is_segment_id(id: &str) -> bool {
+    id.starts_with("binlog_") && !id.contains('/')
+}
+
+/// The segments of `prefix` in `store` (under `layout::binlog_prefix`) whose manifest is
+/// signed by a trusted key, names the segment its object name says, and whose data object
+/// exists with the recorded size.
+pub fn complete_segments(
+    store: &dyn Store,
+    prefix: &str,
+    trust: &Trust,
+) -> Result<SegmentListing, StoreError> {
+    let dir = layout::binlog_prefix(prefix);
+    let names = store.list(&dir)?;
+    let mut out = SegmentListing::default();
+    for n in &names {
+        let Some(id) = n.strip_suffix(MANIFEST_SUFFIX) else {
+            continue;
+        };
+        if !is_segment_id(id) {
+            continue;
+        }
+        let m = match read_signed_segment(store, prefix, id, trust) {
+            Ok(m) => m,
+            Err(e) => {
+                out.problems.push((id.to_string(), e.to_string()));
+                continue;
+            }
+        };
+        let data = layout::segment_key(prefix, id, layout::SEGMENT_DATA_SUFFIX);
+        match store.size(&data)? {
+            Some(s) if s == m.data.size => out.segments.push(m),
+            Some(s) => out.problems.push((
+                id.to_string(),
+                format!("{data} has {s} bytes, the manifest records {}", m.data.size),
+            )),
+            None => out
+                .problems
+                .push((id.to_string(), format!("{data} is missing"))),
+        }
+    }
+    out.segments.sort_by(|a, b| a.segment_id.cmp(&b.segment_id));
+    Ok(out)
+}
+
+/// Reads segment `id`'s manifest and signature and checks them like a backup's.
+pub fn read_signed_segment(
+    store: &dyn Store,
+    prefix: &str,
+    id: &str,
+    trust: &Trust,
+) -> Result<SegmentManifest, ManifestError> {
+    let key = layout::segment_key(prefix, id, MANIFEST_SUFFIX);
+    let bytes = read_capped(store, &key, MAX_MANIFEST_BYTES)?;
+    let sig_key = layout::segment_key(prefix, id, SIGNATURE_SUFFIX);
+    let signature = match read_capped(store, &sig_key, MAX_SIGNATURE_BYTES) {
+        Ok(s) => s,
+        Err(ManifestError::Store(e)) if e.is_not_found() => {
+            return Err(ManifestError::Unsigned { key })
+        }
+        Err(e) => return Err(e),
+    };
+    check_signed_segment(&key, id, &bytes, &signature, trust)
+}
+
+/// Checks a segment manifest against its detached signature and its name.
+pub fn check_signed_segment(
+    key: &str,
+    id: &str,
+    bytes: &[u8],
+    signature: &[u8],
+    trust: &Trust,
+) -> Result<SegmentManifest, ManifestError> {
+    let signed_by =
+        trust
+            .verify_detached(bytes, signature)
+            .map_err(|source| ManifestError::BadSignature {
+                key: key.into(),
+                source,
+            })?;
+    let m: SegmentManifest =
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
+            key: key.into(),
+            source,
+        })?;
+    let what = if m.segment_id != id {
+        Some(format!("it is the manifest of segment {}", m.segment_id))
+    } else if m.data.name != layout::object_name(id, layout::SEGMENT_DATA_SUFFIX) {
+        Some(format!("it names the data object {}", m.data.name))
+    } else if m.signer != signed_by {
+        Some(format!(
+            "it says the data was signed by {}, but {signed_by} signed the manifest",
+            m.signer
+        ))
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(ManifestError::Substituted {
+            key: key.into(),
+            what,
+        }),
+        None => Ok(m),
+    }
 }
 
 /// When a backup finished, from its manifest.

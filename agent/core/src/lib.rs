@@ -5,6 +5,7 @@
 //! signing, no decryption). See docs/architecture.md for the map.
 
 pub mod alert;
+pub mod binlog;
 pub mod catalog;
 pub mod checksum;
 pub mod config;

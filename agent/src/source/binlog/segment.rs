@@ -1,53 +1,9 @@
 //! Cutting the stream into segments: each a valid binary log file holding whole
 //! transactions only, so that a segment replays on its own after the previous one.
 
-use std::collections::BTreeMap;
-
 use super::{kind, RawEvent};
 
-/// A GTID position: per replication domain, the last transaction's server id and
-/// sequence number (`0-1-153,7-1-20`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GtidPos(BTreeMap<u32, (u32, u64)>);
-
-impl GtidPos {
-    /// Parses a GTID list as `@@gtid_binlog_pos` gives it ("" is the empty position).
-    pub fn parse(s: &str) -> Option<GtidPos> {
-        let mut m = BTreeMap::new();
-        for g in s.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-            let mut p = g.split('-');
-            let d = p.next()?.parse().ok()?;
-            let srv = p.next()?.parse().ok()?;
-            let seq = p.next()?.parse().ok()?;
-            if p.next().is_some() {
-                return None;
-            }
-            m.insert(d, (srv, seq));
-        }
-        Some(GtidPos(m))
-    }
-
-    /// Moves the position past transaction `gtid` (`domain-server-seq`).
-    pub fn advance(&mut self, gtid: &str) {
-        if let Some(GtidPos(one)) = GtidPos::parse(gtid) {
-            self.0.extend(one);
-        }
-    }
-}
-
-impl std::fmt::Display for GtidPos {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(d, (s, q))| format!("{d}-{s}-{q}"))
-            .collect();
-        f.write_str(&parts.join(","))
-    }
-}
-
-/// The magic number that starts every binary log file.
-pub const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
+pub use backup_core::binlog::{GtidPos, MAGIC};
 
 /// A finished segment: a binary log file and what its manifest says of it.
 #[derive(Debug, Clone)]
