@@ -2,12 +2,12 @@
 //! mail alerts (failed, stale, recovered), shutdown, concurrency, catch-up, canaries.
 
 mod common;
+use common::daemon::*;
 use common::receivers::*;
 use common::*;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command};
+
 use std::time::{Duration, Instant};
 
 fn small_db(src: &Server, rows: u32) -> String {
@@ -16,94 +16,6 @@ fn small_db(src: &Server, rows: u32) -> String {
     src.sql(&format!("CREATE DATABASE `{db}`"));
     src.sql_db(&db, &format!("CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 256) FROM seq_1_to_{rows}"));
     db
-}
-
-fn start_daemon(setup: &Setup, src: &Server, args: &[&str]) -> Child {
-    let cfg = setup.config(src);
-    let log = std::fs::File::create(setup.path("daemon.log")).unwrap();
-    Command::new(agent_bin())
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .args(args)
-        .env("BACKUP_AGENT_LOG_FORMAT", "json")
-        .stdout(log)
-        .stderr(std::fs::File::create(setup.path("daemon.err")).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn healthcheck(setup: &Setup, src: &Server) -> (i32, String) {
-    let cfg = setup.config(src);
-    let t0 = Instant::now();
-    let o = Command::new(agent_bin())
-        .args(["--config", cfg.to_str().unwrap(), "healthcheck"])
-        .output()
-        .unwrap();
-    assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "healthcheck took {:?}",
-        t0.elapsed()
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(out.lines().count(), 1, "one line: {out:?}");
-    (o.status.code().unwrap(), out)
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("GET {path} on 127.0.0.1:{port}: {e}"));
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let code = r.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = r
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-/// Parses Prometheus text into (name{labels}, value).
-fn metrics(port: u16) -> Vec<(String, f64)> {
-    let (code, body) = http_get(port, "/metrics");
-    assert_eq!(code, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').unwrap();
-            (
-                k.to_string(),
-                v.parse::<f64>()
-                    .unwrap_or_else(|_| panic!("bad sample {l}")),
-            )
-        })
-        .collect()
-}
-
-fn metric(m: &[(String, f64)], key: &str) -> f64 {
-    m.iter()
-        .find(|(k, _)| k == key)
-        .unwrap_or_else(|| panic!("no {key} in {m:?}"))
-        .1
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn sigterm(child: &Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
 }
 
 fn backups(setup: &Setup) -> usize {

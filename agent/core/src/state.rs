@@ -64,6 +64,39 @@ pub struct SourceState {
     /// The GTID position the binary log is archived up to (the last stored segment's end).
     #[serde(default)]
     pub binlog_position: Option<String>,
+    /// Binary log archiving's progress and health (the daemon's archiver).
+    #[serde(default)]
+    pub binlog: BinlogState,
+}
+
+/// What the binary log archiver knows of its progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BinlogState {
+    /// Time of the newest archived event.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Everything the server had logged up to this instant is archived (the stream was
+    /// caught up with nothing waiting): the recoverable window's end.
+    pub synced_at: Option<DateTime<Utc>>,
+    /// A gap in the chain: what was lost and when it was found. The window closes at it
+    /// until a backup taken after it starts a new one.
+    pub gap: Option<BinlogGap>,
+    #[serde(default)]
+    pub gaps_total: u64,
+    /// The last archiving error (cleared by the next stored segment or sync).
+    pub error: Option<String>,
+    pub error_since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BinlogGap {
+    /// The archived chain ends here...
+    pub after_gtid: String,
+    /// ...and archiving went on from here.
+    pub resumed_at_gtid: String,
+    pub found_at: DateTime<Utc>,
+    pub reason: String,
+    /// The newest archived event before the gap: where the window ends.
+    pub window_end: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -117,6 +117,9 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
     let mut loops = Vec::new();
     for i in 0..cfg.sources.len() {
         loops.push(tokio::spawn(source_loop(d.clone(), i, phase_rx.clone())));
+        if cfg.sources[i].binlog.is_some() {
+            loops.push(tokio::spawn(binlog_loop(d.clone(), i, phase_rx.clone())));
+        }
     }
 
     // Signals: first drains with a deadline, second (or the deadline) aborts.
@@ -235,6 +238,65 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
     }
 }
 
+/// Follows a source's binary log while the daemon runs; after a failure, alerts
+/// (`binlog_failed`, a condition) and retries with a growing pause (5 s to 1 min).
+async fn binlog_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>) {
+    let src = &d.cfg.sources[i];
+    let bl = src.binlog.clone().expect("binlog configured");
+    let mut pause = Duration::from_secs(5);
+    loop {
+        if *phase.borrow() != Phase::Running {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut stop = phase.clone();
+        let r = crate::archive::follow::follow(
+            &d.cfg,
+            src,
+            &bl,
+            &d.keys,
+            &d.state,
+            &d.alerter,
+            async move { reached(&mut stop, Phase::Draining).await },
+        )
+        .await;
+        let e = match r {
+            Ok(()) => return,
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(event = "binlog_failed", source = %src.name, error = %e);
+        let now = Utc::now();
+        let _ = d.state.update(|s| {
+            let b = &mut s.sources.entry(src.name.clone()).or_default().binlog;
+            b.error = Some(e.clone());
+            b.error_since.get_or_insert(now);
+        });
+        d.alerter
+            .condition(
+                &format!("{}/binlog", src.name),
+                true,
+                || {
+                    Alert::new(
+                        "binlog_failed",
+                        &src.name,
+                        false,
+                        format!("source {}: binary log archiving failed: {e}", src.name),
+                    )
+                },
+                &src.name,
+            )
+            .await;
+        if started.elapsed() > Duration::from_secs(60) {
+            pause = Duration::from_secs(5);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = reached(&mut phase, Phase::Draining) => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
 async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
     let mut last_scrub: Option<std::time::Instant> = None;
     loop {
@@ -332,6 +394,60 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                 d.alerter
                     .condition(&format!("{}/stale", s.name), stale, alert, &s.name)
                     .await;
+                if let Some(b) = &s.binlog {
+                    let since_start = (facts.now - d.started).to_std().unwrap_or_default();
+                    let lagging = b.open_gap.is_none()
+                        && match b.lag {
+                            Some(l) => l > b.max_lag,
+                            None => since_start > b.max_lag,
+                        };
+                    let lag_alert = || {
+                        Alert::new(
+                            "binlog_lag",
+                            &s.name,
+                            false,
+                            format!(
+                                "source {}: the binary log archive is behind by {} (max_lag {}){}; point-in-time recovery cannot reach the last minutes",
+                                s.name,
+                                b.lag.map(|l| humantime::format_duration(Duration::from_secs(l.as_secs())).to_string()).unwrap_or_else(|| "everything (nothing archived yet)".into()),
+                                humantime::format_duration(b.max_lag),
+                                b.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                            ),
+                        )
+                    };
+                    d.alerter
+                        .condition(
+                            &format!("{}/binlog_lag", s.name),
+                            lagging,
+                            lag_alert,
+                            &s.name,
+                        )
+                        .await;
+                    let gap_alert = || {
+                        let g = b.open_gap.clone().expect("active");
+                        let mut a = Alert::new(
+                            "binlog_gap",
+                            &s.name,
+                            false,
+                            format!(
+                                "source {}: gap in the archived binary log after GTID {} (found {}); point-in-time recovery ends there until the next backup: take one now",
+                                s.name,
+                                g.after_gtid,
+                                g.found_at.to_rfc3339()
+                            ),
+                        );
+                        a.details = serde_json::json!({"after_gtid": g.after_gtid, "resumed_at_gtid": g.resumed_at_gtid});
+                        a
+                    };
+                    d.alerter
+                        .condition(
+                            &format!("{}/binlog_gap", s.name),
+                            b.open_gap.is_some(),
+                            gap_alert,
+                            &s.name,
+                        )
+                        .await;
+                }
             }
         }
         tokio::select! {

@@ -29,6 +29,57 @@ pub struct SourceFacts {
     pub policy: Option<backup_core::state::PolicyMark>,
     /// How long a newest backup may stay non-compliant.
     pub policy_grace: Duration,
+    /// Binary log archiving, when configured.
+    pub binlog: Option<BinlogFacts>,
+}
+
+/// Point-in-time recovery's state for one source.
+#[derive(Debug, Clone)]
+pub struct BinlogFacts {
+    pub max_lag: Duration,
+    /// Time of the newest archived event.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Everything the server logged up to this instant is archived (None: nothing yet);
+    /// with an open gap, the newest event before it.
+    pub recoverable_until: Option<DateTime<Utc>>,
+    /// How far behind the archive is (now - recoverable_until, without a gap).
+    pub lag: Option<Duration>,
+    pub gaps_total: u64,
+    /// A gap no backup has been taken after yet.
+    pub open_gap: Option<backup_core::state::BinlogGap>,
+    pub error: Option<String>,
+}
+
+impl BinlogFacts {
+    fn of(
+        cfg: &backup_core::config::BinlogConfig,
+        st: Option<&backup_core::state::SourceState>,
+        newest: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> BinlogFacts {
+        let b = st.map(|s| s.binlog.clone()).unwrap_or_default();
+        let caught_up = match (b.synced_at, b.last_event_at) {
+            (Some(a), Some(e)) => Some(a.max(e)),
+            (a, e) => a.or(e),
+        };
+        let open_gap = b
+            .gap
+            .clone()
+            .filter(|g| newest.is_none_or(|n| n < g.found_at));
+        let recoverable_until = match &open_gap {
+            Some(g) => g.window_end,
+            None => caught_up,
+        };
+        BinlogFacts {
+            max_lag: cfg.max_lag,
+            last_event_at: b.last_event_at,
+            lag: caught_up.map(|t| age(now, t)),
+            recoverable_until,
+            gaps_total: b.gaps_total,
+            open_gap,
+            error: b.error,
+        }
+    }
 }
 
 /// A DPO certificate's fingerprint and expiry, or why it is unusable.
@@ -101,6 +152,40 @@ pub fn verdict(f: &Facts) -> Verdict {
                 }
                 _ => ok.push(format!("{}: {id} ({} old)", s.name, human(age(f.now, *t)))),
             },
+        }
+    }
+    for s in &f.sources {
+        let Some(b) = &s.binlog else { continue };
+        if let Some(g) = &b.open_gap {
+            critical.push(format!(
+                "source {}: gap in the archived binary log after GTID {} (found {}); point-in-time recovery ends at {} until the next backup: take one now",
+                s.name,
+                g.after_gtid,
+                g.found_at.to_rfc3339(),
+                g.window_end.map(|t| t.to_rfc3339()).unwrap_or_else(|| "?".into())
+            ));
+        } else {
+            match b.lag {
+                None => critical.push(format!(
+                    "source {}: binary log archiving has stored nothing yet{}",
+                    s.name,
+                    b.error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )),
+                Some(l) if l > b.max_lag => critical.push(format!(
+                    "source {}: binary log archive is {} behind (max_lag {}){}",
+                    s.name,
+                    human(l),
+                    human(b.max_lag),
+                    b.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )),
+                Some(_) => {}
+            }
         }
     }
     for d in &f.dpo {
@@ -208,7 +293,16 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
                 }
             }
         }
+        let binlog = src.binlog.as_ref().map(|bl| {
+            BinlogFacts::of(
+                bl,
+                state.sources.get(&src.name),
+                newest.as_ref().map(|(_, t)| *t),
+                now,
+            )
+        });
         sources.push(SourceFacts {
+            binlog,
             name: src.name.clone(),
             max_age: src.max_age,
             newest,
@@ -341,6 +435,7 @@ mod tests {
                 stores_with_newest: vec![],
                 policy: None,
                 policy_grace: Duration::from_secs(7200),
+                binlog: None,
             }],
             all_stores: vec![],
             dpo: vec![Ok(("FPR".into(), None))],

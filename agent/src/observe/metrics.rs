@@ -133,6 +133,49 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
             }
         },
     );
+    // Point-in-time recovery, for the sources that archive their binary log.
+    let archived: Vec<SourceFacts> = facts
+        .sources
+        .iter()
+        .filter(|s| s.binlog.is_some())
+        .cloned()
+        .collect();
+    let bl = |s: &SourceFacts| s.binlog.clone().expect("filtered");
+    o.per_source(
+        "backup_binlog_last_event_timestamp_seconds",
+        "gauge",
+        "Time of the newest archived binary log event, Unix seconds; 0 if none.",
+        &archived,
+        |s| ts(bl(s).last_event_at),
+    );
+    o.per_source(
+        "backup_binlog_lag_seconds",
+        "gauge",
+        "How far behind the server the binary log archive is (now minus the instant up to which everything is archived); -1 if nothing is archived yet.",
+        &archived,
+        |s| bl(s).lag.map_or(-1.0, |l| l.as_secs_f64()),
+    );
+    o.per_source(
+        "backup_binlog_gaps_total",
+        "counter",
+        "Gaps found in the archived binary log (logs purged before they were archived).",
+        &archived,
+        |s| bl(s).gaps_total as f64,
+    );
+    o.per_source(
+        "backup_binlog_gap_open",
+        "gauge",
+        "1 while a gap has no backup after it (point-in-time recovery ends at the gap).",
+        &archived,
+        |s| if bl(s).open_gap.is_some() { 1.0 } else { 0.0 },
+    );
+    o.per_source(
+        "backup_recoverable_until_timestamp_seconds",
+        "gauge",
+        "The latest instant a point-in-time restore can reach, Unix seconds; 0 if none.",
+        &archived,
+        |s| ts(bl(s).recoverable_until),
+    );
     o.family(
         "backup_restore_drill_last_success_timestamp_seconds",
         "gauge",

@@ -2,6 +2,7 @@
 //! the stock `mariadb` and `gpg` clients.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod receivers;
 pub mod s3;
 

@@ -190,7 +190,25 @@ pub struct SourceConfig {
     pub connect_timeout_secs: u64,
     pub schedule: ScheduleSpec,
     pub max_age: std::time::Duration,
+    /// Binary log archiving (point-in-time recovery), when enabled.
+    pub binlog: Option<BinlogConfig>,
 }
+
+/// `[source.binlog]`: the daemon streams the source's binary log into sealed segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogConfig {
+    /// A segment is stored at the latest this long after its first transaction: the RPO.
+    pub segment_max_age: std::time::Duration,
+    /// A segment is cut (between transactions) once it holds this many bytes; it is
+    /// sealed in memory, so this bounds the archiver's memory.
+    pub segment_max_size: u64,
+    /// Archiving further behind than this is CRITICAL and alerts.
+    pub max_lag: std::time::Duration,
+}
+
+pub const DEFAULT_SEGMENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+pub const DEFAULT_SEGMENT_MAX_SIZE: u64 = 64 << 20;
+pub const DEFAULT_BINLOG_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A source's cron schedule as written: `expr` (5 fields, or 6 with seconds first) read in
 /// the IANA time zone `timezone`. Its meaning is the daemon's; a loader given a

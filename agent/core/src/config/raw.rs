@@ -69,6 +69,21 @@ pub(crate) struct RawSource {
     pub(crate) timezone: Option<Spanned<String>>,
     /// The newest complete backup may be at most this old (e.g. "26h").
     pub(crate) max_age: Option<Spanned<String>>,
+    /// Point-in-time recovery: stream the binary log to the stores.
+    pub(crate) binlog: Option<RawBinlog>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBinlog {
+    /// Archive the binary log (default true when the table is present).
+    pub(crate) enabled: Option<bool>,
+    /// A segment is stored at the latest this long after its first transaction ("1m").
+    pub(crate) segment_max_age: Option<Spanned<String>>,
+    /// A segment is cut once it holds this many bytes ("64MiB").
+    pub(crate) segment_max_size: Option<Spanned<String>>,
+    /// Alert and report CRITICAL when the archive is further behind than this ("5m").
+    pub(crate) max_lag: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

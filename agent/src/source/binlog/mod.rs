@@ -72,7 +72,9 @@ impl RawEvent {
         let kind = h.event_type_raw();
         // Checksums: the server's CRC32 over exactly these bytes; a mismatch means the
         // stream is damaged.
-        if let (Some(sum), Ok(Some(alg))) = (e.checksum(), e.footer().get_checksum_alg()) {
+        if kind == kind::HEARTBEAT {
+            // Made up for the connection, never stored: only its arrival counts.
+        } else if let (Some(sum), Ok(Some(alg))) = (e.checksum(), e.footer().get_checksum_alg()) {
             if alg != mysql_async::binlog::BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_OFF
                 && e.calc_checksum(alg) != u32::from_le_bytes(sum)
             {
@@ -126,6 +128,21 @@ impl RawEvent {
     }
 }
 
+/// How often an idle server sends a heartbeat on a following stream.
+pub const HEARTBEAT_SECS: u32 = 5;
+
+impl BinlogError {
+    /// The server no longer holds the binary log from the requested position (purged):
+    /// a gap in the archive.
+    pub fn is_purged(&self) -> bool {
+        let e = match self {
+            BinlogError::Start { source, .. } | BinlogError::Read(source) => source,
+            _ => return false,
+        };
+        matches!(e, mysql_async::Error::Server(s) if s.code == 1236)
+    }
+}
+
 /// An open binary log stream of one server.
 pub struct Stream {
     inner: BinlogStream,
@@ -162,26 +179,28 @@ pub async fn open(
         .with_pos(4);
     if until_now {
         req = req.with_non_blocking();
+    } else {
+        // An idle server sends a heartbeat every HEARTBEAT_SECS: silence for longer means
+        // a dead connection.
+        conn.query_drop(format!(
+            "SET @master_heartbeat_period = {}",
+            u64::from(HEARTBEAT_SECS) * 1_000_000_000
+        ))
+        .await
+        .map_err(err)?;
     }
     let inner = conn.get_binlog_stream(req).await.map_err(err)?;
     Ok(Stream { inner })
 }
 
 impl Stream {
-    /// The next event, or None at the end of a non-blocking stream.
+    /// The next event (heartbeats included: they carry no data, the segmenter skips
+    /// them), or None at the end of a non-blocking stream.
     pub async fn next(&mut self) -> Result<Option<RawEvent>, BinlogError> {
-        loop {
-            match self.inner.next().await {
-                None => return Ok(None),
-                Some(Err(e)) => return Err(BinlogError::Read(e)),
-                Some(Ok(e)) => {
-                    let ev = RawEvent::of(&e)?;
-                    if ev.kind == kind::HEARTBEAT {
-                        continue;
-                    }
-                    return Ok(Some(ev));
-                }
-            }
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(BinlogError::Read(e)),
+            Some(Ok(e)) => Ok(Some(RawEvent::of(&e)?)),
         }
     }
 

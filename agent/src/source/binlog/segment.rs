@@ -75,7 +75,7 @@ impl SegmentBuilder {
     /// server's next binary log) while this segment already holds transactions: the
     /// caller finishes this segment and pushes the event again into the next one.
     pub fn push(&mut self, e: &RawEvent) -> bool {
-        if e.artificial || e.kind == kind::ROTATE {
+        if e.artificial || e.kind == kind::ROTATE || e.kind == kind::HEARTBEAT {
             return false;
         }
         if e.kind == kind::FORMAT_DESCRIPTION {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::super::raw::{RawGalera, RawNode, RawSource};
+use super::super::raw::{RawBinlog, RawGalera, RawNode, RawSource};
 use super::super::*;
 use super::Validator;
 
@@ -152,7 +152,9 @@ impl Validator<'_> {
                 );
             }
         }
+        let binlog = s.binlog.and_then(|b| self.binlog(i, b));
         SourceConfig {
+            binlog,
             name,
             nodes,
             galera,
@@ -337,6 +339,51 @@ impl Validator<'_> {
                 }
             }
         }
+    }
+
+    fn binlog(&mut self, i: usize, b: RawBinlog) -> Option<BinlogConfig> {
+        let k = |f: &str| format!("source[{i}].binlog.{f}");
+        let segment_max_age = b
+            .segment_max_age
+            .and_then(|d| self.duration(&k("segment_max_age"), d))
+            .unwrap_or(DEFAULT_SEGMENT_MAX_AGE);
+        let segment_max_size = match b.segment_max_size {
+            None => DEFAULT_SEGMENT_MAX_SIZE,
+            Some(sz) => match parse_size(sz.get_ref()) {
+                Some(x) if (4 << 10..=1 << 30).contains(&x) => x,
+                _ => {
+                    self.problem(
+                        k("segment_max_size"),
+                        Some(sz.span()),
+                        format!(
+                            "{:?} is not a size from 4KiB to 1GiB; write e.g. \"64MiB\" (a segment is sealed in memory)",
+                            sz.get_ref()
+                        ),
+                    );
+                    DEFAULT_SEGMENT_MAX_SIZE
+                }
+            },
+        };
+        let max_lag = b
+            .max_lag
+            .and_then(|d| self.duration(&k("max_lag"), d))
+            .unwrap_or(DEFAULT_BINLOG_MAX_LAG);
+        if max_lag <= segment_max_age {
+            self.problem(
+                k("max_lag"),
+                None,
+                format!(
+                    "max_lag ({}) must be longer than segment_max_age ({}): a segment may stay open that long",
+                    humantime::format_duration(max_lag),
+                    humantime::format_duration(segment_max_age)
+                ),
+            );
+        }
+        b.enabled.unwrap_or(true).then_some(BinlogConfig {
+            segment_max_age,
+            segment_max_size,
+            max_lag,
+        })
     }
 
     fn galera(&mut self, i: usize, g: RawGalera) -> GaleraConfig {

@@ -7,6 +7,8 @@
 
 use std::io::{Read, Write};
 
+pub mod follow;
+
 use mysql_async::prelude::*;
 
 use flate2::write::GzEncoder;
@@ -149,7 +151,15 @@ pub fn archive_segment(
             (MANIFEST_SUFFIX, &bytes),
         ];
         let mut written = Vec::new();
-        match store_one(store, prefix, &id, &objects, &sum.sha256, &mut written) {
+        match store_one(
+            store,
+            prefix,
+            &id,
+            &objects,
+            &sum.sha256,
+            &out.manifest.end_position,
+            &mut written,
+        ) {
             Ok(()) => out.stores.push(os.cfg.name.clone()),
             Err(e) => {
                 // Only what this attempt wrote: an existing segment is never touched.
@@ -177,27 +187,53 @@ pub fn archive_segment(
 }
 
 /// Writes a segment's objects to one store in order, the data read back and hashed
-/// before the rest; refuses to overwrite anything.
+/// before the rest. A segment whose manifest is already there is never touched: if it
+/// ends where this one does, it is this segment stored before a crash (nothing to do);
+/// otherwise the store is refused. Objects without a manifest are the debris of a store
+/// that was interrupted (they are no segment): they are replaced.
 fn store_one(
     store: &dyn Store,
     prefix: &str,
     id: &str,
     objects: &[(&str, &[u8]); 4],
     sha256: &str,
+    end_position: &str,
     written: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     let key = |suffix: &str| layout::segment_key(prefix, id, suffix);
-    for (suffix, _) in objects {
-        if store.exists(&key(suffix))? {
-            return Err(StoreError::Exists {
+    if store.exists(&key(MANIFEST_SUFFIX))? {
+        let mut text = Vec::new();
+        store
+            .open(&key(MANIFEST_SUFFIX))?
+            .take(backup_core::catalog::MAX_MANIFEST_BYTES)
+            .read_to_end(&mut text)
+            .map_err(|source| StoreError::Io {
                 store: store.name().into(),
-                key: key(suffix),
-            });
+                action: "reading",
+                key: key(MANIFEST_SUFFIX),
+                source,
+            })?;
+        // The sealed bytes differ every time (a new session key); the events do not.
+        let same = serde_json::from_slice::<SegmentManifest>(&text)
+            .is_ok_and(|m| m.end_position == end_position);
+        if same {
+            return Ok(());
+        }
+        return Err(StoreError::Exists {
+            store: store.name().into(),
+            key: key(MANIFEST_SUFFIX),
+        });
+    }
+    for (suffix, _) in &objects[..3] {
+        if store.exists(&key(suffix))? {
+            tracing::warn!(event = "segment_debris_replaced", store = %store.name(), key = %key(suffix));
+            store.remove(&key(suffix))?;
         }
     }
     let (data_suffix, data) = objects[0];
     put_bytes(store, &key(data_suffix), data)?;
     written.push(key(data_suffix));
+    backup_core::os::test_kill_point("segment-data");
     let got = store.open(&key(data_suffix)).and_then(|r| {
         hash_stream(r.take(data.len() as u64 + 1)).map_err(|source| StoreError::Io {
             store: store.name().into(),
@@ -220,7 +256,11 @@ fn store_one(
     for (suffix, bytes) in &objects[1..] {
         put_bytes(store, &key(suffix), bytes)?;
         written.push(key(suffix));
+        if *suffix == SIGNATURE_SUFFIX {
+            backup_core::os::test_kill_point("segment-signature");
+        }
     }
+    backup_core::os::test_kill_point("segment-manifest");
     Ok(())
 }
 
@@ -254,6 +294,105 @@ fn newest_backup_gtid(
         .map(|(_, g)| g)
 }
 
+/// Where archiving of `src` continues: the state's position; the first time, the newest
+/// backup's snapshot GTID, else the server's current position (recorded at once, so that
+/// the chain starts there even if nothing is archived yet).
+pub(crate) async fn start_position(
+    cfg: &backup_core::config::Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &backup_core::state::StateStore,
+    conn: &mut mysql_async::Conn,
+) -> Result<String, String> {
+    let known = state
+        .load()
+        .map_err(|e| e.to_string())?
+        .sources
+        .get(&src.name)
+        .and_then(|s| s.binlog_position.clone());
+    if let Some(p) = known {
+        return Ok(stored_chain_end(cfg, src, stores, p));
+    }
+    let p = match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, stores)) {
+        Some(g) => g,
+        None => conn
+            .query_first::<String, _>("SELECT @@gtid_binlog_pos")
+            .await
+            .map_err(|e| format!("reading the server's GTID position: {e}"))?
+            .unwrap_or_default(),
+    };
+    state
+        .update(|s| {
+            s.sources
+                .entry(src.name.clone())
+                .or_default()
+                .binlog_position = Some(p.clone())
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// The end of the chain of stored segments that continues from `p`: segments stored
+/// before a crash kept the state from recording them (the state moves after the store).
+fn stored_chain_end(
+    cfg: &backup_core::config::Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    mut p: String,
+) -> String {
+    let Ok(trust) = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref()) else {
+        return p;
+    };
+    let segs: Vec<SegmentManifest> = tokio::task::block_in_place(|| {
+        stores
+            .iter()
+            .filter_map(|os| os.store.as_ref().ok())
+            .filter_map(|s| {
+                backup_core::catalog::complete_segments(s.as_ref(), &src.prefix, &trust).ok()
+            })
+            .flat_map(|l| l.segments)
+            .collect()
+    });
+    let norm = |s: &str| {
+        crate::source::binlog::GtidPos::parse(s).map_or_else(|| s.to_string(), |g| g.to_string())
+    };
+    let mut steps = 0;
+    while let Some(next) = segs.iter().find(|m| norm(&m.previous_gtid) == norm(&p)) {
+        if norm(&next.end_position) == norm(&p) || steps > segs.len() {
+            break;
+        }
+        tracing::info!(event = "segment_found_stored", source = %src.name, segment = %next.segment_id, "stored before the agent stopped; archiving continues after it");
+        p = next.end_position.clone();
+        steps += 1;
+    }
+    p
+}
+
+/// After a segment is stored: the chain's position moves past it, the newest archived
+/// event's time is its last one's, and a past archiving error is over.
+pub(crate) fn record_stored(
+    state: &backup_core::state::StateStore,
+    source: &str,
+    seg: &Segment,
+) -> Result<(), String> {
+    state
+        .update(|s| {
+            let e = s.sources.entry(source.to_string()).or_default();
+            e.binlog_position = Some(seg.end_position.clone());
+            if let Some(t) = seg
+                .last_time
+                .and_then(|t| chrono::DateTime::from_timestamp(i64::from(t), 0))
+            {
+                e.binlog.last_event_at = Some(t);
+            }
+            e.binlog.error = None;
+            e.binlog.error_since = None;
+        })
+        .map_err(|e| e.to_string())?;
+    backup_core::os::test_kill_point("segment-recorded");
+    Ok(())
+}
+
 /// One archiving pass of a source: its binary log from where the last pass ended (the
 /// state's position; the first time, the newest backup's snapshot GTID, else the
 /// server's current position) to the log's current end, in segments of at most
@@ -282,36 +421,9 @@ pub async fn archive_until_now(
         .await
         .map_err(|e| fail(e.to_string()))?;
     drop(password);
-    let known = state
-        .load()
-        .map_err(|e| fail(e.to_string()))?
-        .sources
-        .get(&src.name)
-        .and_then(|s| s.binlog_position.clone());
-    let start = match known {
-        Some(p) => p,
-        None => {
-            let p = match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, &stores)) {
-                Some(g) => g,
-                None => conn
-                    .query_first::<String, _>("SELECT @@gtid_binlog_pos")
-                    .await
-                    .map_err(|e| fail(format!("reading the server's GTID position: {e}")))?
-                    .unwrap_or_default(),
-            };
-            // The chain starts here, even if this pass finds nothing to archive: the
-            // next pass continues from this position, not from a later one.
-            state
-                .update(|s| {
-                    s.sources
-                        .entry(src.name.clone())
-                        .or_default()
-                        .binlog_position = Some(p.clone())
-                })
-                .map_err(|e| fail(e.to_string()))?;
-            p
-        }
-    };
+    let start = start_position(cfg, src, &stores, state, &mut conn)
+        .await
+        .map_err(fail)?;
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
     let id = reader_server_id(&cfg.agent.name, &src.name);
@@ -331,14 +443,7 @@ pub async fn archive_until_now(
                 &seg,
             )
         })?;
-        state
-            .update(|s| {
-                s.sources
-                    .entry(src.name.clone())
-                    .or_default()
-                    .binlog_position = Some(seg.end_position.clone())
-            })
-            .map_err(|e| fail(e.to_string()))?;
+        record_stored(state, &src.name, &seg).map_err(fail)?;
         tracing::info!(event = "segment_archived", source = %src.name, segment = %a.manifest.segment_id, first = %a.manifest.first_gtid, last = %a.manifest.last_gtid, stores = %a.stores.join(","));
         out.push(a);
         Ok(())

@@ -1,0 +1,277 @@
+//! The daemon's binary log archiver: one replication connection per archived source,
+//! followed continuously. The open segment lives in memory and is stored (sealed, in
+//! every store, manifest last) when it reaches `segment_max_size` or has been open for
+//! `segment_max_age`, always between transactions; at shutdown the whole transactions it
+//! holds are stored. A crash loses at most the open segment, which the next start fetches
+//! again from the server by GTID (the state's position moves only past stored segments).
+//!
+//! A server that no longer holds the binary log from the archived position (purged
+//! before the agent fetched it) is a gap: it is recorded in the state, alerted
+//! (`binlog_gap`), and archiving goes on from the server's current position, so the
+//! recoverable window restarts with the next backup.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+
+use super::{archive_segment, record_stored, start_position, ArchiveError, SegmentFrom};
+use crate::copies::inventory::OpenStore;
+use crate::seal::crypto::SealingKeys;
+use crate::source::binlog::{self, GtidPos, Segment, SegmentBuilder, HEARTBEAT_SECS};
+use backup_core::alert::{Alert, Alerter};
+use backup_core::config::{BinlogConfig, Config, SourceConfig};
+use backup_core::state::{BinlogGap, StateStore};
+
+/// How often the state's "caught up" time is refreshed while the server is idle.
+const SYNC_EVERY: Duration = Duration::from_secs(5);
+
+/// Follows `src`'s binary log until `stop` resolves (Ok) or something fails (Err; the
+/// caller retries).
+pub async fn follow(
+    cfg: &Config,
+    src: &SourceConfig,
+    bl: &BinlogConfig,
+    keys: &SealingKeys,
+    state: &StateStore,
+    alerter: &Alerter,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ArchiveError> {
+    let fail = |message: String| ArchiveError::Stream {
+        source_name: src.name.clone(),
+        message,
+    };
+    let stores: Vec<OpenStore> =
+        tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
+    let node = &src.nodes[0];
+    let password =
+        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+            .map_err(|e| fail(e.to_string()))?;
+    let connect = || crate::source::dump::connect(src, &node.endpoint, &password);
+    let mut conn = connect().await.map_err(|e| fail(e.to_string()))?;
+    let start = start_position(cfg, src, &stores, state, &mut conn)
+        .await
+        .map_err(fail)?;
+    let pos =
+        GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
+    let id = super::reader_server_id(&cfg.agent.name, &src.name);
+    let opened = match binlog::open(conn, &start, id, false).await {
+        Ok(s) => Ok(s),
+        Err(e) if e.is_purged() => Err(e),
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let mut stream = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            let mut c = connect().await.map_err(|e| fail(e.to_string()))?;
+            gap(src, state, alerter, &start, &mut c, &e.to_string()).await?;
+            return Err(fail(
+                "archiving restarts after a gap (see binlog_gap)".into(),
+            ));
+        }
+    };
+    let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
+    let from = SegmentFrom { source: src, node };
+    let store = |seg: Segment| -> Result<(), ArchiveError> {
+        let a = tokio::task::block_in_place(|| archive_segment(&stores, keys, level, &from, &seg))?;
+        record_stored(state, &src.name, &seg).map_err(fail)?;
+        for (st, e) in &a.failed {
+            tracing::warn!(event = "segment_store_failed", source = %src.name, store = %st, error = %e);
+        }
+        tracing::info!(event = "segment_archived", source = %src.name, segment = %a.manifest.segment_id, first = %a.manifest.first_gtid, last = %a.manifest.last_gtid, transactions = a.manifest.transactions, stores = %a.stores.join(","));
+        Ok(())
+    };
+    let had_error = state
+        .load()
+        .ok()
+        .and_then(|s| s.sources.get(&src.name).map(|x| x.binlog.error.is_some()))
+        .unwrap_or(false);
+    let mut recovered = !had_error;
+    let max = usize::try_from(bl.segment_max_size).unwrap_or(usize::MAX);
+    let mut b = SegmentBuilder::new(pos);
+    let mut opened_at: Option<Instant> = None;
+    let mut last_rx = Instant::now();
+    let mut last_sync: Option<Instant> = None;
+    tokio::pin!(stop);
+    let result = loop {
+        let next = tokio::select! {
+            _ = &mut stop => {
+                // Shutdown: what is whole is stored; a transaction in flight is fetched
+                // again at the next start.
+                let flushed = if b.at_boundary() { b.finish().map(&store).transpose() } else { Ok(None) };
+                break flushed.map(|_| ());
+            }
+            r = tokio::time::timeout(Duration::from_secs(1), stream.next()) => r,
+        };
+        let mut idle = false;
+        match next {
+            Ok(Ok(Some(e))) => {
+                last_rx = Instant::now();
+                if e.kind == crate::source::binlog::kind::HEARTBEAT {
+                    idle = true;
+                } else {
+                    if e.gtid.is_some() && b.at_boundary() && b.len() >= max {
+                        if let Some(seg) = b.finish() {
+                            if let Err(e) = store(seg) {
+                                break Err(e);
+                            }
+                            opened_at = None;
+                        }
+                    }
+                    if b.push(&e) {
+                        if let Some(seg) = b.finish() {
+                            if let Err(e) = store(seg) {
+                                break Err(e);
+                            }
+                            opened_at = None;
+                        }
+                        b.push(&e);
+                    }
+                    if !b.is_empty() && opened_at.is_none() {
+                        opened_at = Some(Instant::now());
+                    }
+                }
+            }
+            Ok(Ok(None)) => break Err(fail("the server ended the binary log stream".into())),
+            Ok(Err(e)) if e.is_purged() && b.is_empty() => {
+                let mut c = match connect().await {
+                    Ok(c) => c,
+                    Err(e) => break Err(fail(e.to_string())),
+                };
+                if let Err(e) = gap(
+                    src,
+                    state,
+                    alerter,
+                    &b.position().to_string(),
+                    &mut c,
+                    &e.to_string(),
+                )
+                .await
+                {
+                    break Err(e);
+                }
+                break Err(fail(
+                    "archiving restarts after a gap (see binlog_gap)".into(),
+                ));
+            }
+            Ok(Err(e)) => break Err(fail(e.to_string())),
+            Err(_) => {
+                idle = true;
+                if last_rx.elapsed() > Duration::from_secs(3 * u64::from(HEARTBEAT_SECS)) {
+                    break Err(fail(format!(
+                        "no event and no heartbeat from the server for {}s; reconnecting",
+                        last_rx.elapsed().as_secs()
+                    )));
+                }
+            }
+        }
+        if b.at_boundary()
+            && !b.is_empty()
+            && opened_at.is_some_and(|t| t.elapsed() >= bl.segment_max_age)
+        {
+            if let Some(seg) = b.finish() {
+                if let Err(e) = store(seg) {
+                    break Err(e);
+                }
+            }
+            opened_at = None;
+        }
+        // Caught up: nothing waits in memory and the server has nothing more for now.
+        if idle
+            && b.is_empty()
+            && b.at_boundary()
+            && last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY)
+        {
+            last_sync = Some(Instant::now());
+            let now = chrono::Utc::now();
+            let _ = state.update(|s| {
+                let e = s.sources.entry(src.name.clone()).or_default();
+                e.binlog.synced_at = Some(now);
+                e.binlog.error = None;
+                e.binlog.error_since = None;
+            });
+            if !recovered {
+                recovered = true;
+                alerter
+                    .condition(
+                        &format!("{}/binlog", src.name),
+                        false,
+                        || cleared(src),
+                        &src.name,
+                    )
+                    .await;
+            }
+        }
+    };
+    stream.close().await;
+    result
+}
+
+/// The alert of a condition being cleared is never sent itself (the alerter sends
+/// "recovered").
+fn cleared(src: &SourceConfig) -> Alert {
+    Alert::new("binlog_failed", &src.name, false, String::new())
+}
+
+/// Records a gap: the server no longer has the binary log after `after`. Archiving goes
+/// on from the server's current position.
+async fn gap(
+    src: &SourceConfig,
+    state: &StateStore,
+    alerter: &Alerter,
+    after: &str,
+    conn: &mut mysql_async::Conn,
+    reason: &str,
+) -> Result<(), ArchiveError> {
+    let fail = |message: String| ArchiveError::Stream {
+        source_name: src.name.clone(),
+        message,
+    };
+    let resumed: String = conn
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .map_err(|e| {
+            fail(format!(
+                "reading the server's GTID position after a gap: {e}"
+            ))
+        })?
+        .unwrap_or_default();
+    let now = chrono::Utc::now();
+    let mut window_end = None;
+    state
+        .update(|s| {
+            let e = s.sources.entry(src.name.clone()).or_default();
+            window_end = e.binlog.last_event_at.or(e.binlog.synced_at);
+            e.binlog.gap = Some(BinlogGap {
+                after_gtid: after.to_string(),
+                resumed_at_gtid: resumed.clone(),
+                found_at: now,
+                reason: reason.to_string(),
+                window_end,
+            });
+            e.binlog.gaps_total += 1;
+            e.binlog_position = Some(resumed.clone());
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    let msg = format!(
+        "source {}: gap in the archived binary log: the server no longer holds the log after GTID {after} (purged before it was archived); archiving goes on from {resumed}. Point-in-time recovery ends at {} until the next backup; take a backup now and keep binlog_expire_logs_seconds longer than the longest outage",
+        src.name,
+        window_end.map(|t| t.to_rfc3339()).unwrap_or_else(|| "the archive's last event".into())
+    );
+    tracing::error!(event = "binlog_gap", source = %src.name, after = %after, resumed = %resumed);
+    // The same condition the daemon's freshness timer keeps while the gap is open (one
+    // alert now, repeats at the repeat interval, "recovered" after the next backup).
+    alerter
+        .condition(
+            &format!("{}/binlog_gap", src.name),
+            true,
+            || {
+                let mut a = Alert::new("binlog_gap", &src.name, false, msg);
+                a.details = serde_json::json!({"after_gtid": after, "resumed_at_gtid": resumed, "reason": reason});
+                a
+            },
+            &src.name,
+        )
+        .await;
+    Ok(())
+}
