@@ -9,112 +9,11 @@
 //! server.
 
 mod common;
+use common::pitr::*;
 use common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
-
-/// Runs one transaction; returns its GTID.
-fn commit(src: &Server, db: &str, sql: &str) -> String {
-    src.sql_db(
-        db,
-        &format!("START TRANSACTION; {sql}; COMMIT; SELECT @@last_gtid"),
-    )
-    .trim()
-    .to_string()
-}
-
-fn server_now(src: &Server) -> i64 {
-    src.sql("SELECT UNIX_TIMESTAMP()").trim().parse().unwrap()
-}
-
-/// A few transactions of every kind over two tables.
-fn write_some(src: &Server, db: &str, round: u32, n: u32) -> String {
-    let mut last = String::new();
-    for i in 0..n {
-        let k = round * 1000 + i;
-        last = match i % 4 {
-            0 => commit(
-                src,
-                db,
-                &format!("INSERT INTO t1 VALUES ({k}, 'r{round}-{i}', {i}); INSERT INTO t2 (note, amount) VALUES ('n{k}', {i}.25)"),
-            ),
-            1 => commit(
-                src,
-                db,
-                &format!("UPDATE t1 SET n = n + {k}, v = CONCAT(v, '-u{round}') WHERE id % 5 = {}", i % 5),
-            ),
-            2 => commit(
-                src,
-                db,
-                &format!("DELETE FROM t2 WHERE id % 7 = {}; UPDATE t2 SET amount = amount * 2 WHERE id % 3 = 0", i % 7),
-            ),
-            _ => commit(
-                src,
-                db,
-                &format!("INSERT INTO t1 VALUES ({}, 'it''s \\\\ {k}', NULL)", k + 500),
-            ),
-        };
-    }
-    last
-}
-
-fn restore_args(setup: &Setup, src: &Server, dst: &Server, until: &[&str]) -> Vec<String> {
-    let pw = setup.path("dst.password");
-    std::fs::write(&pw, &dst.password).unwrap();
-    let mut a: Vec<String> = vec![
-        "--config".into(),
-        setup.config(src).display().to_string(),
-        "--into".into(),
-        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-        "--password-file".into(),
-        pw.display().to_string(),
-        "--dpo-key".into(),
-        testdata("dpo.sec.asc").display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
-    ];
-    a.extend(until.iter().map(|s| s.to_string()));
-    a
-}
-
-fn rfc3339(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// The chain's segment files in the local store, in chain order.
-fn chain(store: &Path) -> Vec<(PathBuf, serde_json::Value)> {
-    let dir = store.join("main/binlog");
-    let ms: Vec<(PathBuf, serde_json::Value)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
-        .map(|p| {
-            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-            (dir.join(m["data"]["name"].as_str().unwrap()), m)
-        })
-        .collect();
-    let ends: Vec<&str> = ms
-        .iter()
-        .map(|(_, m)| m["end_position"].as_str().unwrap())
-        .collect();
-    let mut at = ms
-        .iter()
-        .find(|(_, m)| !ends.contains(&m["previous_gtid"].as_str().unwrap()))
-        .unwrap();
-    let mut out = vec![at.clone()];
-    while let Some(n) = ms
-        .iter()
-        .find(|(_, m)| m["previous_gtid"] == at.1["end_position"])
-    {
-        out.push(n.clone());
-        at = n;
-    }
-    out
-}
 
 #[test]
 fn restore_until_a_time_or_a_gtid_gives_exactly_the_rows_of_that_moment() {
@@ -279,24 +178,6 @@ fn restore_until_a_time_or_a_gtid_gives_exactly_the_rows_of_that_moment() {
     );
     assert!(!dst.databases().contains(&db));
     src.drop_db(&db);
-}
-
-/// Objects of every segment in the local store: (id, suffix) counts, to see that no
-/// partial segment (objects without a manifest) is left.
-fn segment_objects(store: &std::path::Path) -> (usize, usize) {
-    let dir = store.join("main/binlog");
-    let names: Vec<String> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let manifests = names
-        .iter()
-        .filter(|n| n.ends_with(".manifest.json"))
-        .count();
-    (names.len(), manifests)
 }
 
 #[test]

@@ -98,6 +98,11 @@ impl GtidPos {
         self.0.is_empty()
     }
 
+    /// The last sequence number of `domain`, if the position has the domain.
+    pub fn seq(&self, domain: u32) -> Option<u64> {
+        self.0.get(&domain).map(|&(_, s)| s)
+    }
+
     /// The domains and their last sequence numbers.
     pub fn domains(&self) -> impl Iterator<Item = Gtid> + '_ {
         self.0.iter().map(|(&domain, &(server, seq))| Gtid {

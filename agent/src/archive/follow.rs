@@ -20,6 +20,7 @@ use crate::copies::inventory::OpenStore;
 use crate::seal::crypto::SealingKeys;
 use crate::source::binlog::{self, GtidPos, Segment, SegmentBuilder, HEARTBEAT_SECS};
 use backup_core::alert::{Alert, Alerter};
+use backup_core::binlog::Gtid;
 use backup_core::config::{BinlogConfig, Config, SourceConfig};
 use backup_core::state::{BinlogGap, StateStore};
 
@@ -65,9 +66,9 @@ pub async fn follow(
         Err(e) => {
             let mut c = connect().await.map_err(|e| fail(e.to_string()))?;
             gap(src, state, alerter, &start, &mut c, &e.to_string()).await?;
-            return Err(fail(
-                "archiving restarts after a gap (see binlog_gap)".into(),
-            ));
+            return Err(ArchiveError::Gap {
+                source_name: src.name.clone(),
+            });
         }
     };
     let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
@@ -110,6 +111,50 @@ pub async fn follow(
                 if e.kind == crate::source::binlog::kind::HEARTBEAT {
                     idle = true;
                 } else {
+                    // Continuity: in each domain, the next transaction is the one after the
+                    // archived position; a jump means the server no longer had the ones
+                    // between (purged): the chain is cut there, never papered over.
+                    if let Some(g) = e.gtid.as_ref().and_then(|(g, _)| Gtid::parse(g)) {
+                        if let Some(have) = b.position().seq(g.domain) {
+                            if g.seq != have + 1 && g.seq > have {
+                                let after = b.position().to_string();
+                                if let Some(seg) = b.finish() {
+                                    if let Err(e) = store(seg) {
+                                        break Err(e);
+                                    }
+                                }
+                                opened_at = None;
+                                let mut resumed = b.position().clone();
+                                resumed.advance_to(Gtid {
+                                    seq: g.seq - 1,
+                                    ..g
+                                });
+                                let reason = format!(
+                                    "the server's binary log goes from {} to {g} in domain {}: transactions {}..{} are missing (purged before they were archived)",
+                                    have, g.domain, have + 1, g.seq - 1
+                                );
+                                if let Err(e) = record_gap(
+                                    src,
+                                    state,
+                                    alerter,
+                                    &after,
+                                    &resumed.to_string(),
+                                    &reason,
+                                )
+                                .await
+                                {
+                                    break Err(e);
+                                }
+                                b.restart_at(resumed.clone());
+                                let _ = state.update(|s| {
+                                    s.sources
+                                        .entry(src.name.clone())
+                                        .or_default()
+                                        .binlog_position = Some(resumed.to_string())
+                                });
+                            }
+                        }
+                    }
                     if e.gtid.is_some() && b.at_boundary() && b.len() >= max {
                         if let Some(seg) = b.finish() {
                             if let Err(e) = store(seg) {
@@ -150,9 +195,9 @@ pub async fn follow(
                 {
                     break Err(e);
                 }
-                break Err(fail(
-                    "archiving restarts after a gap (see binlog_gap)".into(),
-                ));
+                break Err(ArchiveError::Gap {
+                    source_name: src.name.clone(),
+                });
             }
             Ok(Err(e)) => break Err(fail(e.to_string())),
             Err(_) => {
@@ -203,6 +248,15 @@ pub async fn follow(
             }
         }
     };
+    // The stream broke (server gone, network): the whole transactions already received
+    // are stored, so that a server that never comes back loses nothing it had sent.
+    if matches!(result, Err(ArchiveError::Stream { .. })) && b.at_boundary() {
+        if let Some(seg) = b.finish() {
+            if let Err(e) = store(seg) {
+                tracing::error!(event = "segment_flush_failed", source = %src.name, error = %e);
+            }
+        }
+    }
     stream.close().await;
     result
 }
@@ -211,6 +265,31 @@ pub async fn follow(
 /// "recovered").
 fn cleared(src: &SourceConfig) -> Alert {
     Alert::new("binlog_failed", &src.name, false, String::new())
+}
+
+/// The GTID position at the start of the oldest binary log the server still holds (its
+/// GTID list event): archiving after a gap goes on from there, losing only what was
+/// purged.
+async fn oldest_position(conn: &mut mysql_async::Conn) -> Option<String> {
+    let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.ok()?;
+    let first: String = logs.first()?.get(0)?;
+    let events: Vec<mysql_async::Row> = conn
+        .query(format!(
+            "SHOW BINLOG EVENTS IN {} LIMIT 5",
+            backup_core::format::quote_str(&first)
+        ))
+        .await
+        .ok()?;
+    events.iter().find_map(|r| {
+        let kind: String = r.get("Event_type")?;
+        let info: String = r.get("Info")?;
+        (kind == "Gtid_list").then(|| {
+            info.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+    })
 }
 
 /// Records a gap: the server no longer has the binary log after `after`. Archiving goes
@@ -227,15 +306,36 @@ async fn gap(
         source_name: src.name.clone(),
         message,
     };
-    let resumed: String = conn
-        .query_first("SELECT @@gtid_binlog_pos")
-        .await
-        .map_err(|e| {
-            fail(format!(
-                "reading the server's GTID position after a gap: {e}"
-            ))
-        })?
-        .unwrap_or_default();
+    let resumed: String = match oldest_position(conn).await {
+        Some(p) => p,
+        None => conn
+            .query_first("SELECT @@gtid_binlog_pos")
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "reading the server's GTID position after a gap: {e}"
+                ))
+            })?
+            .unwrap_or_default(),
+    };
+    record_gap(src, state, alerter, after, &resumed, reason).await
+}
+
+/// Records a gap between `after` (where the archive ends) and `resumed` (where it goes
+/// on), and raises the `binlog_gap` condition.
+async fn record_gap(
+    src: &SourceConfig,
+    state: &StateStore,
+    alerter: &Alerter,
+    after: &str,
+    resumed: &str,
+    reason: &str,
+) -> Result<(), ArchiveError> {
+    let fail = |message: String| ArchiveError::Stream {
+        source_name: src.name.clone(),
+        message,
+    };
+    let resumed = resumed.to_string();
     let now = chrono::Utc::now();
     let mut window_end = None;
     state

@@ -38,6 +38,9 @@ pub enum ArchiveError {
         source_name: String,
         message: String,
     },
+    /// A gap was found and recorded; archiving goes on from the oldest log the server has.
+    #[error("source {source_name}: gap in the binary log (recorded); archiving restarts")]
+    Gap { source_name: String },
     #[error("source {source_name}: segment {segment} is in no store: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
     NoCopy {
         source_name: String,

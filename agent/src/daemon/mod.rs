@@ -262,6 +262,8 @@ async fn binlog_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         .await;
         let e = match r {
             Ok(()) => return,
+            // Recorded and alerted; go on at once from where the server's log begins.
+            Err(crate::archive::ArchiveError::Gap { .. }) => continue,
             Err(e) => e.to_string(),
         };
         tracing::error!(event = "binlog_failed", source = %src.name, error = %e);

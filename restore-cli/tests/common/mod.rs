@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod pitr;
+pub mod private;
 pub mod receivers;
 pub mod s3;
 

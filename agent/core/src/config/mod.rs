@@ -170,6 +170,9 @@ pub const ALL_EVENTS: &[&str] = &[
     "drill_failed",
     "drill_succeeded",
     "desync_stuck",
+    "binlog_gap",
+    "binlog_lag",
+    "binlog_failed",
     "recovered",
 ];
 

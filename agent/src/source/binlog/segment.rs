@@ -113,6 +113,14 @@ impl SegmentBuilder {
         false
     }
 
+    /// Starts the next segment after `pos` instead of after the last transaction (a gap:
+    /// the chain is cut here). Only between segments (nothing pushed since `finish`).
+    pub fn restart_at(&mut self, pos: GtidPos) {
+        debug_assert!(self.transactions == 0 && self.open.is_none());
+        self.start = pos.clone();
+        self.position = pos;
+    }
+
     /// The finished segment (None when it holds no transaction); the builder starts the
     /// next segment with the same format description event.
     pub fn finish(&mut self) -> Option<Segment> {
