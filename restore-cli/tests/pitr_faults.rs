@@ -220,6 +220,7 @@ fn a_source_killed_mid_write_loses_nothing_it_had_sent() {
         }
         drop(input);
         let _ = child.kill();
+        let _ = child.wait();
         log
     });
     std::thread::sleep(Duration::from_secs(7));
