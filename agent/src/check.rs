@@ -287,6 +287,9 @@ async fn node_problems(
         // Privileges through roles: not resolved here; the first backup will tell.
         return v;
     }
+    if src.binlog.is_some() {
+        v.extend(binlog_problems(src, conn, &grants).await);
+    }
     let selected: Vec<&String> = dbs.iter().filter(|d| src.selects(d)).collect();
     let missing = missing_privileges(&grants, &selected);
     if !missing.is_empty() {
@@ -301,6 +304,56 @@ async fn node_problems(
             },
             DUMP_PRIVILEGES.join(", "),
             src.user
+        ));
+    }
+    v
+}
+
+/// What `[source.binlog]` needs of the server: the binary log on, row format (so that
+/// every change is attributed to its table's database on restore), GTIDs in strict
+/// mode, the replication grant, and logs kept longer than an outage the archiver must
+/// survive.
+async fn binlog_problems(
+    src: &backup_core::config::SourceConfig,
+    conn: &mut mysql_async::Conn,
+    grants: &[String],
+) -> Vec<String> {
+    use mysql_async::prelude::Queryable;
+    let mut v = Vec::new();
+    let row: Option<(String, String, u64)> = conn
+        .query_first("SELECT @@log_bin, @@binlog_format, @@binlog_expire_logs_seconds")
+        .await
+        .unwrap_or(None);
+    let Some((log_bin, format, expire)) = row else {
+        return vec!["cannot read the server's binary log settings".into()];
+    };
+    if log_bin != "1" {
+        v.push("[source.binlog] needs the binary log: set log_bin (and server_id) in the server's configuration and restart it".into());
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        v.push(format!(
+            "binlog_format is {format}; point-in-time restore of some databases needs ROW (a statement is attributed to its default database only): set binlog_format=ROW"
+        ));
+    }
+    if expire != 0 && expire < 86_400 {
+        v.push(format!(
+            "binlog_expire_logs_seconds is {expire}: logs the agent has not fetched within that time are lost (a gap); keep them longer than the longest outage you want to survive (e.g. 604800, 7 days)"
+        ));
+    }
+    let global: Vec<String> = grants
+        .iter()
+        .filter(|g| g.contains(" ON *.* "))
+        .map(|g| g.to_ascii_uppercase())
+        .collect();
+    let has = |p: &str| {
+        global
+            .iter()
+            .any(|g| g.contains("ALL PRIVILEGES") || g.contains(p))
+    };
+    if !has("REPLICATION SLAVE") && !has("REPLICATION REPLICA") {
+        v.push(format!(
+            "the dump user {:?} lacks REPLICATION SLAVE, which binary log archiving needs; run: GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'<host>'",
+            src.user, src.user
         ));
     }
     v

@@ -322,3 +322,33 @@ fn the_daemon_archives_continuously_survives_sigkill_at_every_step_and_restores_
     dst.drop_db(&db);
     src.drop_db(&db);
 }
+
+#[test]
+fn check_config_names_what_binlog_archiving_needs() {
+    let src = source();
+    let db = unique("pchk");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    let mut setup = Setup::new(&src, &db);
+    setup.extra = "[source.binlog]\n".into();
+    let o = setup.agent(&src, &["check-config"]);
+    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(out.contains("REPLICATION SLAVE"), "{out}");
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    let o = setup.agent(&src, &["check-config"]);
+    ok(&o, "check-config with the grant");
+    // A bad value is named with its key.
+    setup.extra = "[source.binlog]\nsegment_max_size = \"1KiB\"\nmax_lag = \"30s\"\nsegment_max_age = \"1m\"\n".into();
+    let o = setup.agent(&src, &["check-config"]);
+    assert!(!o.status.success());
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(out.contains("source[0].binlog.segment_max_size"), "{out}");
+    assert!(out.contains("source[0].binlog.max_lag"), "{out}");
+    src.drop_db(&db);
+}
