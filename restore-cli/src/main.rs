@@ -535,6 +535,11 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         .iter()
         .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
     {
+        // The archived binary log of the source, from every store: how far a
+        // point-in-time restore from each backup reaches.
+        let mut segs: std::collections::BTreeMap<String, backup_core::manifest::SegmentManifest> =
+            std::collections::BTreeMap::new();
+        let mut per_store = Vec::new();
         for st in &cfg.stores {
             let store = backup_core::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
             let list = backup_core::catalog::complete_backups(store.as_ref(), &src.prefix, &trust)
@@ -545,11 +550,40 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                     st.name
                 );
             }
-            for m in list.backups {
+            if let Ok(l) =
+                backup_core::catalog::complete_segments(store.as_ref(), &src.prefix, &trust)
+            {
+                for (id, problem) in &l.problems {
+                    eprintln!(
+                        "restore: store {}: segment {id} is not used: {problem}",
+                        st.name
+                    );
+                }
+                for m in l.segments {
+                    segs.entry(m.segment_id.clone()).or_insert(m);
+                }
+            }
+            per_store.push((st, store, list.backups));
+        }
+        let all: Vec<&backup_core::manifest::SegmentManifest> = segs.values().collect();
+        for (st, store, backups) in per_store {
+            for m in backups {
+                let reach = m
+                    .binlog
+                    .as_ref()
+                    .and_then(|b| b.gtid.as_deref())
+                    .and_then(backup_core::binlog::GtidPos::parse)
+                    .and_then(|p| {
+                        pitr::chain_after(&all, &p)
+                            .last()
+                            .map(|l| (l.last_event_at.clone(), l.last_gtid.clone()))
+                    });
                 rows.push(serde_json::json!({
                     "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
                     "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,
                     "file": store.describe(&backup_core::layout::key(&src.prefix, &m.data.name)),
+                    "recoverable_until": reach.as_ref().map(|r| r.0.clone()),
+                    "recoverable_until_gtid": reach.as_ref().map(|r| r.1.clone()),
                 }));
             }
         }
@@ -558,17 +592,18 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<14} {:<12} {:<28} {:<22} {:>14}",
-            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES"
+            "{:<14} {:<12} {:<28} {:<22} {:>14}  {}",
+            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES", "POINT-IN-TIME UNTIL"
         );
         for r in &rows {
             println!(
-                "{:<14} {:<12} {:<28} {:<22} {:>14}",
+                "{:<14} {:<12} {:<28} {:<22} {:>14}  {}",
                 r["source"].as_str().unwrap_or(""),
                 r["store"].as_str().unwrap_or(""),
                 r["backup_id"].as_str().unwrap_or(""),
                 r["finished_at"].as_str().unwrap_or(""),
-                r["size"]
+                r["size"],
+                r["recoverable_until"].as_str().unwrap_or("-")
             );
         }
     }

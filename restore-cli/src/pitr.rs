@@ -226,40 +226,27 @@ pub fn plan(
     // The chain: the segment that continues the backup's position, then each one that
     // starts where the previous one ended.
     let all: Vec<&SegmentManifest> = segs.values().map(|(m, _)| m).collect();
-    let pos_of = |s: &str| GtidPos::parse(s).unwrap_or_default();
-    let first = all.iter().find(|m| {
-        let prev = pos_of(&m.previous_gtid);
-        let end = pos_of(&m.end_position);
-        prev.le(&bpos) && bpos.le(&end) && end != bpos
-    });
     let window_end = |last: Option<&SegmentManifest>| match last {
         Some(m) => format!("{} (GTID {})", m.last_event_at, m.last_gtid),
         None => format!("the backup's snapshot ({}, GTID {bpos})", backup.started_at),
     };
+    let whole = chain_after(&all, &bpos);
     let mut chain: Vec<&SegmentManifest> = Vec::new();
     let mut continues = false;
-    if let Some(f) = first {
-        let mut cur = *f;
-        loop {
-            let starts_after = match until {
-                Until::Time(t) => rfc3339(&cur.first_event_at).is_some_and(|s| s > *t),
-                Until::Gtid(_) => false,
-            };
-            if starts_after && !chain.is_empty() {
+    for cur in whole.iter().copied() {
+        let starts_after = match until {
+            Until::Time(t) => rfc3339(&cur.first_event_at).is_some_and(|s| s > *t),
+            Until::Gtid(_) => false,
+        };
+        if starts_after && !chain.is_empty() {
+            continues = true;
+            break;
+        }
+        chain.push(cur);
+        if let Until::Gtid(g) = until {
+            if g.le(&GtidPos::parse(&cur.end_position).unwrap_or_default()) {
                 continues = true;
                 break;
-            }
-            chain.push(cur);
-            if let Until::Gtid(g) = until {
-                if g.le(&pos_of(&cur.end_position)) {
-                    continues = true;
-                    break;
-                }
-            }
-            let end = pos_of(&cur.end_position);
-            match all.iter().find(|m| pos_of(&m.previous_gtid) == end) {
-                Some(n) => cur = n,
-                None => break,
             }
         }
     }
@@ -279,7 +266,7 @@ pub fn plan(
                 " and no archived segment starts at GTID position {} (a gap, or archiving has not got further yet)",
                 last.end_position
             ));
-        } else if first.is_none() {
+        } else if whole.is_empty() {
             msg.push_str(&format!(
                 "; no archived segment continues from the backup's position {bpos}"
             ));
@@ -346,6 +333,31 @@ pub fn plan(
         continues,
         _fetched: fetched,
     })
+}
+
+/// The chain of segments that continues a backup at GTID position `bpos`: the segment
+/// holding the first transaction after it, then each one that starts exactly where the
+/// previous one ended, up to the end of the archive or the first gap.
+pub fn chain_after<'a>(all: &[&'a SegmentManifest], bpos: &GtidPos) -> Vec<&'a SegmentManifest> {
+    let pos_of = |s: &str| GtidPos::parse(s).unwrap_or_default();
+    let first = all.iter().find(|m| {
+        let prev = pos_of(&m.previous_gtid);
+        let end = pos_of(&m.end_position);
+        prev.le(bpos) && bpos.le(&end) && end != *bpos
+    });
+    let mut chain = Vec::new();
+    let Some(mut cur) = first.copied() else {
+        return chain;
+    };
+    loop {
+        chain.push(cur);
+        let end = pos_of(&cur.end_position);
+        match all.iter().find(|m| pos_of(&m.previous_gtid) == end) {
+            // A crafted cycle cannot make this endless.
+            Some(n) if chain.len() <= all.len() => cur = n,
+            _ => return chain,
+        }
+    }
 }
 
 fn private_temp_dir() -> Result<tempfile::TempDir> {

@@ -332,7 +332,11 @@ fn check_config_names_what_binlog_archiving_needs() {
     let mut setup = Setup::new(&src, &db);
     setup.extra = "[source.binlog]\n".into();
     let o = setup.agent(&src, &["check-config"]);
-    assert!(!o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert!(out.contains("REPLICATION SLAVE"), "{out}");
     for host in ["127.0.0.1", "localhost"] {

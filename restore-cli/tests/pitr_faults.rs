@@ -168,6 +168,21 @@ fn purged_logs_are_a_gap_that_is_alerted_refused_and_closed_by_the_next_backup()
         metric(&metrics(http), "backup_binlog_gap_open{source=\"main\"}"),
         0.0
     );
+    // `restore --list` shows how far each backup reaches: the first one to the gap, the
+    // new one to the newest archived transaction.
+    let o = restore(&[
+        "--config",
+        setup.config(&src).to_str().unwrap(),
+        "--list",
+        "--json",
+        "--agent-cert",
+        testdata("agent.pub.asc").to_str().unwrap(),
+    ]);
+    ok(&o, "restore --list");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["recoverable_until_gtid"], w0.as_str(), "{rows:?}");
+    assert_eq!(rows[1]["recoverable_until_gtid"], w3.as_str(), "{rows:?}");
     let o = restore(&restore_args(&setup, &src, &dst, &["--until-gtid", &w3]));
     ok(&o, "restore after the gap, from the new backup");
     assert_same(&state_w3, &fingerprint(&dst, &db));
