@@ -592,8 +592,8 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<14} {:<12} {:<28} {:<22} {:>14}  {}",
-            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES", "POINT-IN-TIME UNTIL"
+            "{:<14} {:<12} {:<28} {:<22} {:>14}  POINT-IN-TIME UNTIL",
+            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES"
         );
         for r in &rows {
             println!(
