@@ -155,10 +155,36 @@ fn restore_until_a_time_or_a_gtid_gives_exactly_the_rows_of_that_moment() {
     assert!(!dst.databases().contains(&db));
     std::fs::write(victim, &good).unwrap();
 
+    // Its manifest re-signed by a key nobody trusts: the segment does not count, the chain
+    // has a gap there, and the restore says why.
+    let id = vm["segment_id"].as_str().unwrap().to_string();
+    let manifest = victim.with_file_name(format!("{id}.manifest.json"));
+    let sig = victim.with_file_name(format!("{id}.manifest.json.sig"));
+    let good_sig = std::fs::read(&sig).unwrap();
+    let g = Gpg::new();
+    g.gen_key("intruder@test.invalid", "ed25519", None, "0");
+    std::fs::remove_file(&sig).unwrap();
+    ok(
+        &g.run(&[
+            "--local-user",
+            "intruder@test.invalid",
+            "--armor",
+            "--output",
+            sig.to_str().unwrap(),
+            "--detach-sign",
+            manifest.to_str().unwrap(),
+        ]),
+        "gpg --detach-sign",
+    );
+    let o = restore(&restore_args(&setup, &src, &dst, &until_a));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad signature"), "{}", stderr(&o));
+    assert!(!dst.databases().contains(&db));
+    std::fs::write(&sig, good_sig).unwrap();
+
     // A segment removed from the middle of the chain: the window closes at the gap.
     let aside = setup.path("aside");
     std::fs::create_dir_all(&aside).unwrap();
-    let id = vm["segment_id"].as_str().unwrap().to_string();
     let moved: Vec<PathBuf> = std::fs::read_dir(victim.parent().unwrap())
         .unwrap()
         .flatten()
