@@ -373,6 +373,15 @@ fn prune(
                     a.reasons.join("; ")
                 );
             }
+            for a in &r.segments {
+                println!(
+                    "  {} {:<26} on {:<14} {}",
+                    if a.keep { "keep" } else { "drop" },
+                    a.segment,
+                    a.store,
+                    a.reason
+                );
+            }
             for s in &r.skipped_stores {
                 println!("  skipped store {s}");
             }

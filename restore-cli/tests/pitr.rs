@@ -382,3 +382,120 @@ fn check_config_names_what_binlog_archiving_needs() {
     assert!(out.contains("source[0].binlog.max_lag"), "{out}");
     src.drop_db(&db);
 }
+
+#[test]
+fn retention_keeps_exactly_the_segments_the_pitr_window_needs() {
+    let src = source();
+    let dst = target();
+    let db = unique("pret");
+    src.drop_db(&db);
+    dst.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT) ENGINE=InnoDB;\
+         CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2)) ENGINE=InnoDB",
+    );
+    let mut setup = Setup::new(&src, &db);
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    // The local store keeps 10 daily backups; the window is 7 days.
+    setup.stores = "[store.retention]\nkeep_daily = 10\n".into();
+    setup.extra = "[source.binlog]\npitr_window = \"7d\"\n".into();
+    let day = |d: u32| format!("2026-10-{d:02}T02:00:00Z");
+    let mut mid24 = (String::new(), Default::default());
+    for d in 1..=30 {
+        let first = write_some(&src, &db, d, 1);
+        if d == 24 {
+            mid24 = (first, fingerprint(&src, &db));
+        }
+        write_some(&src, &db, 100 + d, 1);
+        ok(&setup.agent(&src, &["backup", "--now", &day(d)]), "backup");
+        ok(
+            &setup.agent(&src, &["archive-binlog", "--segment-size", "4KiB"]),
+            "archive",
+        );
+    }
+    let anchor: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            setup
+                .store()
+                .join("main/mariadb_2026-10-23_020000.manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let anchor_gtid = anchor["binlog"]["gtid"].as_str().unwrap().to_string();
+    let seq0 = |list: &str| -> u64 {
+        list.split(',')
+            .find(|g| g.starts_with("0-"))
+            .and_then(|g| g.rsplit('-').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let before: Vec<(String, u64)> = segments(&setup.store())
+        .iter()
+        .map(|(_, m)| {
+            (
+                m["segment_id"].as_str().unwrap().to_string(),
+                seq0(m["end_position"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    let needed: std::collections::BTreeSet<String> = before
+        .iter()
+        .filter(|(_, end)| *end > seq0(&anchor_gtid))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        needed.len() < before.len() && !needed.is_empty(),
+        "{before:?}"
+    );
+
+    let now = "2026-10-30T03:00:00Z";
+    let o = setup.agent(&src, &["prune", "--dry-run", "--now", now]);
+    ok(&o, "prune --dry-run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("needed from backup mariadb_2026-10-2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("before backup mariadb_2026-10-23_020000"),
+        "{out}"
+    );
+    assert_eq!(
+        segments(&setup.store()).len(),
+        before.len(),
+        "a dry run deletes nothing"
+    );
+    ok(&setup.agent(&src, &["prune", "--now", now]), "prune");
+    let after: std::collections::BTreeSet<String> = segments(&setup.store())
+        .iter()
+        .map(|(_, m)| m["segment_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        after, needed,
+        "exactly the segments after the window's anchor remain"
+    );
+    let (_, manifests) = segment_objects(&setup.store());
+    let (objects, _) = segment_objects(&setup.store());
+    assert_eq!(objects, 4 * manifests, "whole segments removed");
+
+    // A point inside the window is still reachable: backup of day 23, then the log.
+    let (gtid, state) = mid24;
+    let o = restore(&restore_args(&setup, &src, &dst, &["--until-gtid", &gtid]));
+    ok(&o, "restore inside the window after prune");
+    assert!(
+        stderr(&o).contains("backup mariadb_2026-10-23_020000"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same(&state, &fingerprint(&dst, &db));
+    dst.drop_db(&db);
+    src.drop_db(&db);
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::copies;
-use crate::copies::inventory::{self, Inventory, OpenStore};
+use crate::copies::inventory::{self, BackupRow, Inventory, OpenStore};
 use backup_core::config::{Config, SourceConfig};
 use backup_core::policy::retention::{self, Candidate};
 use backup_core::state::{CopyMark, PolicyMark, StateStore};
@@ -270,9 +270,20 @@ pub struct PruneAction {
     pub reasons: Vec<String>,
 }
 
+/// What retention does with one binary log segment on one store.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentAction {
+    pub store: String,
+    pub segment: String,
+    pub keep: bool,
+    pub reason: String,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     pub plan: Vec<PruneAction>,
+    /// Binary log segments (point-in-time recovery).
+    pub segments: Vec<SegmentAction>,
     pub deleted: Vec<String>,
     pub skipped_stores: Vec<String>,
     pub reported: Vec<String>,
@@ -461,6 +472,149 @@ pub fn prune(
                 reasons,
             });
         }
+        if let Some(bl) = &src.binlog {
+            let kept: Vec<&BackupRow> = rep
+                .plan
+                .iter()
+                .filter(|a| a.store == *name && a.keep)
+                .filter_map(|a| inv.backups.iter().find(|b| b.id == a.backup))
+                .collect();
+            prune_segments(
+                cfg,
+                src,
+                bl,
+                store.as_ref(),
+                name,
+                &kept,
+                now,
+                dry_run,
+                &mut rep,
+            );
+        }
     }
     rep
+}
+
+/// Segment retention on one store: a point-in-time restore to any instant of the window
+/// (`pitr_window` back from now) starts from the newest kept backup at or before the
+/// window's start (the anchor) and needs every segment after its snapshot. Segments that
+/// end at or before the anchor's snapshot are dropped; every other one is kept, named with
+/// the backup it serves. Without an anchor with a GTID position nothing is dropped; a
+/// segment whose manifest is not trusted is only reported; a locked one waits.
+#[allow(clippy::too_many_arguments)]
+fn prune_segments(
+    cfg: &Config,
+    src: &SourceConfig,
+    bl: &backup_core::config::BinlogConfig,
+    store: &dyn backup_core::store::Store,
+    name: &str,
+    kept: &[&BackupRow],
+    now: DateTime<Utc>,
+    dry_run: bool,
+    rep: &mut PruneReport,
+) {
+    use backup_core::binlog::GtidPos;
+    let Ok(trust) = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref()) else {
+        return;
+    };
+    let list = match backup_core::catalog::complete_segments(store, &src.prefix, &trust) {
+        Ok(l) => l,
+        Err(e) => {
+            rep.errors.push(format!("{name}: listing segments: {e}"));
+            return;
+        }
+    };
+    for (id, p) in &list.problems {
+        rep.reported
+            .push(format!("store {name}: segment {id}: {p}; left alone"));
+    }
+    let pos = |b: &BackupRow| {
+        b.manifest
+            .binlog
+            .as_ref()
+            .and_then(|x| x.gtid.as_deref())
+            .and_then(GtidPos::parse)
+    };
+    let start = now - chrono::Duration::from_std(bl.pitr_window).unwrap_or_default();
+    let with_pos: Vec<(&BackupRow, GtidPos)> = kept
+        .iter()
+        .filter_map(|b| pos(b).map(|p| (*b, p)))
+        .collect();
+    let anchor = with_pos
+        .iter()
+        .filter(|(b, _)| b.finished_at <= start)
+        .max_by_key(|(b, _)| b.finished_at)
+        .or_else(|| with_pos.iter().min_by_key(|(b, _)| b.finished_at));
+    for m in &list.segments {
+        let end = GtidPos::parse(&m.end_position).unwrap_or_default();
+        let (keep, reason) = match anchor {
+            None => (
+                true,
+                "no kept backup with a GTID position to anchor the window".to_string(),
+            ),
+            Some((a, apos)) if end.le(apos) => (
+                false,
+                format!(
+                    "before backup {}, the oldest a restore inside the {} window starts from",
+                    a.id,
+                    humantime::format_duration(bl.pitr_window)
+                ),
+            ),
+            Some(_) => {
+                let serves = with_pos
+                    .iter()
+                    .filter(|(_, p)| p.le(&end))
+                    .max_by_key(|(b, _)| b.finished_at)
+                    .map(|(b, _)| b.id.clone())
+                    .unwrap_or_else(|| "the next backup".into());
+                (true, format!("needed from backup {serves}"))
+            }
+        };
+        let mut keep = keep;
+        let mut reason = reason;
+        if !keep {
+            let data = backup_core::layout::segment_key(
+                &src.prefix,
+                &m.segment_id,
+                backup_core::layout::SEGMENT_DATA_SUFFIX,
+            );
+            if let Some(t) = store
+                .stat(&data)
+                .ok()
+                .flatten()
+                .and_then(|i| i.lock_until)
+                .filter(|t| *t > now)
+            {
+                keep = true;
+                reason = format!(
+                    "{reason}; locked until {}, deleted after that",
+                    t.to_rfc3339()
+                );
+            }
+        }
+        if !keep && !dry_run {
+            for suffix in backup_core::layout::SEGMENT_SUFFIXES.iter().rev() {
+                let k = backup_core::layout::segment_key(&src.prefix, &m.segment_id, suffix);
+                match store
+                    .exists(&k)
+                    .and_then(|e| if e { store.remove(&k) } else { Ok(()) })
+                {
+                    Ok(()) => {
+                        let _ = audit(cfg, &src.name, name, &k, &reason);
+                        rep.deleted.push(format!("{name}: {k}"));
+                    }
+                    Err(e) => {
+                        rep.errors.push(format!("{name}: {}: {e}", m.segment_id));
+                        break;
+                    }
+                }
+            }
+        }
+        rep.segments.push(SegmentAction {
+            store: name.to_string(),
+            segment: m.segment_id.clone(),
+            keep,
+            reason,
+        });
+    }
 }

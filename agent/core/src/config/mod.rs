@@ -207,10 +207,13 @@ pub struct BinlogConfig {
     pub segment_max_size: u64,
     /// Archiving further behind than this is CRITICAL and alerts.
     pub max_lag: std::time::Duration,
+    /// Retention keeps every segment a kept backup needs to reach any point this far back.
+    pub pitr_window: std::time::Duration,
 }
 
 pub const DEFAULT_SEGMENT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 pub const DEFAULT_SEGMENT_MAX_SIZE: u64 = 64 << 20;
+pub const DEFAULT_PITR_WINDOW: std::time::Duration = std::time::Duration::from_secs(7 * 86400);
 pub const DEFAULT_BINLOG_MAX_LAG: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A source's cron schedule as written: `expr` (5 fields, or 6 with seconds first) read in

@@ -84,6 +84,8 @@ pub(crate) struct RawBinlog {
     pub(crate) segment_max_size: Option<Spanned<String>>,
     /// Alert and report CRITICAL when the archive is further behind than this ("5m").
     pub(crate) max_lag: Option<Spanned<String>>,
+    /// Keep the segments a restore needs to reach any point this far back ("7d").
+    pub(crate) pitr_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -379,10 +379,15 @@ impl Validator<'_> {
                 ),
             );
         }
+        let pitr_window = b
+            .pitr_window
+            .and_then(|d| self.duration(&k("pitr_window"), d))
+            .unwrap_or(DEFAULT_PITR_WINDOW);
         b.enabled.unwrap_or(true).then_some(BinlogConfig {
             segment_max_age,
             segment_max_size,
             max_lag,
+            pitr_window,
         })
     }
 
