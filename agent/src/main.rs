@@ -10,6 +10,7 @@ use backup_agent::backup::slot;
 use backup_agent::check;
 use backup_agent::copies::inventory;
 use backup_agent::copies::maintain;
+use backup_agent::copies::segments;
 use backup_agent::daemon;
 use backup_agent::observe::health;
 use backup_agent::seal::crypto;
@@ -444,12 +445,56 @@ fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
             println!("  newest backup {}: {}", b.id, verdict_text(&b.verdict));
             bad |= !b.verdict.compliant;
         }
+        bad |= !scrub_segments(cfg, src, &stores);
     }
     if bad {
         ExitCode::from(EXIT_DEGRADED)
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Hashes every copy of every archived binary log segment of `src`; prints the failed
+/// copies and the segments that do not meet the 3-2-1 policy. True when all is well.
+fn scrub_segments(
+    cfg: &Config,
+    src: &backup_core::config::SourceConfig,
+    stores: &[inventory::OpenStore],
+) -> bool {
+    let (rows, problems) = segments::inventory(cfg, src, stores, true, chrono::Utc::now());
+    if rows.is_empty() && problems.is_empty() {
+        return true;
+    }
+    let copies: usize = rows.iter().map(|r| r.copies.len()).sum();
+    let failed: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            r.copies.iter().filter(|c| !c.ok).map(move |c| {
+                format!(
+                    "segment {} on {}: {}",
+                    r.id,
+                    c.store,
+                    c.error.clone().unwrap_or_default()
+                )
+            })
+        })
+        .chain(problems.iter().cloned())
+        .collect();
+    let degraded: Vec<&segments::SegRow> = rows.iter().filter(|r| !r.verdict.compliant).collect();
+    println!(
+        "  binary log: {} segment(s), {copies} cop{} checked, {} failed, {} not meeting the policy",
+        rows.len(),
+        if copies == 1 { "y" } else { "ies" },
+        failed.len(),
+        degraded.len()
+    );
+    for f in &failed {
+        println!("  FAILED: {f}");
+    }
+    for r in &degraded {
+        println!("  segment {}: {}", r.id, verdict_text(&r.verdict));
+    }
+    failed.is_empty() && degraded.is_empty()
 }
 
 fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
@@ -469,6 +514,18 @@ fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
             println!("FAILED: {f}");
         }
         bad |= !r.failed.is_empty();
+        let (rows, _) = segments::inventory(cfg, src, &stores, true, chrono::Utc::now());
+        let (copied, failed) = segments::repair(src, &stores, &rows);
+        for c in &copied {
+            println!("copied {c}");
+        }
+        for f in &failed {
+            println!("FAILED: {f}");
+        }
+        bad |= !failed.is_empty();
+        if !rows.is_empty() {
+            bad |= !scrub_segments(cfg, src, &stores);
+        }
         let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
         if let Some(b) = inv.newest() {
             bad |= !b.verdict.compliant;

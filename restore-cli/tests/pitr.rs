@@ -499,3 +499,110 @@ fn retention_keeps_exactly_the_segments_the_pitr_window_needs() {
     dst.drop_db(&db);
     src.drop_db(&db);
 }
+
+#[test]
+fn segments_are_scrubbed_counted_in_the_policy_and_repaired_byte_for_byte() {
+    let src = source();
+    let dst = target();
+    let db = unique("pscr");
+    src.drop_db(&db);
+    dst.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT) ENGINE=InnoDB;\
+         CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2)) ENGINE=InnoDB",
+    );
+    let mut setup = Setup::new(&src, &db);
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    let s3 = common::s3::moto(
+        setup.dir.path(),
+        &unique("pscr").replace('_', "-"),
+        false,
+        false,
+    );
+    let prefix = unique("t");
+    setup.stores = s3.store_toml("s3", "dc2", &prefix, &s3.url, "");
+    setup.policy = "[policy]\ncopies = 2\nmedia = 1\noffsite = 1\n".into();
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    ok(&setup.agent(&src, &["archive-binlog"]), "first pass");
+    write_some(&src, &db, 1, 40);
+    let last = write_some(&src, &db, 2, 4);
+    let want = fingerprint(&src, &db);
+    ok(
+        &setup.agent(&src, &["archive-binlog", "--segment-size", "4KiB"]),
+        "archive",
+    );
+    let segs = chain(&setup.store());
+    assert!(segs.len() >= 3, "{}", segs.len());
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    ok(&o, "scrub of good segments");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("0 failed, 0 not meeting the policy"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // One segment gone from the local store, another changed on S3.
+    let (gone_path, gone) = &segs[1];
+    let gone_id = gone["segment_id"].as_str().unwrap().to_string();
+    for e in std::fs::read_dir(gone_path.parent().unwrap())
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&gone_id) {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let bad_id = segs[2].1["segment_id"].as_str().unwrap().to_string();
+    let bad_key = format!("{prefix}/main/binlog/{bad_id}.binlog.gz.gpg");
+    let mut bytes = s3.get(&bad_key);
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    s3.put(&bad_key, bytes);
+    let o = setup.agent(&src, &["scrub", "--all"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains(&format!("FAILED: segment {bad_id} on s3")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("segment {gone_id}: ")), "{out}");
+
+    let o = setup.agent(&src, &["repair"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains(&format!("copied segment {gone_id} -> local")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("copied segment {bad_id} -> s3")),
+        "{out}"
+    );
+    ok(
+        &setup.agent(&src, &["scrub", "--all"]),
+        "scrub after repair",
+    );
+    // Byte for byte: the repaired manifest and signature are the other store's.
+    for suffix in [".manifest.json", ".manifest.json.sig"] {
+        assert_eq!(
+            std::fs::read(gone_path.with_file_name(format!("{gone_id}{suffix}"))).unwrap(),
+            s3.get(&format!("{prefix}/main/binlog/{gone_id}{suffix}"))
+        );
+    }
+    let o = restore(&restore_args(&setup, &src, &dst, &["--until-gtid", &last]));
+    ok(&o, "restore after repair");
+    assert_same(&want, &fingerprint(&dst, &db));
+    dst.drop_db(&db);
+    src.drop_db(&db);
+}

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 
 pub mod inventory;
 pub mod maintain;
+pub mod segments;
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
