@@ -98,6 +98,9 @@ fn check_data(
     }
 }
 
+/// A store's manifest of a segment (parsed, its bytes, its signature), or why not.
+type Found = Result<(SegmentManifest, Vec<u8>, Vec<u8>), String>;
+
 /// Every segment of `src` in any store, with its copies checked (hashed when `hash`).
 /// Problems that are not tied to a segment a good copy exists of are returned apart.
 pub fn inventory(
@@ -114,10 +117,7 @@ pub fn inventory(
         );
     };
     // Per id: per store, the manifest bytes and signature, or why there is none.
-    let mut found: BTreeMap<
-        String,
-        Vec<(String, Result<(SegmentManifest, Vec<u8>, Vec<u8>), String>)>,
-    > = BTreeMap::new();
+    let mut found: BTreeMap<String, Vec<(String, Found)>> = BTreeMap::new();
     let mut problems = Vec::new();
     for os in stores {
         let Ok(store) = os.store.as_ref() else {
