@@ -133,7 +133,15 @@ def main():
     ap.add_argument("--s3", action="store_true",
                     help="also measure a backup to local + S3 (the test services' Garage: scripts/test-services.sh up)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
+    ap.add_argument("--pitr", action="store_true",
+                    help="point-in-time recovery: the archiver's cost on a busy source, and a restore of a dump plus the archived log")
+    ap.add_argument("--pitr-seconds", type=int, default=180, help="how long the writer runs at --pitr-rate")
+    ap.add_argument("--pitr-rate", type=int, default=50, help="transactions per second of the steady writer")
+    ap.add_argument("--pitr-hour", type=int, default=72000,
+                    help="transactions written as fast as possible for the restore measurement (an hour at 20/s)")
     args = ap.parse_args()
+    if args.pitr:
+        return pitr_bench(args)
 
     lib("ba_need_packages")
     lib(f"ba_build {ROOT}")
@@ -286,6 +294,142 @@ parts_in_flight = 2
     old = open(args.out).read() if os.path.exists(args.out) else header
     if not old.startswith("# Benchmarks"):
         old = header + old
+    with open(args.out, "w") as f:
+        f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
+    print("\n".join(section))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def proc_cpu_rss(pid):
+    """CPU seconds (user+sys) and peak RSS (KiB) of a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return cpu, hwm
+
+
+def write_steady(sock, rate, seconds, start_id):
+    """A writer at a steady rate (insert + update per transaction); returns (transactions, last id)."""
+    p = subprocess.Popen(["mariadb", f"--socket={sock}", "-uroot", "pitr"], stdin=subprocess.PIPE, text=True)
+    n, i = 0, start_id
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        due = t0 + n / rate if rate else 0
+        if rate and time.monotonic() < due:
+            time.sleep(due - time.monotonic())
+        p.stdin.write(f"BEGIN; INSERT INTO w VALUES ({i}, REPEAT('x', 200), NOW(6)); UPDATE w SET v = CONCAT('u', v) WHERE id = {i - 10}; COMMIT;\n")
+        n += 1
+        i += 1
+        if rate == 0 and n >= seconds:
+            break
+    p.stdin.close()
+    p.wait()
+    return n, i
+
+
+def pitr_bench(args):
+    lib("ba_need_packages")
+    lib(f"ba_build {ROOT}")
+    src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
+    lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
+    lib(f"ba_start_instance {dst_dir} {DST_PORT} 2 0 bench-admin")
+    src_sock, dst_sock = f"{src_dir}/mysqld.sock", f"{dst_dir}/mysqld.sock"
+    sql(src_sock, "DROP DATABASE IF EXISTS pitr; CREATE DATABASE pitr; CREATE TABLE pitr.w (id INT PRIMARY KEY, v TEXT, t DATETIME(6)) ENGINE=InnoDB;"
+                  "INSERT INTO pitr.w SELECT seq, REPEAT('s', 200), NOW(6) FROM seq_1_to_100000")
+    for h in ("127.0.0.1", "localhost"):
+        sql(src_sock, f"CREATE OR REPLACE USER 'bench'@'{h}' IDENTIFIED BY 'bench'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, RELOAD, BINLOG MONITOR, REPLICATION SLAVE ON *.* TO 'bench'@'{h}'")
+    work = tempfile.mkdtemp(prefix="bench-pitr-", dir=BENCH_DIR)
+    env = dict(os.environ, BACKUP_AGENT_LOG_FORMAT="json")
+    with open(f"{work}/pw", "w") as f:
+        f.write("bench\n")
+    with open(f"{work}/config.toml", "w") as f:
+        f.write(f"""[agent]
+state_dir = "{work}/state"
+http_bind = "127.0.0.1:0"
+[[source]]
+name = "bench"
+socket = "{src_sock}"
+user = "bench"
+password_file = "{work}/pw"
+databases = {{ include = ["pitr"] }}
+users_and_grants = false
+schedule = "0 3 1 1 *"
+[source.binlog]
+segment_max_age = "1m"
+[encryption]
+dpo_certificates = ["{ROOT}/testdata/dpo.pub.asc"]
+signing_key_file = "{ROOT}/testdata/agent.sec.asc"
+[[store]]
+name = "local"
+kind = "local"
+path = "{work}/store"
+[policy]
+copies = 1
+media = 1
+offsite = 0
+""")
+    sh(f"{AGENT} --config {work}/config.toml backup > /dev/null", env=env)
+    daemon = subprocess.Popen([AGENT, "--config", f"{work}/config.toml", "run"], env=env,
+                              stdout=open(f"{work}/daemon.log", "w"), stderr=subprocess.STDOUT)
+    time.sleep(3)
+    cpu0, _ = proc_cpu_rss(daemon.pid)
+    print(f"steady writer: {args.pitr_rate} tx/s for {args.pitr_seconds} s ...", flush=True)
+    t0 = time.monotonic()
+    n1, next_id = write_steady(src_sock, args.pitr_rate, args.pitr_seconds, 1_000_000)
+    steady_wall = time.monotonic() - t0
+    time.sleep(65)  # the last segment's age limit
+    cpu1, hwm = proc_cpu_rss(daemon.pid)
+    binlog1 = sum(os.path.getsize(os.path.join(f"{work}/store/bench/binlog", x)) for x in os.listdir(f"{work}/store/bench/binlog") if x.endswith(".binlog.gz.gpg"))
+    print(f"archiver: {cpu1 - cpu0:.1f} CPU s over {steady_wall + 65:.0f} s, peak RSS {hwm / 1024:.1f} MiB", flush=True)
+    print(f"an hour of transactions ({args.pitr_hour}) as fast as possible ...", flush=True)
+    t1 = time.monotonic()
+    n2, next_id = write_steady(src_sock, 0, args.pitr_hour, next_id)
+    burst_wall = time.monotonic() - t1
+    last_gtid = sql(src_sock, "SELECT @@gtid_binlog_pos").strip()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        st = open(f"{work}/state/state.json").read()
+        if f'"binlog_position": "{last_gtid}"' in st:
+            break
+        time.sleep(2)
+    archive_wall = time.monotonic() - t1
+    cpu2, hwm2 = proc_cpu_rss(daemon.pid)
+    daemon.terminate()
+    daemon.wait()
+    segs = [x for x in os.listdir(f"{work}/store/bench/binlog") if x.endswith(".binlog.gz.gpg")]
+    sealed = sum(os.path.getsize(os.path.join(f"{work}/store/bench/binlog", x)) for x in segs)
+    binlog_bytes = 0
+    import json
+    for x in os.listdir(f"{work}/store/bench/binlog"):
+        if x.endswith(".manifest.json"):
+            binlog_bytes += json.load(open(os.path.join(f"{work}/store/bench/binlog", x)))["binlog_bytes"]
+    sql(dst_sock, "DROP DATABASE IF EXISTS pitr")
+    r = measure(f"{RESTORE} --into 'mysql://root@localhost/?socket={dst_sock}' --no-password --config {work}/config.toml"
+                f" --until-gtid {last_gtid} --dpo-key {ROOT}/testdata/dpo.sec.asc --agent-cert {ROOT}/testdata/agent.pub.asc", env)
+    rows_src = sql(src_sock, "SELECT COUNT(*), SUM(CRC32(CONCAT(id, v, t))) FROM pitr.w").strip()
+    rows_dst = sql(dst_sock, "SELECT COUNT(*), SUM(CRC32(CONCAT(id, v, t))) FROM pitr.w").strip()
+    if rows_src != rows_dst:
+        sys.exit(f"restore differs: source {rows_src}, restored {rows_dst}")
+    sql(dst_sock, "DROP DATABASE IF EXISTS pitr")
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run("lscpu | sed -n 's/^Model name: *//p'", shell=True, capture_output=True, text=True).stdout.strip()
+    section = [f"## Point-in-time recovery ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
+               f"Machine: {os.cpu_count()} cores ({cpu}); MariaDB {sql(src_sock, 'SELECT VERSION()').strip()}, binlog_format=ROW, "
+               "the source and the agent on the same machine. Each transaction: one INSERT of a 200-byte row and one UPDATE.", "",
+               "| what | figure |", "|---|---|",
+               f"| archiver CPU, steady writer {args.pitr_rate} tx/s for {args.pitr_seconds} s ({n1} tx) | {cpu1 - cpu0:.1f} CPU s over {steady_wall + 65:.0f} s = {100 * (cpu1 - cpu0) / (steady_wall + 65):.1f}% of one core |",
+               f"| archiver peak RSS (whole daemon) | {hwm / 1024:.1f} MiB after the steady phase, {hwm2 / 1024:.1f} MiB after the burst |",
+               f"| burst: {n2} tx written in {burst_wall:.0f} s, all archived after | {archive_wall:.0f} s |",
+               f"| archived: {len(segs)} segments, binary log {binlog_bytes / (1 << 20):.1f} MiB, sealed {sealed / (1 << 20):.1f} MiB | |",
+               f"| restore --until-gtid (dump of 100k rows + {n1 + n2} tx of log, verified first) | {r['wall']:.1f} s wall, {r['cpu']:.1f} CPU s, {r['rss_kib'] / 1024:.0f} MiB peak RSS |",
+               "", f"The restored table equals the source ({rows_dst.split()[0]} rows, same checksum).", ""]
+    old = open(args.out).read()
     with open(args.out, "w") as f:
         f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
     print("\n".join(section))
