@@ -73,12 +73,15 @@ pub async fn follow(
     };
     let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
     let from = SegmentFrom { source: src, node };
+    // The stores the last stored segment missed (None: nothing stored since the last look).
+    let missed: std::cell::RefCell<Option<Vec<(String, String)>>> = Default::default();
     let store = |seg: Segment| -> Result<(), ArchiveError> {
         let a = tokio::task::block_in_place(|| archive_segment(&stores, keys, level, &from, &seg))?;
         record_stored(state, &src.name, &seg).map_err(fail)?;
         for (st, e) in &a.failed {
             tracing::warn!(event = "segment_store_failed", source = %src.name, store = %st, error = %e);
         }
+        *missed.borrow_mut() = Some(a.failed.clone());
         tracing::info!(event = "segment_archived", source = %src.name, segment = %a.manifest.segment_id, first = %a.manifest.first_gtid, last = %a.manifest.last_gtid, transactions = a.manifest.transactions, stores = %a.stores.join(","));
         Ok(())
     };
@@ -220,6 +223,30 @@ pub async fn follow(
                 }
             }
             opened_at = None;
+        }
+        // A segment that missed a store is below the policy until repair copies it: the
+        // condition holds while the segments being stored miss stores.
+        let last_missed = missed.borrow_mut().take();
+        if let Some(failed) = last_missed {
+            alerter
+                .condition(
+                    &format!("{}/binlog_copies", src.name),
+                    !failed.is_empty(),
+                    || {
+                        Alert::new(
+                            "policy_degraded",
+                            &src.name,
+                            false,
+                            format!(
+                                "source {}: binary log segments are not stored on every store ({}); run backup-agent repair once the store is back",
+                                src.name,
+                                failed.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>().join("; ")
+                            ),
+                        )
+                    },
+                    &src.name,
+                )
+                .await;
         }
         // Caught up: nothing waits in memory and the server has nothing more for now.
         if idle
