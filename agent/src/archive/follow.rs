@@ -74,14 +74,14 @@ pub async fn follow(
     let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
     let from = SegmentFrom { source: src, node };
     // The stores the last stored segment missed (None: nothing stored since the last look).
-    let missed: std::cell::RefCell<Option<Vec<(String, String)>>> = Default::default();
+    let missed: std::sync::Mutex<Option<Vec<(String, String)>>> = Default::default();
     let store = |seg: Segment| -> Result<(), ArchiveError> {
         let a = tokio::task::block_in_place(|| archive_segment(&stores, keys, level, &from, &seg))?;
         record_stored(state, &src.name, &seg).map_err(fail)?;
         for (st, e) in &a.failed {
             tracing::warn!(event = "segment_store_failed", source = %src.name, store = %st, error = %e);
         }
-        *missed.borrow_mut() = Some(a.failed.clone());
+        *missed.lock().expect("lock") = Some(a.failed.clone());
         tracing::info!(event = "segment_archived", source = %src.name, segment = %a.manifest.segment_id, first = %a.manifest.first_gtid, last = %a.manifest.last_gtid, transactions = a.manifest.transactions, stores = %a.stores.join(","));
         Ok(())
     };
@@ -226,7 +226,7 @@ pub async fn follow(
         }
         // A segment that missed a store is below the policy until repair copies it: the
         // condition holds while the segments being stored miss stores.
-        let last_missed = missed.borrow_mut().take();
+        let last_missed = missed.lock().expect("lock").take();
         if let Some(failed) = last_missed {
             alerter
                 .condition(
