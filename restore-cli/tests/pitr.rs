@@ -606,3 +606,54 @@ fn segments_are_scrubbed_counted_in_the_policy_and_repaired_byte_for_byte() {
     dst.drop_db(&db);
     src.drop_db(&db);
 }
+
+#[test]
+fn a_segment_that_misses_a_store_alerts_policy_degraded() {
+    use common::daemon::*;
+    use common::receivers::*;
+    let src = source();
+    let db = unique("pdeg");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(&db, "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT); CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2))");
+    let mut setup = Setup::new(&src, &db);
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+    let hook = Receiver::start(Mode::Ok);
+    std::fs::write(
+        setup.path("webhook.url"),
+        format!("http://127.0.0.1:{}/hook\n", hook.port),
+    )
+    .unwrap();
+    let http = free_port();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
+    setup.extra = "schedule = \"0 3 1 1 *\"\nmax_age = \"1000d\"\n[source.binlog]\nsegment_max_age = \"1s\"\n".into();
+    setup.tail = format!(
+        "[alerts]\nrepeat_interval = \"1h\"\n[alerts.webhook]\nurl_file = {:?}\ntimeout = \"2s\"\nretries = 1\n",
+        setup.path("webhook.url")
+    );
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    // A second store that is down while the daemon archives.
+    let dead = free_port();
+    std::fs::write(setup.path("k"), "x\n").unwrap();
+    setup.stores = format!(
+        "[[store]]\nname = \"offsite\"\nkind = \"s3\"\nsite = \"dc2\"\nendpoint = \"http://127.0.0.1:{dead}\"\nbucket = \"b\"\nregion = \"r\"\npath_style = true\naccess_key_id_file = {k:?}\nsecret_access_key_file = {k:?}\n",
+        k = setup.path("k")
+    );
+    let mut d = start_daemon(&setup, &src, &[]);
+    write_some(&src, &db, 1, 4);
+    let a = hook.wait_event("policy_degraded", Duration::from_secs(40));
+    let msg = a["message"].as_str().unwrap();
+    assert!(
+        msg.contains("binary log segments are not stored on every store")
+            && msg.contains("offsite"),
+        "{a}"
+    );
+    sigterm(&d);
+    assert!(d.wait().unwrap().success());
+    src.drop_db(&db);
+}
