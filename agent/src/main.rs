@@ -267,9 +267,14 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
     };
     let stores = inventory::open_all(cfg);
     let now = chrono::Utc::now();
+    let st = state.load().unwrap_or_default();
     let invs: Vec<_> = sources
         .iter()
-        .map(|src| maintain::refresh(cfg, src, &stores, &state, now))
+        .map(|src| {
+            let mut inv = maintain::refresh(cfg, src, &stores, &state, now);
+            inv.binlog = segments::summary(cfg, src, &stores, &st, now);
+            inv
+        })
         .collect();
     if json {
         println!(
@@ -319,6 +324,31 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
                 cells.join(" "),
                 verdict_text(&b.verdict)
             );
+        }
+        if let Some(b) = &inv.binlog {
+            println!(
+                "  binary log: {} segment(s), events {} .. {} (last GTID {})",
+                b["segments"],
+                b["first_event_at"].as_str().unwrap_or("-"),
+                b["last_event_at"].as_str().unwrap_or("-"),
+                b["last_gtid"].as_str().unwrap_or("-")
+            );
+            if let Some(g) = b["gap"].as_object() {
+                println!(
+                    "  binary log GAP after GTID {} (archiving resumed at {}, found {}): {}",
+                    g["after_gtid"].as_str().unwrap_or("?"),
+                    g["resumed_at_gtid"].as_str().unwrap_or("?"),
+                    g["found_at"].as_str().unwrap_or("?"),
+                    g["reason"].as_str().unwrap_or("")
+                );
+            }
+            for f in b["failed_copies"].as_array().into_iter().flatten() {
+                println!("  binary log copy FAILED: {}", f.as_str().unwrap_or(""));
+            }
+            let below = b["below_policy"].as_array().map_or(0, Vec::len);
+            if below > 0 {
+                println!("  binary log: {below} segment(s) below the 3-2-1 policy (run repair)");
+            }
         }
         for n in &inv.notes {
             println!("  note: {n}");

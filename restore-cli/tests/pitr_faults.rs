@@ -131,6 +131,13 @@ fn purged_logs_are_a_gap_that_is_alerted_refused_and_closed_by_the_next_backup()
     let (code, line) = healthcheck(&setup, &src);
     assert_eq!(code, 1, "{line}");
     assert!(line.contains("gap in the archived binary log"), "{line}");
+    let o = setup.agent(&src, &["list"]);
+    ok(&o, "list");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains(&format!("binary log GAP after GTID {w0}")),
+        "{out}"
+    );
     // What the server still had after the purge is archived (w2), what it had lost is
     // not (w1); a restore never crosses the gap...
     wait_for("w2 archived", Duration::from_secs(30), || {

@@ -77,6 +77,10 @@ pub struct Inventory {
     /// Per store, our data/.sha256 objects without a manifest: (name, modified).
     #[serde(skip)]
     pub orphans: BTreeMap<String, Vec<Timed>>,
+    /// The archived binary log (point-in-time recovery), when there is one: filled by
+    /// `list` (see `copies::segments::summary`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binlog: Option<serde_json::Value>,
 }
 
 impl Inventory {
@@ -118,6 +122,7 @@ pub fn build(
         notes: Vec::new(),
         foreign: BTreeMap::new(),
         orphans: BTreeMap::new(),
+        binlog: None,
     };
     for (i, os) in stores.iter().enumerate() {
         let store = match &os.store {

@@ -286,3 +286,53 @@ fn copy_segment(from: &dyn Store, to: &dyn Store, prefix: &str, r: &SegRow) -> R
     put_bytes(to, &key(MANIFEST_SUFFIX), &r.bytes).map_err(|e| e.to_string())?;
     check_data(to, prefix, m, true)
 }
+
+/// What `list` shows of a source's archived binary log: how many segments, the first and
+/// last archived events, the copies that are missing or broken (sizes only), the segments
+/// below the policy, and the gap the state records, if any. None without segments or a
+/// gap.
+pub fn summary(
+    cfg: &Config,
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    state: &backup_core::state::State,
+    now: DateTime<Utc>,
+) -> Option<serde_json::Value> {
+    let (rows, problems) = inventory(cfg, src, stores, false, now);
+    let gap = state
+        .sources
+        .get(&src.name)
+        .and_then(|s| s.binlog.gap.clone());
+    if rows.is_empty() && gap.is_none() && problems.is_empty() {
+        return None;
+    }
+    let first = rows
+        .iter()
+        .min_by(|a, b| a.manifest.first_event_at.cmp(&b.manifest.first_event_at));
+    let last = rows
+        .iter()
+        .max_by(|a, b| a.manifest.last_event_at.cmp(&b.manifest.last_event_at));
+    let failed: Vec<String> = rows
+        .iter()
+        .flat_map(|r| {
+            r.copies.iter().filter(|c| !c.ok).map(move |c| {
+                format!(
+                    "{} on {}: {}",
+                    r.id,
+                    c.store,
+                    c.error.clone().unwrap_or_default()
+                )
+            })
+        })
+        .chain(problems)
+        .collect();
+    Some(serde_json::json!({
+        "segments": rows.len(),
+        "first_event_at": first.map(|r| r.manifest.first_event_at.clone()),
+        "last_event_at": last.map(|r| r.manifest.last_event_at.clone()),
+        "last_gtid": last.map(|r| r.manifest.last_gtid.clone()),
+        "failed_copies": failed,
+        "below_policy": rows.iter().filter(|r| !r.verdict.compliant).map(|r| r.id.clone()).collect::<Vec<_>>(),
+        "gap": gap,
+    }))
+}
