@@ -527,6 +527,17 @@ fn walk_segment(
         count += 1;
         first.get_or_insert(t.gtid.to_string());
         last = Some(t.gtid.to_string());
+        // Continuity inside the segment: each transaction follows the previous one of
+        // its domain.
+        if let Some(have) = pos.seq(t.gtid.domain) {
+            if t.gtid.seq != have + 1 {
+                bail!(
+                    "segment {name}: transaction {} does not follow {have} in domain {} (transactions are missing or repeated); nothing was restored",
+                    t.gtid,
+                    t.gtid.domain
+                );
+            }
+        }
         pos.advance_to(t.gtid);
         let d = w.decide(&t, s)?;
         let fde = if !fde_sent && d == Decision::Apply {

@@ -20,7 +20,6 @@ use crate::copies::inventory::OpenStore;
 use crate::seal::crypto::SealingKeys;
 use crate::source::binlog::{self, GtidPos, Segment, SegmentBuilder, HEARTBEAT_SECS};
 use backup_core::alert::{Alert, Alerter};
-use backup_core::binlog::Gtid;
 use backup_core::config::{BinlogConfig, Config, SourceConfig};
 use backup_core::state::{BinlogGap, StateStore};
 
@@ -117,46 +116,21 @@ pub async fn follow(
                     // Continuity: in each domain, the next transaction is the one after the
                     // archived position; a jump means the server no longer had the ones
                     // between (purged): the chain is cut there, never papered over.
-                    if let Some(g) = e.gtid.as_ref().and_then(|(g, _)| Gtid::parse(g)) {
-                        if let Some(have) = b.position().seq(g.domain) {
-                            if g.seq != have + 1 && g.seq > have {
-                                let after = b.position().to_string();
-                                if let Some(seg) = b.finish() {
-                                    if let Err(e) = store(seg) {
-                                        break Err(e);
-                                    }
-                                }
-                                opened_at = None;
-                                let mut resumed = b.position().clone();
-                                resumed.advance_to(Gtid {
-                                    seq: g.seq - 1,
-                                    ..g
-                                });
-                                let reason = format!(
-                                    "the server's binary log goes from {} to {g} in domain {}: transactions {}..{} are missing (purged before they were archived)",
-                                    have, g.domain, have + 1, g.seq - 1
-                                );
-                                if let Err(e) = record_gap(
-                                    src,
-                                    state,
-                                    alerter,
-                                    &after,
-                                    &resumed.to_string(),
-                                    &reason,
-                                )
-                                .await
-                                {
-                                    break Err(e);
-                                }
-                                b.restart_at(resumed.clone());
-                                let _ = state.update(|s| {
-                                    s.sources
-                                        .entry(src.name.clone())
-                                        .or_default()
-                                        .binlog_position = Some(resumed.to_string())
-                                });
+                    if let Some((resumed, reason)) = b.jump(&e) {
+                        let after = b.position().to_string();
+                        if let Some(seg) = b.finish() {
+                            if let Err(e) = store(seg) {
+                                break Err(e);
                             }
                         }
+                        opened_at = None;
+                        if let Err(e) =
+                            record_gap(src, state, alerter, &after, &resumed.to_string(), &reason)
+                                .await
+                        {
+                            break Err(e);
+                        }
+                        b.restart_at(resumed.clone());
                     }
                     if e.gtid.is_some() && b.at_boundary() && b.len() >= max {
                         if let Some(seg) = b.finish() {
@@ -321,7 +295,7 @@ async fn oldest_position(conn: &mut mysql_async::Conn) -> Option<String> {
 
 /// Records a gap: the server no longer has the binary log after `after`. Archiving goes
 /// on from the server's current position.
-async fn gap(
+pub(crate) async fn gap(
     src: &SourceConfig,
     state: &StateStore,
     alerter: &Alerter,
@@ -350,7 +324,7 @@ async fn gap(
 
 /// Records a gap between `after` (where the archive ends) and `resumed` (where it goes
 /// on), and raises the `binlog_gap` condition.
-async fn record_gap(
+pub(crate) async fn record_gap(
     src: &SourceConfig,
     state: &StateStore,
     alerter: &Alerter,

@@ -267,6 +267,18 @@ fn store_one(
     Ok(())
 }
 
+async fn reconnect(
+    src: &SourceConfig,
+    node: &backup_core::config::NodeConfig,
+) -> Result<mysql_async::Conn, String> {
+    let password =
+        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+            .map_err(|e| e.to_string())?;
+    crate::source::dump::connect(src, &node.endpoint, &password)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// The id this agent's replication connection gives itself for `source`: in a range of
 /// its own (4 000 000 000 + a hash of agent and source names), so that it never equals a
 /// server's or another reader's.
@@ -430,9 +442,19 @@ pub async fn archive_until_now(
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
     let id = reader_server_id(&cfg.agent.name, &src.name);
-    let mut stream = binlog::open(conn, &start, id, true)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let alerter = backup_core::alert::Alerter::new(cfg.alerts.clone(), state.clone());
+    let purged = |e: &binlog::BinlogError| e.is_purged();
+    let mut stream = match binlog::open(conn, &start, id, true).await {
+        Ok(s) => s,
+        Err(e) if purged(&e) => {
+            let mut c = reconnect(src, node).await.map_err(fail)?;
+            follow::gap(src, state, &alerter, &start, &mut c, &e.to_string()).await?;
+            return Err(ArchiveError::Gap {
+                source_name: src.name.clone(),
+            });
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
     let mut b = SegmentBuilder::new(pos);
     let mut out = Vec::new();
     let from = SegmentFrom { source: src, node };
@@ -455,11 +477,27 @@ pub async fn archive_until_now(
         let e = match stream.next().await {
             Ok(Some(e)) => e,
             Ok(None) => break,
+            Err(e) if purged(&e) && b.is_empty() && out.is_empty() => {
+                stream.close().await;
+                let mut c = reconnect(src, node).await.map_err(fail)?;
+                follow::gap(src, state, &alerter, &start, &mut c, &e.to_string()).await?;
+                return Err(ArchiveError::Gap {
+                    source_name: src.name.clone(),
+                });
+            }
             Err(e) => {
                 stream.close().await;
                 return Err(fail(e.to_string()));
             }
         };
+        if let Some((resumed, reason)) = b.jump(&e) {
+            let after = b.position().to_string();
+            if let Some(seg) = b.finish() {
+                store_seg(seg)?;
+            }
+            follow::record_gap(src, state, &alerter, &after, &resumed.to_string(), &reason).await?;
+            b.restart_at(resumed);
+        }
         if e.gtid.is_some() && b.at_boundary() && b.len() >= max_bytes {
             if let Some(seg) = b.finish() {
                 store_seg(seg)?;

@@ -113,6 +113,35 @@ impl SegmentBuilder {
         false
     }
 
+    /// Continuity: in each domain, the next transaction must be the one after the
+    /// position. For a GTID event that jumps ahead (the server no longer had the ones
+    /// between: purged), the position just before it and a description of what is
+    /// missing.
+    pub fn jump(&self, e: &RawEvent) -> Option<(GtidPos, String)> {
+        let g = e
+            .gtid
+            .as_ref()
+            .and_then(|(g, _)| backup_core::binlog::Gtid::parse(g))?;
+        let have = self.position.seq(g.domain)?;
+        if g.seq <= have + 1 {
+            return None;
+        }
+        let mut resumed = self.position.clone();
+        resumed.advance_to(backup_core::binlog::Gtid {
+            seq: g.seq - 1,
+            ..g
+        });
+        Some((
+            resumed,
+            format!(
+                "the server's binary log goes from {have} to {g} in domain {}: transactions {}..{} are missing (purged before they were archived)",
+                g.domain,
+                have + 1,
+                g.seq - 1
+            ),
+        ))
+    }
+
     /// Starts the next segment after `pos` instead of after the last transaction (a gap:
     /// the chain is cut here). Only between segments (nothing pushed since `finish`).
     pub fn restart_at(&mut self, pos: GtidPos) {
