@@ -782,6 +782,19 @@ pub async fn apply(
     Ok(executed)
 }
 
+/// Whether a statement sets the source's GTID or server id for the events that follow.
+/// They are left out: the target writes the restored changes as its own (with its own
+/// GTIDs), which never clash with its binary log and need no replication privileges.
+fn source_identity(stmt: &[u8]) -> bool {
+    [
+        &b"/*M!100001 SET @@session.gtid_domain_id="[..],
+        b"/*M!100001 SET @@session.server_id=",
+        b"/*M!100001 SET @@session.gtid_seq_no=",
+    ]
+    .iter()
+    .any(|p| stmt.starts_with(p))
+}
+
 /// Splits `mariadb-binlog`'s output into statements as the `mariadb` client would:
 /// `# ...` comment lines between statements, `DELIMITER x` lines, statements ending with
 /// the current delimiter at the end of a line; the client-only `/*!\C charset */`
@@ -810,7 +823,7 @@ fn split_statements(mut r: impl BufRead, tx: tokio::sync::mpsc::Sender<Vec<u8>>)
         if t.ends_with(&delim) {
             let stmt = t[..t.len() - delim.len()].trim_ascii().to_vec();
             buf.clear();
-            if stmt.is_empty() || stmt.starts_with(b"/*!\\C ") {
+            if stmt.is_empty() || stmt.starts_with(b"/*!\\C ") || source_identity(&stmt) {
                 continue;
             }
             if tx.blocking_send(stmt).is_err() {
@@ -866,7 +879,7 @@ mod tests {
 
     #[test]
     fn output_splits_like_the_client() {
-        let out = b"/*!50530 SET @@SESSION.PSEUDO_SLAVE_MODE=1*/;\nDELIMITER /*!*/;\n# at 4\nROLLBACK/*!*/;\nBINLOG '\nAAAA\nBBBB\n'/*!*/;\n/*!\\C utf8mb3 *//*!*/;\nINSERT INTO t VALUES ('a;\n# not a comment')\n/*!*/;\nDELIMITER ;\n# End of log file\nROLLBACK /* added by mysqlbinlog */;\n";
+        let out = b"/*!50530 SET @@SESSION.PSEUDO_SLAVE_MODE=1*/;\nDELIMITER /*!*/;\n# at 4\nROLLBACK/*!*/;\n/*M!100001 SET @@session.gtid_domain_id=0*//*!*/;\n/*M!100001 SET @@session.server_id=1*//*!*/;\n/*M!100001 SET @@session.gtid_seq_no=7*//*!*/;\nBINLOG '\nAAAA\nBBBB\n'/*!*/;\n/*!\\C utf8mb3 *//*!*/;\nINSERT INTO t VALUES ('a;\n# not a comment')\n/*!*/;\nDELIMITER ;\n# End of log file\nROLLBACK /* added by mysqlbinlog */;\n";
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         split_statements(&out[..], tx).unwrap();
         let mut got = Vec::new();
