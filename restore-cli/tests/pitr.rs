@@ -579,6 +579,36 @@ fn segments_are_scrubbed_counted_in_the_policy_and_repaired_byte_for_byte() {
     );
     assert!(out.contains(&format!("segment {gone_id}: ")), "{out}");
 
+    // The daemon's hourly look at the segments (the first one at its start) alerts.
+    {
+        use common::daemon::*;
+        use common::receivers::*;
+        let hook = Receiver::start(Mode::Ok);
+        std::fs::write(
+            setup.path("webhook.url"),
+            format!("http://127.0.0.1:{}/hook\n", hook.port),
+        )
+        .unwrap();
+        setup.agent_extra = format!(
+            "http_bind = \"127.0.0.1:{}\"\ncheck_interval = \"1s\"\n",
+            free_port()
+        );
+        setup.tail = format!(
+            "[alerts]\nrepeat_interval = \"1h\"\n[alerts.webhook]\nurl_file = {:?}\ntimeout = \"2s\"\nretries = 1\n",
+            setup.path("webhook.url")
+        );
+        setup.extra = "schedule = \"0 3 1 1 *\"\nmax_age = \"1000d\"\n[source.binlog]\n".into();
+        let mut d = start_daemon(&setup, &src, &[]);
+        let a = hook.wait_event("policy_degraded", Duration::from_secs(30));
+        let msg = a["message"].as_str().unwrap();
+        assert!(
+            msg.contains("archived binary log segments") && msg.contains(&gone_id),
+            "{a}"
+        );
+        sigterm(&d);
+        assert!(d.wait().unwrap().success());
+    }
+
     let o = setup.agent(&src, &["repair"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(

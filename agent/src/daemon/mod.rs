@@ -321,13 +321,52 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                     }
                 }
                 let inv = maintain::refresh(&cfg, src, &stores, &state, Utc::now());
-                out.push((src.name.clone(), inv.newest().map(|b| (b.id.clone(), b.finished_at, b.verdict.clone()))));
+                // The archived segments, once an hour: every copy present with its size,
+                // its manifest trusted and the same on every store, each segment on
+                // enough stores (`scrub` also hashes them).
+                let seg_problems = (scrub_now && src.binlog.is_some()).then(|| {
+                    let (rows, mut problems) =
+                        crate::copies::segments::inventory(&cfg, src, &stores, false, Utc::now());
+                    for r in &rows {
+                        for c in r.copies.iter().filter(|c| !c.ok) {
+                            problems.push(format!("segment {} on {}: {}", r.id, c.store, c.error.clone().unwrap_or_default()));
+                        }
+                        if !r.verdict.compliant {
+                            problems.push(format!("segment {}: {}", r.id, r.verdict.reasons.join("; ")));
+                        }
+                    }
+                    problems
+                });
+                out.push((src.name.clone(), inv.newest().map(|b| (b.id.clone(), b.finished_at, b.verdict.clone())), seg_problems));
             }
             out
         })
         .await
         .unwrap_or_default();
-        for (name, newest) in verdicts {
+        for (name, newest, seg_problems) in verdicts {
+            if let Some(problems) = seg_problems {
+                let n = problems.len();
+                d.alerter
+                    .condition(
+                        &format!("{name}/binlog_policy"),
+                        !problems.is_empty(),
+                        || {
+                            let mut a = Alert::new(
+                                "policy_degraded",
+                                &name,
+                                false,
+                                format!(
+                                    "source {name}: {n} problem(s) with the archived binary log segments: {}; run backup-agent scrub and repair",
+                                    problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+                                ),
+                            );
+                            a.details = serde_json::json!({"segment_problems": problems});
+                            a
+                        },
+                        &name,
+                    )
+                    .await;
+            }
             if let Some((id, finished, v)) = newest {
                 let past_grace =
                     (Utc::now() - finished).to_std().unwrap_or_default() > d.cfg.policy.grace;
