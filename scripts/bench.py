@@ -13,7 +13,7 @@ the MariaDB server's own CPU is not included on either side), peak RSS (the larg
 process of the tree), output size. Writes docs/benchmarks.md (or --out).
 
 Usage: scripts/bench.py [--gib 1] [--runs 3] [--no-restore] [--out docs/benchmarks.md]
-Run by hand, not in CI; needs root (private MariaDB instances on 33081/33082).
+Run by hand, not in CI; needs root (private MariaDB instances on 33101/33102).
 """
 
 import argparse
@@ -29,7 +29,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.environ.get("BA_BENCH_DIR", "/var/tmp/backup-agent-bench")
-SRC_PORT, DST_PORT = 33081, 33082
+# Clear of the test services (33061/33062, Galera 33081-33083, S3 33090/33091).
+SRC_PORT, DST_PORT = int(os.environ.get("BA_BENCH_SRC_PORT", 33101)), int(os.environ.get("BA_BENCH_DST_PORT", 33102))
 AGENT = os.path.join(ROOT, "target/release/backup-agent")
 RESTORE = os.path.join(ROOT, "target/release/restore")
 
