@@ -341,11 +341,13 @@ def pitr_bench(args):
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
     lib(f"ba_start_instance {dst_dir} {DST_PORT} 2 0 bench-admin")
     src_sock, dst_sock = f"{src_dir}/mysqld.sock", f"{dst_dir}/mysqld.sock"
-    sql(src_sock, "DROP DATABASE IF EXISTS pitr; CREATE DATABASE pitr; CREATE TABLE pitr.w (id INT PRIMARY KEY, v TEXT, t DATETIME(6)) ENGINE=InnoDB;"
-                  "INSERT INTO pitr.w SELECT seq, REPEAT('s', 200), NOW(6) FROM seq_1_to_100000")
+    sql(src_sock, "DROP DATABASE IF EXISTS pitr; CREATE DATABASE pitr")
+    sql(src_sock, "CREATE TABLE w (id INT PRIMARY KEY, v TEXT, t DATETIME(6)) ENGINE=InnoDB;"
+                  "INSERT INTO w SELECT seq, REPEAT('s', 200), NOW(6) FROM seq_1_to_100000", "pitr")
     for h in ("127.0.0.1", "localhost"):
         sql(src_sock, f"CREATE OR REPLACE USER 'bench'@'{h}' IDENTIFIED BY 'bench'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, RELOAD, BINLOG MONITOR, REPLICATION SLAVE ON *.* TO 'bench'@'{h}'")
     work = tempfile.mkdtemp(prefix="bench-pitr-", dir=BENCH_DIR)
+    os.makedirs(f"{work}/store")
     env = dict(os.environ, BACKUP_AGENT_LOG_FORMAT="json")
     with open(f"{work}/pw", "w") as f:
         f.write("bench\n")

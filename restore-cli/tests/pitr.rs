@@ -687,3 +687,71 @@ fn a_segment_that_misses_a_store_alerts_policy_degraded() {
     assert!(d.wait().unwrap().success());
     src.drop_db(&db);
 }
+
+#[test]
+fn an_archiver_that_cannot_stream_alerts_and_turns_critical_when_it_lags() {
+    use common::daemon::*;
+    use common::receivers::*;
+    let src = source();
+    let db = unique("plag");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(&db, "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT); CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2))");
+    let mut setup = Setup::new(&src, &db);
+    let grant = |verb: &str| {
+        for host in ["127.0.0.1", "localhost"] {
+            src.sql(&format!(
+                "{verb} REPLICATION SLAVE ON *.* {} '{}'@'{host}'",
+                if verb == "GRANT" { "TO" } else { "FROM" },
+                setup.dump_user
+            ));
+        }
+    };
+    grant("GRANT");
+    let hook = Receiver::start(Mode::Ok);
+    std::fs::write(
+        setup.path("webhook.url"),
+        format!("http://127.0.0.1:{}/hook\n", hook.port),
+    )
+    .unwrap();
+    let http = free_port();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
+    setup.extra = "schedule = \"0 3 1 1 *\"\nmax_age = \"1000d\"\n[source.binlog]\nsegment_max_age = \"1s\"\nmax_lag = \"10s\"\n".into();
+    setup.tail = format!(
+        "[alerts]\nrepeat_interval = \"1h\"\n[alerts.webhook]\nurl_file = {:?}\ntimeout = \"2s\"\nretries = 1\n",
+        setup.path("webhook.url")
+    );
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    // The archiver's account loses the replication grant before the daemon starts.
+    grant("REVOKE");
+    let mut d = start_daemon(&setup, &src, &[]);
+    let failed = hook.wait_event("binlog_failed", Duration::from_secs(30));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("binary log archiving failed"),
+        "{failed}"
+    );
+    let lag = hook.wait_event("binlog_lag", Duration::from_secs(30));
+    assert!(lag["message"].as_str().unwrap().contains("behind"), "{lag}");
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 1, "{line}");
+    assert!(
+        line.contains("binary log archiving has stored nothing yet")
+            || line.contains("binary log archive is"),
+        "{line}"
+    );
+    // Fixed: archiving catches up, "recovered" goes out, healthy again.
+    grant("GRANT");
+    write_some(&src, &db, 1, 3);
+    wait_for("recovered", Duration::from_secs(60), || {
+        hook.events().iter().filter(|e| *e == "recovered").count() >= 1
+    });
+    wait_for("healthcheck OK", Duration::from_secs(30), || {
+        healthcheck(&setup, &src).0 == 0
+    });
+    sigterm(&d);
+    assert!(d.wait().unwrap().success());
+    src.drop_db(&db);
+}

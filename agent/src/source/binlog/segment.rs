@@ -160,10 +160,10 @@ impl SegmentBuilder {
             .fde
             .clone()
             .expect("a segment with transactions has an FDE");
-        let mut bytes = Vec::with_capacity(MAGIC.len() + fde.len() + self.buf.len());
-        bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&fde);
-        bytes.append(&mut self.buf);
+        // The events' buffer becomes the file (magic and FDE put in front, in place when
+        // its capacity allows): no second copy of a segment in memory.
+        let mut bytes = std::mem::take(&mut self.buf);
+        bytes.splice(0..0, MAGIC.iter().chain(fde.iter()).copied());
         let seg = Segment {
             bytes,
             first_gtid: self.first_gtid.take(),
