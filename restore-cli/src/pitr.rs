@@ -670,7 +670,15 @@ pub async fn apply(
     trusted: &TrustedSigners,
     conn: &mut mysql_async::Conn,
 ) -> Result<u64> {
-    let tmp = private_temp_dir()?;
+    // mariadb-binlog may spill a large event to a temp file: a private directory in
+    // memory (/dev/shm) when the machine has one, else in TMPDIR; removed afterwards.
+    let tmp = match tempfile::Builder::new()
+        .prefix("restore-binlog-")
+        .tempdir_in("/dev/shm")
+    {
+        Ok(d) => d,
+        Err(_) => private_temp_dir()?,
+    };
     let mut executed = 0u64;
     let mut w = Walker {
         dump: plan.backup_gtid.clone(),
