@@ -126,6 +126,32 @@ def build_database(sock, gib):
     print("built:", sql(sock, "SELECT CONCAT(ROUND(SUM(DATA_LENGTH)/POW(1024,3),2), ' GiB data, ', SUM(TABLE_ROWS), ' rows (est.), ', COUNT(*), ' tables') FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
 
 
+def write_config(work, src_sock, db, agent="", source=""):
+    """The agent's config for the bench: one source (database `db`), one local store."""
+    with open(f"{work}/config.toml", "w") as f:
+        f.write(f"""[agent]
+state_dir = "{work}/state"
+{agent}[[source]]
+name = "bench"
+socket = "{src_sock}"
+user = "bench"
+password_file = "{work}/pw"
+databases = {{ include = ["{db}"] }}
+users_and_grants = false
+{source}[encryption]
+dpo_certificates = ["{ROOT}/testdata/dpo.pub.asc"]
+signing_key_file = "{ROOT}/testdata/agent.sec.asc"
+[[store]]
+name = "local"
+kind = "local"
+path = "{work}/store"
+[policy]
+copies = 1
+media = 1
+offsite = 0
+""")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gib", type=float, default=1.0)
@@ -162,28 +188,7 @@ def main():
     sh(f"gpg --batch -q --import {ROOT}/testdata/dpo.sec.asc {ROOT}/testdata/agent.pub.asc", env=env)
     with open(f"{work}/pw", "w") as f:
         f.write("bench\n")
-    with open(f"{work}/config.toml", "w") as f:
-        f.write(f"""[agent]
-state_dir = "{work}/state"
-[[source]]
-name = "bench"
-socket = "{src_sock}"
-user = "bench"
-password_file = "{work}/pw"
-databases = {{ include = ["bench"] }}
-users_and_grants = false
-[encryption]
-dpo_certificates = ["{ROOT}/testdata/dpo.pub.asc"]
-signing_key_file = "{ROOT}/testdata/agent.sec.asc"
-[[store]]
-name = "local"
-kind = "local"
-path = "{work}/store"
-[policy]
-copies = 1
-media = 1
-offsite = 0
-""")
+    write_config(work, src_sock, "bench")
     # Warm the caches: read every table once.
     print("warming caches ...", flush=True)
     sh(f"mariadb-dump --socket={src_sock} -uroot --single-transaction bench > /dev/null")
@@ -351,32 +356,8 @@ def pitr_bench(args):
     env = dict(os.environ, BACKUP_AGENT_LOG_FORMAT="json")
     with open(f"{work}/pw", "w") as f:
         f.write("bench\n")
-    with open(f"{work}/config.toml", "w") as f:
-        f.write(f"""[agent]
-state_dir = "{work}/state"
-http_bind = "127.0.0.1:0"
-[[source]]
-name = "bench"
-socket = "{src_sock}"
-user = "bench"
-password_file = "{work}/pw"
-databases = {{ include = ["pitr"] }}
-users_and_grants = false
-schedule = "0 3 1 1 *"
-[source.binlog]
-segment_max_age = "1m"
-[encryption]
-dpo_certificates = ["{ROOT}/testdata/dpo.pub.asc"]
-signing_key_file = "{ROOT}/testdata/agent.sec.asc"
-[[store]]
-name = "local"
-kind = "local"
-path = "{work}/store"
-[policy]
-copies = 1
-media = 1
-offsite = 0
-""")
+    write_config(work, src_sock, "pitr", agent='http_bind = "127.0.0.1:0"\n',
+                 source='schedule = "0 3 1 1 *"\n[source.binlog]\nsegment_max_age = "1m"\n')
     sh(f"{AGENT} --config {work}/config.toml backup > /dev/null", env=env)
     daemon = subprocess.Popen([AGENT, "--config", f"{work}/config.toml", "run"], env=env,
                               stdout=open(f"{work}/daemon.log", "w"), stderr=subprocess.STDOUT)

@@ -252,23 +252,10 @@ async fn run(cli: Cli) -> Result<()> {
         prepare_target(&cli, cfg.as_ref(), &target, &wanted, v.largest_statement).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
-    let n = restore::replay(
-        &file,
-        &located.pins,
-        located.max_statement,
-        &keys.dpo,
-        &keys.trusted,
-        &mut conn,
-        only,
-        v.sql_bytes,
+    let n = replay_dump(
+        &file, &located, &v, &keys, &mut conn, only, &target, &wanted,
     )
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
-            wanted.join(", ")
-        )
-    })?;
+    .await?;
     let _ = conn.disconnect().await;
     eprintln!(
         "restore: restored {} into {target}: {n} statements in {:.1}s",
@@ -331,6 +318,37 @@ async fn prepare_target(
         .await?;
     }
     Ok(conn)
+}
+
+/// Pass 2 of a dump: replays the verified file (through its pins) on `conn`.
+#[allow(clippy::too_many_arguments)]
+async fn replay_dump(
+    file: &Path,
+    located: &restore::Located,
+    v: &restore::Verified,
+    keys: &Keys,
+    conn: &mut mysql_async::Conn,
+    only: Option<Vec<String>>,
+    target: &target::Target,
+    wanted: &[String],
+) -> Result<u64> {
+    restore::replay(
+        file,
+        &located.pins,
+        located.max_statement,
+        &keys.dpo,
+        &keys.trusted,
+        conn,
+        only,
+        v.sql_bytes,
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
+            wanted.join(", ")
+        )
+    })
 }
 
 /// `--into URL --until TIME|--until-gtid GTID`: a backup and the archived binary log up
@@ -402,23 +420,17 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
     }
     let mut conn = prepare_target(cli, Some(cfg), &target, &wanted, v.largest_statement).await?;
     test_pause_before_pass_2();
-    let n = restore::replay(
+    let n = replay_dump(
         &chosen.file,
-        &located.pins,
-        located.max_statement,
-        &keys.dpo,
-        &keys.trusted,
+        &located,
+        &v,
+        &keys,
         &mut conn,
         only,
-        v.sql_bytes,
+        &target,
+        &wanted,
     )
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
-            wanted.join(", ")
-        )
-    })?;
+    .await?;
     eprintln!(
         "restore: backup {} replayed: {n} statements",
         plan.backup.backup_id

@@ -13,21 +13,22 @@ use common::*;
 
 use std::time::{Duration, SystemTime};
 
-fn setup_for(src: &Server, db: &str, http: u16, hook: Option<&Receiver>) -> Setup {
-    src.sql(&format!("CREATE DATABASE `{db}`"));
+/// The private server's database (named after `prefix`) and a setup whose daemon archives
+/// it, with webhook alerts to `hook`.
+fn setup_for(
+    src: &Server,
+    dst: &Server,
+    prefix: &str,
+    http: u16,
+    hook: Option<&Receiver>,
+) -> (String, Setup) {
+    let db = pitr_db(src, dst, prefix);
     src.sql_db(
-        db,
-        "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT) ENGINE=InnoDB;\
-         CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2)) ENGINE=InnoDB;\
-         INSERT INTO t1 SELECT seq, CONCAT('seed-', seq), seq FROM seq_1_to_100",
+        &db,
+        "INSERT INTO t1 SELECT seq, CONCAT('seed-', seq), seq FROM seq_1_to_100",
     );
-    let mut setup = Setup::new(src, db);
-    for host in ["127.0.0.1", "localhost"] {
-        src.sql(&format!(
-            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
-            setup.dump_user
-        ));
-    }
+    let mut setup = Setup::new(src, &db);
+    grant_streaming(src, &setup);
     setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
     // Accounts stay out: the private server's admin account must never reach the shared
     // target.
@@ -43,7 +44,7 @@ fn setup_for(src: &Server, db: &str, http: u16, hook: Option<&Receiver>) -> Setu
             setup.path("webhook.url")
         );
     }
-    setup
+    (db, setup)
 }
 
 fn archived_up_to(setup: &Setup, gtid: &str) -> bool {
@@ -78,11 +79,9 @@ fn wait_caught_up(http: u16) {
 fn purged_logs_are_a_gap_that_is_alerted_refused_and_closed_by_the_next_backup() {
     let src = PrivateServer::start(21);
     let dst = target();
-    let db = unique("gap");
-    dst.drop_db(&db);
     let hook = Receiver::start(Mode::Ok);
     let http = free_port();
-    let setup = setup_for(&src, &db, http, Some(&hook));
+    let (db, setup) = setup_for(&src, &dst, "gap", http, Some(&hook));
     ok(&setup.agent(&src, &["backup"]), "backup");
     let mut d = start_daemon(&setup, &src, &[]);
     wait_caught_up(http);
@@ -202,10 +201,8 @@ fn purged_logs_are_a_gap_that_is_alerted_refused_and_closed_by_the_next_backup()
 fn a_source_killed_mid_write_loses_nothing_it_had_sent() {
     let mut src = PrivateServer::start(22);
     let dst = target();
-    let db = unique("rpo");
-    dst.drop_db(&db);
     let http = free_port();
-    let setup = setup_for(&src, &db, http, None);
+    let (db, setup) = setup_for(&src, &dst, "rpo", http, None);
     ok(&setup.agent(&src, &["backup"]), "backup");
     let mut d = start_daemon(&setup, &src, &[]);
     wait_caught_up(http);

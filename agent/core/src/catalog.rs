@@ -113,16 +113,26 @@ pub fn read_signed_manifest(
     trust: &Trust,
 ) -> Result<SignedManifest, ManifestError> {
     let key = layout::object_key(prefix, id, MANIFEST_SUFFIX);
-    let bytes = read_capped(store, &key, MAX_MANIFEST_BYTES)?;
     let sig_key = layout::object_key(prefix, id, SIGNATURE_SUFFIX);
-    let signature = match read_capped(store, &sig_key, MAX_SIGNATURE_BYTES) {
-        Ok(s) => s,
-        Err(ManifestError::Store(e)) if e.is_not_found() => {
-            return Err(ManifestError::Unsigned { key })
-        }
-        Err(e) => return Err(e),
-    };
+    let (bytes, signature) = read_with_signature(store, &key, &sig_key)?;
     check_signed(&key, id, bytes, signature, trust)
+}
+
+/// A manifest's bytes and its detached signature's, both bounded; no signature object is
+/// [`ManifestError::Unsigned`].
+fn read_with_signature(
+    store: &dyn Store,
+    key: &str,
+    sig_key: &str,
+) -> Result<(Vec<u8>, Vec<u8>), ManifestError> {
+    let bytes = read_capped(store, key, MAX_MANIFEST_BYTES)?;
+    match read_capped(store, sig_key, MAX_SIGNATURE_BYTES) {
+        Ok(s) => Ok((bytes, s)),
+        Err(ManifestError::Store(e)) if e.is_not_found() => {
+            Err(ManifestError::Unsigned { key: key.into() })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks a manifest's bytes against its detached signature (a trusted agent key), parses
@@ -239,15 +249,8 @@ pub fn read_signed_segment(
     trust: &Trust,
 ) -> Result<SegmentManifest, ManifestError> {
     let key = layout::segment_key(prefix, id, MANIFEST_SUFFIX);
-    let bytes = read_capped(store, &key, MAX_MANIFEST_BYTES)?;
     let sig_key = layout::segment_key(prefix, id, SIGNATURE_SUFFIX);
-    let signature = match read_capped(store, &sig_key, MAX_SIGNATURE_BYTES) {
-        Ok(s) => s,
-        Err(ManifestError::Store(e)) if e.is_not_found() => {
-            return Err(ManifestError::Unsigned { key })
-        }
-        Err(e) => return Err(e),
-    };
+    let (bytes, signature) = read_with_signature(store, &key, &sig_key)?;
     check_signed_segment(&key, id, &bytes, &signature, trust)
 }
 

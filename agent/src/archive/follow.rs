@@ -44,11 +44,8 @@ pub async fn follow(
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
     let node = &src.nodes[0];
-    let password =
-        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
-            .map_err(|e| fail(e.to_string()))?;
-    let connect = || crate::source::dump::connect(src, &node.endpoint, &password);
-    let mut conn = connect().await.map_err(|e| fail(e.to_string()))?;
+    let connect = || super::reconnect(src, node);
+    let mut conn = connect().await.map_err(fail)?;
     let start = start_position(cfg, src, &stores, state, &mut conn)
         .await
         .map_err(fail)?;
@@ -63,7 +60,7 @@ pub async fn follow(
     let mut stream = match opened {
         Ok(s) => s,
         Err(e) => {
-            let mut c = connect().await.map_err(|e| fail(e.to_string()))?;
+            let mut c = connect().await.map_err(fail)?;
             gap(src, state, alerter, &start, &mut c, &e.to_string()).await?;
             return Err(ArchiveError::Gap {
                 source_name: src.name.clone(),

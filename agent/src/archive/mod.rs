@@ -267,7 +267,8 @@ fn store_one(
     Ok(())
 }
 
-async fn reconnect(
+/// A connection to `node` of `src` with the source's credential (read anew each time).
+pub(crate) async fn reconnect(
     src: &SourceConfig,
     node: &backup_core::config::NodeConfig,
 ) -> Result<mysql_async::Conn, String> {
@@ -279,12 +280,19 @@ async fn reconnect(
         .map_err(|e| e.to_string())
 }
 
-/// The id this agent's replication connection gives itself for `source`: in a range of
-/// its own (4 000 000 000 + a hash of agent and source names), so that it never equals a
-/// server's or another reader's.
+/// The id a replication connection of this agent gives itself for `source`: in a range of
+/// its own (4 000 000 000 + 200 million), drawn anew for each connection from the agent and
+/// source names, the process and the time. The server refuses a second reader with the
+/// id of one still connected (error 4052), so two agents, or two runs, must never share
+/// one; nothing needs it to stay the same across connections.
 pub fn reader_server_id(agent: &str, source: &str) -> u32 {
     use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{agent}/{source}").as_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h =
+        sha2::Sha256::digest(format!("{agent}/{source}/{}/{nanos}", std::process::id()).as_bytes());
     let h: [u8; 4] = h[..4].try_into().expect("4 bytes");
     4_000_000_000 + u32::from_le_bytes(h) % 200_000_000
 }
@@ -429,13 +437,7 @@ pub async fn archive_until_now(
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
     let node = &src.nodes[0];
-    let password =
-        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
-            .map_err(|e| fail(e.to_string()))?;
-    let mut conn = crate::source::dump::connect(src, &node.endpoint, &password)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    drop(password);
+    let mut conn = reconnect(src, node).await.map_err(fail)?;
     let start = start_position(cfg, src, &stores, state, &mut conn)
         .await
         .map_err(fail)?;

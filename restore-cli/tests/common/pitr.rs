@@ -134,3 +134,28 @@ pub fn segment_objects(store: &std::path::Path) -> (usize, usize) {
         .count();
     (names.len(), manifests)
 }
+
+/// A new database on `src` (dropped first on `src` and `dst`) with the writer's two
+/// tables, empty.
+pub fn pitr_db(src: &Server, dst: &Server, prefix: &str) -> String {
+    let db = unique(prefix);
+    src.drop_db(&db);
+    dst.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t1 (id INT PRIMARY KEY, v VARCHAR(200), n INT) ENGINE=InnoDB;\
+         CREATE TABLE t2 (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT, amount DECIMAL(10,2)) ENGINE=InnoDB",
+    );
+    db
+}
+
+/// The documented grant for archiving, to the setup's dump user.
+pub fn grant_streaming(src: &Server, setup: &Setup) {
+    for host in ["127.0.0.1", "localhost"] {
+        src.sql(&format!(
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'{host}'",
+            setup.dump_user
+        ));
+    }
+}
