@@ -356,6 +356,7 @@ async fn binlog_problems(
             src.user, src.user
         ));
     }
+    v.extend(crate::archive::galera_gtid_problems(conn).await);
     v
 }
 

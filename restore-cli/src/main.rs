@@ -59,6 +59,11 @@ struct Cli {
     /// server and comparing every table with the dump's digests.
     #[arg(long)]
     verify: bool,
+    /// With --verify and --config: the log drill. Restores the second-newest backup, applies
+    /// the archived binary log up to the newest backup's snapshot, and compares every table
+    /// with the newest backup's digests (proves the log between two backups).
+    #[arg(long, requires = "verify")]
+    pitr: bool,
     /// List the complete backups in the configured stores.
     #[arg(long)]
     list: bool,
@@ -643,7 +648,13 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome = tokio::select! {
-        r = drill::run(cfg, &args, &keys.dpo, &keys.trusted, &mut report) => r,
+        r = async {
+            if cli.pitr {
+                drill::run_pitr(cfg, &args, &keys.dpo, &keys.trusted, &mut report).await
+            } else {
+                drill::run(cfg, &args, &keys.dpo, &keys.trusted, &mut report).await
+            }
+        } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the scratch server was removed")),
         _ = term.recv() => Err(anyhow!("terminated; the scratch server was removed")),
     };
@@ -664,8 +675,8 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
             (
                 "drill_succeeded",
                 format!(
-                    "restore drill of {} passed: {} tables identical",
-                    report.backup_id.clone().unwrap_or_default(),
+                    "{} passed: {} tables identical",
+                    drill_name(&report),
                     report.tables_compared
                 ),
             )
@@ -673,8 +684,8 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
             (
                 "drill_failed",
                 format!(
-                    "restore drill of {} FAILED: {}",
-                    report.backup_id.clone().unwrap_or_else(|| "?".into()),
+                    "{} FAILED: {}",
+                    drill_name(&report),
                     report
                         .error
                         .clone()
@@ -684,15 +695,15 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         };
         let mut a = backup_core::alert::Alert::new(event, &src, report.success, msg);
         a.backup = report.backup_id.clone();
-        a.details = serde_json::json!({"tables_compared": report.tables_compared, "restore_seconds": report.restore_seconds, "mismatches": report.mismatches});
+        a.details = serde_json::json!({"pitr": report.pitr, "base_backup_id": report.base_backup_id, "tables_compared": report.tables_compared, "restore_seconds": report.restore_seconds, "mismatches": report.mismatches});
         alerter.send(&a).await;
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "restore drill of {} (source {}, store {})",
-            report.backup_id.as_deref().unwrap_or("?"),
+            "{} (source {}, store {})",
+            drill_name(&report),
             report.source.as_deref().unwrap_or("?"),
             report.store.as_deref().unwrap_or("-")
         );
@@ -738,6 +749,18 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| report.mismatches.join("; "))
         ))
+    }
+}
+
+/// "restore drill of ID", or for the log drill "log drill (PITR): OLD + archived log = NEW".
+fn drill_name(r: &drill::DrillReport) -> String {
+    let id = r.backup_id.as_deref().unwrap_or("?");
+    match (&r.base_backup_id, r.pitr) {
+        (Some(base), true) => {
+            format!("log drill (PITR): backup {base} + archived binary log = backup {id}")
+        }
+        (None, true) => format!("log drill (PITR) to backup {id}"),
+        _ => format!("restore drill of {id}"),
     }
 }
 

@@ -30,6 +30,11 @@ innodb_autoinc_lock_mode=2
 binlog_format=ROW
 log-bin=$nd/data/mariadb-bin
 log-slave-updates=ON
+# GTIDs shared by the cluster (point-in-time recovery follows any node by GTID): one
+# domain for replicated write sets, a node-local one for what is not replicated.
+wsrep_gtid_mode=ON
+wsrep_gtid_domain_id=1
+gtid_domain_id=$((10 + n))
 character-set-server=utf8mb4
 collation-server=utf8mb4_general_ci
 wsrep_on=ON
@@ -98,7 +103,7 @@ ba_galera_start_node() {
       rm -f "$nd/data/grastate.dat"
     fi
     ba_log "starting Galera node $n on 127.0.0.1:$((base + n)) ${extra} (attempt $attempt)"
-    lines=$(wc -l <"$nd/error.log" 2>/dev/null || echo 0)
+    lines=$( (wc -l <"$nd/error.log") 2>/dev/null || echo 0)
     rm -f "$nd/mysqld.pid"
     start-stop-daemon --start --background --pidfile "$nd/mysqld.pid" --exec /usr/sbin/mariadbd -- \
       --defaults-file="$nd/my.cnf" $extra

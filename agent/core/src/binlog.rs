@@ -103,6 +103,35 @@ impl GtidPos {
         self.0.get(&domain).map(|&(_, s)| s)
     }
 
+    /// This position without the domains `keep` rejects (the start position asked of a
+    /// Galera node: a node refuses a domain its binary log never had, such as another
+    /// node's local domain).
+    pub fn only(&self, keep: impl Fn(u32) -> bool) -> GtidPos {
+        GtidPos(
+            self.0
+                .iter()
+                .filter(|(d, _)| keep(**d))
+                .map(|(d, v)| (*d, *v))
+                .collect(),
+        )
+    }
+
+    /// Whether a stretch of the log from `prev` to `end` holds the transaction after this
+    /// position: it starts at or before it and ends past it. Only the domains both sides
+    /// know are compared: a domain one side never saw (a Galera node's local domain,
+    /// absent from a backup or an archive read from another node) has nothing in common to
+    /// replay.
+    pub fn continued_by(&self, prev: &GtidPos, end: &GtidPos) -> bool {
+        prev.le_common(self) && self.le_common(end) && !end.le(self)
+    }
+
+    /// Whether every domain both positions have is at or before `other`'s.
+    fn le_common(&self, other: &GtidPos) -> bool {
+        self.0
+            .iter()
+            .all(|(d, &(_, seq))| other.0.get(d).is_none_or(|&(_, s)| seq <= s))
+    }
+
     /// The domains and their last sequence numbers.
     pub fn domains(&self) -> impl Iterator<Item = Gtid> + '_ {
         self.0.iter().map(|(&domain, &(server, seq))| Gtid {
@@ -468,6 +497,22 @@ pub fn names_database(q: &str, db: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn continuation_across_galera_nodes() {
+        use super::GtidPos;
+        let p = |s: &str| GtidPos::parse(s).unwrap();
+        // The backup (node 3) has its local domain 13; the archive (node 1) has 11.
+        let bpos = p("1-101-50,13-101-2");
+        assert!(bpos.continued_by(&p("1-101-40,11-101-1"), &p("1-101-60,11-101-1")));
+        assert!(!bpos.continued_by(&p("1-101-51"), &p("1-101-60")));
+        assert!(!bpos.continued_by(&p("1-101-30"), &p("1-101-50")));
+        assert!(p("1-101-50").continued_by(&p("1-101-50"), &p("1-101-51")));
+        assert_eq!(
+            p("1-101-5,11-101-1,12-101-3").only(|d| d != 11).to_string(),
+            "1-101-5,12-101-3"
+        );
+    }
+
     use super::*;
 
     #[test]

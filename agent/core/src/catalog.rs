@@ -295,6 +295,35 @@ pub fn check_signed_segment(
     }
 }
 
+/// The chain of segments that continues a position `from` (a backup's snapshot GTID, or
+/// where archiving stands): the segment holding the first transaction after it, then
+/// each one that starts exactly where the previous one ended, up to the end of the
+/// archive or the first gap. Segments read from different Galera nodes chain alike: only
+/// GTIDs count, never file names or positions.
+pub fn chain_after<'a>(
+    all: &[&'a SegmentManifest],
+    from: &crate::binlog::GtidPos,
+) -> Vec<&'a SegmentManifest> {
+    use crate::binlog::GtidPos;
+    let pos_of = |s: &str| GtidPos::parse(s).unwrap_or_default();
+    let first = all
+        .iter()
+        .find(|m| from.continued_by(&pos_of(&m.previous_gtid), &pos_of(&m.end_position)));
+    let mut chain = Vec::new();
+    let Some(mut cur) = first.copied() else {
+        return chain;
+    };
+    loop {
+        chain.push(cur);
+        let end = pos_of(&cur.end_position);
+        match all.iter().find(|m| pos_of(&m.previous_gtid) == end) {
+            // A crafted cycle cannot make this endless.
+            Some(n) if chain.len() <= all.len() => cur = n,
+            _ => return chain,
+        }
+    }
+}
+
 /// When a backup finished, from its manifest.
 pub fn finished_at(m: &Manifest) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&m.finished_at)

@@ -90,18 +90,31 @@ pub fn drill_key(prefix: &str, name: &str) -> String {
     format!("{prefix}/{DRILLS_DIR}/{name}")
 }
 
-/// The key of a new drill record, named after the drill's time (to the millisecond).
-pub fn new_drill_key(prefix: &str, at: DateTime<Utc>) -> String {
+/// The key of a new drill record, named after the drill's time (to the millisecond);
+/// the log drill's (`pitr`) are `pitr-drill_<time>.json`.
+pub fn new_drill_key(prefix: &str, at: DateTime<Utc>, pitr: bool) -> String {
     drill_key(
         prefix,
-        &format!("drill_{}.json", at.format("%Y-%m-%d_%H%M%S_%3f")),
+        &format!(
+            "{}{}.json",
+            drill_name_prefix(pitr),
+            at.format("%Y-%m-%d_%H%M%S_%3f")
+        ),
     )
 }
 
-/// Whether a name listed under [`drills_prefix`] is a drill record; their names sort by
-/// time.
-pub fn is_drill_record(name: &str) -> bool {
-    name.starts_with("drill_") && name.ends_with(".json")
+fn drill_name_prefix(pitr: bool) -> &'static str {
+    if pitr {
+        "pitr-drill_"
+    } else {
+        "drill_"
+    }
+}
+
+/// Whether a name listed under [`drills_prefix`] is a drill record of this kind; their
+/// names sort by time.
+pub fn is_drill_record(name: &str, pitr: bool) -> bool {
+    name.starts_with(drill_name_prefix(pitr)) && name.ends_with(".json")
 }
 
 /// Binary log segments (point-in-time recovery) of a source with prefix `P` live under

@@ -85,6 +85,10 @@ pub struct BinlogState {
     /// The last archiving error (cleared by the next stored segment or sync).
     pub error: Option<String>,
     pub error_since: Option<DateTime<Utc>>,
+    /// Set while another agent of the cluster holds the archiver's lease (this agent
+    /// waits to take over): the archive's lag is the holder's to report.
+    #[serde(default)]
+    pub standby: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,22 +229,30 @@ impl StateStore {
 
     /// drill.json in the state dir: the newest drill this agent knows of.
     pub fn drill_path(&self) -> PathBuf {
-        self.dir.join("drill.json")
+        self.dir.join(drill_file(false))
     }
 
-    /// Records a drill in drill.json, under the state lock (the one writer of that file).
-    /// With `only_if_newer`, only when it finished after the recorded one (the daemon
-    /// caching drills it found in the stores). Returns whether it was written.
+    /// pitr-drill.json or drill.json: where a drill of this kind is recorded.
+    pub fn drill_path_of(&self, pitr: bool) -> PathBuf {
+        self.dir.join(drill_file(pitr))
+    }
+
+    /// Records a drill in drill.json (the log drill in pitr-drill.json), under the state
+    /// lock (the one writer of that file). With `only_if_newer`, only when it finished
+    /// after the recorded one (the daemon caching drills it found in the stores). Returns
+    /// whether it was written.
     pub fn record_drill(&self, rec: &DrillRecord, only_if_newer: bool) -> Result<bool, StateError> {
         self.locked(|| {
             if only_if_newer
-                && load_drill(&self.dir).is_some_and(|d| d.finished_at >= rec.finished_at)
+                && load_drill_of(&self.dir, rec.pitr)
+                    .is_some_and(|d| d.finished_at >= rec.finished_at)
             {
                 return Ok(false);
             }
             let json = serde_json::to_vec_pretty(rec).expect("serializable");
-            atomic_write(&self.drill_path(), &json).map_err(|e| StateError::Io {
-                path: self.drill_path().display().to_string(),
+            let path = self.drill_path_of(rec.pitr);
+            atomic_write(&path, &json).map_err(|e| StateError::Io {
+                path: path.display().to_string(),
                 source: e,
             })?;
             Ok(true)
@@ -256,10 +268,27 @@ pub struct DrillRecord {
     pub backup_id: Option<String>,
     pub source: Option<String>,
     pub message: Option<String>,
+    /// The log drill (`restore --verify --pitr`): a backup plus the archived binary log
+    /// replayed to the next backup's data.
+    #[serde(default)]
+    pub pitr: bool,
+}
+
+fn drill_file(pitr: bool) -> &'static str {
+    if pitr {
+        "pitr-drill.json"
+    } else {
+        "drill.json"
+    }
 }
 
 pub fn load_drill(dir: &Path) -> Option<DrillRecord> {
-    let b = fs::read(dir.join("drill.json")).ok()?;
+    load_drill_of(dir, false)
+}
+
+/// The recorded drill of one kind (the plain drill, or the log drill).
+pub fn load_drill_of(dir: &Path, pitr: bool) -> Option<DrillRecord> {
+    let b = fs::read(dir.join(drill_file(pitr))).ok()?;
     serde_json::from_slice(&b).ok()
 }
 

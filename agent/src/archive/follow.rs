@@ -26,8 +26,18 @@ use backup_core::state::{BinlogGap, StateStore};
 /// How often the state's "caught up" time is refreshed while the server is idle.
 const SYNC_EVERY: Duration = Duration::from_secs(5);
 
-/// Follows `src`'s binary log until `stop` resolves (Ok) or something fails (Err; the
-/// caller retries).
+/// Why following stops.
+#[derive(Debug)]
+pub enum Stop {
+    /// Shutdown: the whole transactions held in memory are stored first.
+    Flush,
+    /// The archiver lease was lost: another agent may be archiving already, so nothing
+    /// more is stored here (what is held is fetched again by the holder).
+    Abandon(String),
+}
+
+/// Follows `src`'s binary log until `stop` resolves (Ok, or Err(LeaseLost) when told to
+/// abandon) or something fails (Err; the caller retries).
 pub async fn follow(
     cfg: &Config,
     src: &SourceConfig,
@@ -35,7 +45,7 @@ pub async fn follow(
     keys: &SealingKeys,
     state: &StateStore,
     alerter: &Alerter,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = Stop>,
 ) -> Result<(), ArchiveError> {
     let fail = |message: String| ArchiveError::Stream {
         source_name: src.name.clone(),
@@ -43,16 +53,20 @@ pub async fn follow(
     };
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
-    let node = &src.nodes[0];
+    let (node, mut conn) = super::connect_reader(cfg, src).await.map_err(fail)?;
+    let node = &node;
     let connect = || super::reconnect(src, node);
-    let mut conn = connect().await.map_err(fail)?;
     let start = start_position(cfg, src, &stores, state, &mut conn)
         .await
         .map_err(fail)?;
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
+    let asked = super::start_for_server(&mut conn, &pos)
+        .await
+        .map_err(fail)?;
+    tracing::info!(event = "binlog_follow", source = %src.name, node = %node.name, from = %start);
     let id = super::reader_server_id(&cfg.agent.name, &src.name);
-    let opened = match binlog::open(conn, &start, id, false).await {
+    let opened = match binlog::open(conn, &asked, id, false).await {
         Ok(s) => Ok(s),
         Err(e) if e.is_purged() => Err(e),
         Err(e) => return Err(fail(e.to_string())),
@@ -95,9 +109,12 @@ pub async fn follow(
     tokio::pin!(stop);
     let result = loop {
         let next = tokio::select! {
-            _ = &mut stop => {
+            why = &mut stop => {
                 // Shutdown: what is whole is stored; a transaction in flight is fetched
                 // again at the next start.
+                if let Stop::Abandon(why) = why {
+                    break Err(ArchiveError::LeaseLost { source_name: src.name.clone(), why });
+                }
                 let flushed = if b.at_boundary() { b.finish().map(&store).transpose() } else { Ok(None) };
                 break flushed.map(|_| ());
             }

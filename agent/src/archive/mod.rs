@@ -38,6 +38,9 @@ pub enum ArchiveError {
         source_name: String,
         message: String,
     },
+    /// The archiver lease was lost; another agent archives (nothing more stored here).
+    #[error("source {source_name}: {why}; archiving stopped here (another agent archives)")]
+    LeaseLost { source_name: String, why: String },
     /// A gap was found and recorded; archiving goes on from the oldest log the server has.
     #[error("source {source_name}: gap in the binary log (recorded); archiving restarts")]
     Gap { source_name: String },
@@ -280,6 +283,95 @@ pub(crate) async fn reconnect(
         .map_err(|e| e.to_string())
 }
 
+/// The node a source's binary log is read from, and a connection to it: a standalone
+/// source's node; for a Galera source, a node chosen like the dump's (reachable, ready,
+/// in the Primary component, own site first, least loaded; a desynced node serves too,
+/// its binary log is whole), whose GTIDs are the cluster's ([`galera_gtid_problems`]).
+/// Because every node numbers the cluster's transactions alike, archiving goes on from
+/// any node at the last archived GTID: no gap, no duplicate.
+pub(crate) async fn connect_reader(
+    cfg: &backup_core::config::Config,
+    src: &SourceConfig,
+) -> Result<(NodeConfig, mysql_async::Conn), String> {
+    if src.galera.is_none() {
+        let node = src.nodes[0].clone();
+        let c = reconnect(src, &node).await?;
+        return Ok((node, c));
+    }
+    let password =
+        backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
+            .map_err(|e| e.to_string())?;
+    let probes = crate::source::galera::probe_all(src, &password).await;
+    let any: Vec<String> = src.nodes.iter().map(|n| n.name.clone()).collect();
+    let i = crate::source::galera::choose(&probes, &cfg.agent.site, &any)
+        .map_err(|e| format!("choosing the node to read the binary log from: {e}"))?;
+    let node = src.nodes[i].clone();
+    let mut c = reconnect(src, &node).await?;
+    let problems = galera_gtid_problems(&mut c).await;
+    if !problems.is_empty() {
+        let _ = c.disconnect().await;
+        return Err(format!(
+            "node {} ({}): {}",
+            node.name,
+            node.endpoint,
+            problems.join("; ")
+        ));
+    }
+    Ok((node, c))
+}
+
+/// The position to ask `conn`'s server for: `start` without the domains its binary log
+/// never had (another Galera node's local domain: the server would refuse the whole
+/// request as if the log were purged). A domain it lacks that matters (the cluster's)
+/// shows as a jump in the stream and is recorded as a gap.
+pub(crate) async fn start_for_server(
+    conn: &mut mysql_async::Conn,
+    start: &crate::source::binlog::GtidPos,
+) -> Result<String, String> {
+    let state: String = conn
+        .query_first("SELECT @@gtid_binlog_state")
+        .await
+        .map_err(|e| format!("reading the server's GTID state: {e}"))?
+        .unwrap_or_default();
+    let has = crate::source::binlog::GtidPos::parse(&state).unwrap_or_default();
+    Ok(start.only(|d| has.seq(d).is_some()).to_string())
+}
+
+/// What a Galera node needs for its binary log to be the cluster's, readable from any
+/// node at the same GTID (nothing for a standalone server): `wsrep_gtid_mode=ON` with one
+/// `wsrep_gtid_domain_id` on every node, `log_slave_updates=ON` (else a node logs only
+/// what was written on it), and a `gtid_domain_id` of its own for what it writes outside
+/// the cluster.
+pub(crate) async fn galera_gtid_problems(conn: &mut mysql_async::Conn) -> Vec<String> {
+    type Settings = (String, String, String, u32, u32);
+    let row: Result<Option<Settings>, _> = conn
+        .query_first(
+            "SELECT @@wsrep_on, @@wsrep_gtid_mode, @@log_slave_updates, @@wsrep_gtid_domain_id, @@gtid_domain_id",
+        )
+        .await;
+    let (wsrep, mode, slave_updates, cluster_domain, local_domain) = match row {
+        Ok(Some(r)) => r,
+        // A server without Galera (no wsrep variables) is not a cluster node.
+        Ok(None) | Err(_) => return Vec::new(),
+    };
+    if wsrep != "1" {
+        return Vec::new();
+    }
+    let mut v = Vec::new();
+    if mode != "1" {
+        v.push("wsrep_gtid_mode is OFF: each node then numbers the cluster's transactions its own way, so archiving could not go on from another node without a gap or a duplicate; set wsrep_gtid_mode=ON and one wsrep_gtid_domain_id on every node (and each node a gtid_domain_id of its own), then restart the nodes one at a time".to_string());
+    }
+    if slave_updates != "1" {
+        v.push("log_slave_updates is OFF: the node's binary log holds only what was written on it, not the cluster's other transactions; set log_slave_updates=ON on every node and restart them one at a time".to_string());
+    }
+    if mode == "1" && local_domain == cluster_domain {
+        v.push(format!(
+            "gtid_domain_id is {local_domain}, the cluster's wsrep_gtid_domain_id: what a node writes outside the cluster would then be numbered in the cluster's domain; give each node a gtid_domain_id of its own (e.g. 10 + its number)"
+        ));
+    }
+    v
+}
+
 /// The id a replication connection of this agent gives itself for `source`: in a range of
 /// its own (4 000 000 000 + 200 million), drawn anew for each connection from the agent and
 /// source names, the process and the time. The server refuses a second reader with the
@@ -317,9 +409,11 @@ fn newest_backup_gtid(
         .map(|(_, g)| g)
 }
 
-/// Where archiving of `src` continues: the state's position; the first time, the newest
-/// backup's snapshot GTID, else the server's current position (recorded at once, so that
-/// the chain starts there even if nothing is archived yet).
+/// Where archiving of `src` continues: the end of the stored chain that continues the
+/// state's position; the first time (or on an agent that never archived, such as the
+/// other site's agent taking over), the one that continues the newest backup's snapshot
+/// GTID, else the newest stored segment's end, else the server's current position. It is
+/// recorded at once, so that the chain starts there even if nothing is archived yet.
 pub(crate) async fn start_position(
     cfg: &backup_core::config::Config,
     src: &SourceConfig,
@@ -333,16 +427,21 @@ pub(crate) async fn start_position(
         .sources
         .get(&src.name)
         .and_then(|s| s.binlog_position.clone());
-    if let Some(p) = known {
-        return Ok(stored_chain_end(cfg, src, stores, p));
-    }
-    let p = match tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, stores)) {
-        Some(g) => g,
-        None => conn
-            .query_first::<String, _>("SELECT @@gtid_binlog_pos")
-            .await
-            .map_err(|e| format!("reading the server's GTID position: {e}"))?
-            .unwrap_or_default(),
+    let segs = tokio::task::block_in_place(|| stored_segments(cfg, src, stores));
+    let from = match known {
+        Some(p) => Some(p),
+        None => tokio::task::block_in_place(|| newest_backup_gtid(cfg, src, stores)),
+    };
+    let p = match from {
+        Some(p) => stored_chain_end(src, &segs, p),
+        None => match newest_segment_end(&segs) {
+            Some(p) => p,
+            None => conn
+                .query_first::<String, _>("SELECT @@gtid_binlog_pos")
+                .await
+                .map_err(|e| format!("reading the server's GTID position: {e}"))?
+                .unwrap_or_default(),
+        },
     };
     state
         .update(|s| {
@@ -355,40 +454,50 @@ pub(crate) async fn start_position(
     Ok(p)
 }
 
-/// The end of the chain of stored segments that continues from `p`: segments stored
-/// before a crash kept the state from recording them (the state moves after the store).
-fn stored_chain_end(
+/// Every trusted segment manifest of `src` in the stores (a segment in several stores
+/// comes once per store).
+fn stored_segments(
     cfg: &backup_core::config::Config,
     src: &SourceConfig,
     stores: &[OpenStore],
-    mut p: String,
-) -> String {
+) -> Vec<SegmentManifest> {
     let Ok(trust) = crate::seal::crypto::manifest_trust(cfg.encryption.as_ref()) else {
+        return Vec::new();
+    };
+    stores
+        .iter()
+        .filter_map(|os| os.store.as_ref().ok())
+        .filter_map(|s| {
+            backup_core::catalog::complete_segments(s.as_ref(), &src.prefix, &trust).ok()
+        })
+        .flat_map(|l| l.segments)
+        .collect()
+}
+
+/// The end of the newest stored segment (by its last event), when no backup anchors the
+/// chain.
+fn newest_segment_end(segs: &[SegmentManifest]) -> Option<String> {
+    segs.iter()
+        .max_by(|a, b| (&a.last_event_at, &a.segment_id).cmp(&(&b.last_event_at, &b.segment_id)))
+        .map(|m| m.end_position.clone())
+}
+
+/// The end of the chain of stored segments that continues from `p`: segments stored
+/// before a crash kept the state from recording them (the state moves after the store),
+/// and segments another agent stored while it held the archiver lease continue it too.
+fn stored_chain_end(src: &SourceConfig, segs: &[SegmentManifest], p: String) -> String {
+    let Some(from) = crate::source::binlog::GtidPos::parse(&p) else {
         return p;
     };
-    let segs: Vec<SegmentManifest> = tokio::task::block_in_place(|| {
-        stores
-            .iter()
-            .filter_map(|os| os.store.as_ref().ok())
-            .filter_map(|s| {
-                backup_core::catalog::complete_segments(s.as_ref(), &src.prefix, &trust).ok()
-            })
-            .flat_map(|l| l.segments)
-            .collect()
-    });
-    let norm = |s: &str| {
-        crate::source::binlog::GtidPos::parse(s).map_or_else(|| s.to_string(), |g| g.to_string())
-    };
-    let mut steps = 0;
-    while let Some(next) = segs.iter().find(|m| norm(&m.previous_gtid) == norm(&p)) {
-        if norm(&next.end_position) == norm(&p) || steps > segs.len() {
-            break;
+    let all: Vec<&SegmentManifest> = segs.iter().collect();
+    let chain = backup_core::catalog::chain_after(&all, &from);
+    match chain.last() {
+        Some(last) => {
+            tracing::info!(event = "segment_found_stored", source = %src.name, segments = chain.len(), last = %last.segment_id, "stored before this agent (re)started; archiving continues after them");
+            last.end_position.clone()
         }
-        tracing::info!(event = "segment_found_stored", source = %src.name, segment = %next.segment_id, "stored before the agent stopped; archiving continues after it");
-        p = next.end_position.clone();
-        steps += 1;
+        None => p,
     }
-    p
 }
 
 /// After a segment is stored: the chain's position moves past it, the newest archived
@@ -436,17 +545,18 @@ pub async fn archive_until_now(
     };
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
-    let node = &src.nodes[0];
-    let mut conn = reconnect(src, node).await.map_err(fail)?;
+    let (node, mut conn) = connect_reader(cfg, src).await.map_err(fail)?;
+    let node = &node;
     let start = start_position(cfg, src, &stores, state, &mut conn)
         .await
         .map_err(fail)?;
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
+    let asked = start_for_server(&mut conn, &pos).await.map_err(fail)?;
     let id = reader_server_id(&cfg.agent.name, &src.name);
     let alerter = backup_core::alert::Alerter::new(cfg.alerts.clone(), state.clone());
     let purged = |e: &binlog::BinlogError| e.is_purged();
-    let mut stream = match binlog::open(conn, &start, id, true).await {
+    let mut stream = match binlog::open(conn, &asked, id, true).await {
         Ok(s) => s,
         Err(e) if purged(&e) => {
             let mut c = reconnect(src, node).await.map_err(fail)?;

@@ -239,31 +239,83 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
 }
 
 /// Follows a source's binary log while the daemon runs; after a failure, alerts
-/// (`binlog_failed`, a condition) and retries with a growing pause (5 s to 1 min).
+/// (`binlog_failed`, a condition) and retries with a growing pause (5 s to 1 min). For a
+/// Galera source with the cluster lease, only the agent that holds the archiver's lease
+/// follows; the others wait (standby) and take over within the lease's TTL when the
+/// holder stops renewing it. A holder that loses the lease stops at once and stores
+/// nothing more.
 async fn binlog_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>) {
     let src = &d.cfg.sources[i];
     let bl = src.binlog.clone().expect("binlog configured");
+    let leased = src.galera.as_ref().is_some_and(|g| g.lease);
     let mut pause = Duration::from_secs(5);
     loop {
         if *phase.borrow() != Phase::Running {
             return;
         }
         let started = std::time::Instant::now();
-        let mut stop = phase.clone();
-        let r = crate::archive::follow::follow(
-            &d.cfg,
-            src,
-            &bl,
-            &d.keys,
-            &d.state,
-            &d.alerter,
-            async move { reached(&mut stop, Phase::Draining).await },
-        )
-        .await;
+        let mut lease = None;
+        let r = if leased {
+            match archiver_lease(&d, src, &phase).await {
+                Ok(Some(l)) => {
+                    lease = Some(l);
+                    Ok(())
+                }
+                Ok(None) => return,
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(())
+        };
+        let r = match r {
+            Err(e) => Err(crate::archive::ArchiveError::Stream {
+                source_name: src.name.clone(),
+                message: format!("cluster lease for the archiver: {e}"),
+            }),
+            Ok(()) => {
+                let mut stop = phase.clone();
+                let held = lease.as_mut();
+                crate::archive::follow::follow(
+                    &d.cfg,
+                    src,
+                    &bl,
+                    &d.keys,
+                    &d.state,
+                    &d.alerter,
+                    async move {
+                        use crate::archive::follow::Stop;
+                        match held {
+                            Some(l) => tokio::select! {
+                                _ = reached(&mut stop, Phase::Draining) => Stop::Flush,
+                                why = l.lost() => Stop::Abandon(why),
+                            },
+                            None => {
+                                reached(&mut stop, Phase::Draining).await;
+                                Stop::Flush
+                            }
+                        }
+                    },
+                )
+                .await
+            }
+        };
+        if let Some(l) = lease {
+            // Released (not done): the other agents take over at once.
+            let why = match &r {
+                Ok(()) => "released at shutdown".to_string(),
+                Err(e) => format!("released: {e}"),
+            };
+            l.finish(false, None, Some(why)).await;
+        }
         let e = match r {
             Ok(()) => return,
             // Recorded and alerted; go on at once from where the server's log begins.
             Err(crate::archive::ArchiveError::Gap { .. }) => continue,
+            // Another agent archives now; wait for the lease again.
+            Err(e @ crate::archive::ArchiveError::LeaseLost { .. }) => {
+                tracing::warn!(event = "archiver_lease_lost", source = %src.name, error = %e);
+                continue;
+            }
             Err(e) => e.to_string(),
         };
         tracing::error!(event = "binlog_failed", source = %src.name, error = %e);
@@ -296,6 +348,48 @@ async fn binlog_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
             _ = reached(&mut phase, Phase::Draining) => return,
         }
         pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Waits for the archiver's lease of a Galera source (None: the daemon stops first).
+/// While another agent holds it, this agent is on standby: the state says so, and the
+/// freshness checks leave the archive's lag to the holder.
+async fn archiver_lease(
+    d: &Daemon,
+    src: &backup_core::config::SourceConfig,
+    phase: &watch::Receiver<Phase>,
+) -> Result<Option<galera::Lease>, String> {
+    let set_standby = |v: Option<String>| {
+        let _ = d.state.update(|s| {
+            s.sources
+                .entry(src.name.clone())
+                .or_default()
+                .binlog
+                .standby = v;
+        });
+    };
+    set_standby(Some("another agent of the cluster".into()));
+    let mut cancel = phase.clone();
+    let claim = galera::acquire(
+        src,
+        &d.cfg.agent.site,
+        &d.cfg.agent.name,
+        galera::ARCHIVER_SLOT,
+        async move { reached(&mut cancel, Phase::Draining).await },
+    )
+    .await;
+    match claim {
+        Ok(galera::Claim::Held(l)) => {
+            set_standby(None);
+            tracing::info!(event = "archiver_lease_held", source = %src.name, holder = %l.holder, takeover_from = ?l.takeover_from);
+            Ok(Some(l))
+        }
+        Err(galera::GaleraError::ShuttingDown) => Ok(None),
+        Err(e) => Err(e.to_string()),
+        // The archiver's slot is never done nor given up (see galera::acquire).
+        Ok(other) => Err(format!(
+            "unexpected claim of the archiver's slot: {other:?}"
+        )),
     }
 }
 
@@ -437,11 +531,7 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                     .await;
                 if let Some(b) = &s.binlog {
                     let since_start = (facts.now - d.started).to_std().unwrap_or_default();
-                    let lagging = b.open_gap.is_none()
-                        && match b.lag {
-                            Some(l) => l > b.max_lag,
-                            None => since_start > b.max_lag,
-                        };
+                    let lagging = b.lagging(since_start);
                     let lag_alert = || {
                         Alert::new(
                             "binlog_lag",

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::seal::crypto;
 use backup_core::catalog;
 use backup_core::config::Config;
-use backup_core::state::{load_drill, DrillRecord, State, StateStore};
+use backup_core::state::{load_drill_of, DrillRecord, State, StateStore};
 use backup_core::store::open_store;
 
 pub const OK: u8 = 0;
@@ -48,6 +48,22 @@ pub struct BinlogFacts {
     /// A gap no backup has been taken after yet.
     pub open_gap: Option<backup_core::state::BinlogGap>,
     pub error: Option<String>,
+    /// Another agent of the cluster holds the archiver's lease (this one waits to take
+    /// over): the archive's lag is the holder's to report.
+    pub standby: Option<String>,
+}
+
+impl BinlogFacts {
+    /// Whether this agent's archive is behind more than `max_lag` (never on standby, nor
+    /// with an open gap, which is its own alert).
+    pub fn lagging(&self, since_start: Duration) -> bool {
+        self.standby.is_none()
+            && self.open_gap.is_none()
+            && match self.lag {
+                Some(l) => l > self.max_lag,
+                None => since_start > self.max_lag,
+            }
+    }
 }
 
 impl BinlogFacts {
@@ -78,6 +94,7 @@ impl BinlogFacts {
             gaps_total: b.gaps_total,
             open_gap,
             error: b.error,
+            standby: b.standby,
         }
     }
 }
@@ -94,6 +111,9 @@ pub struct Facts {
     pub dpo: Vec<DpoFact>,
     pub dpo_warning_days: u32,
     pub drill: Option<DrillRecord>,
+    /// The newest log drill (`restore --verify --pitr`), when a source archives its binary
+    /// log (None: none archives; Some(None): none on record).
+    pub pitr_drill: Option<Option<DrillRecord>>,
     pub drill_max_age: Option<Duration>,
     /// Why the state file could not be read, when it could not.
     pub state_error: Option<String>,
@@ -164,6 +184,11 @@ pub fn verdict(f: &Facts) -> Verdict {
                 g.found_at.to_rfc3339(),
                 g.window_end.map(|t| t.to_rfc3339()).unwrap_or_else(|| "?".into())
             ));
+        } else if let Some(holder) = &b.standby {
+            ok.push(format!(
+                "{}: binary log archived by {holder} (this agent on standby)",
+                s.name
+            ));
         } else {
             match b.lag {
                 None => critical.push(format!(
@@ -205,15 +230,21 @@ pub fn verdict(f: &Facts) -> Verdict {
         }
     }
     if let Some(max) = f.drill_max_age {
-        match &f.drill {
-            None => critical.push("no restore drill on record; run restore --verify".into()),
-            Some(d) if age(f.now, d.finished_at) > max => critical.push(format!(
-                "last restore drill was {} ago (max {}); run restore --verify",
-                human(age(f.now, d.finished_at)),
-                human(max)
-            )),
-            Some(d) if !d.success => critical.push("the last restore drill failed".into()),
-            Some(_) => {}
+        let mut kinds = vec![("restore drill", "restore --verify", &f.drill)];
+        if let Some(p) = &f.pitr_drill {
+            kinds.push(("log drill (PITR)", "restore --verify --pitr", p));
+        }
+        for (what, run, drill) in kinds {
+            match drill {
+                None => critical.push(format!("no {what} on record; run {run}")),
+                Some(d) if age(f.now, d.finished_at) > max => critical.push(format!(
+                    "last {what} was {} ago (max {}); run {run}",
+                    human(age(f.now, d.finished_at)),
+                    human(max)
+                )),
+                Some(d) if !d.success => critical.push(format!("the last {what} failed")),
+                Some(_) => {}
+            }
         }
     }
     if let Some(e) = &f.state_error {
@@ -325,18 +356,28 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
             .collect(),
         None => Vec::new(),
     };
-    // The newest drill record: the local one (drill.json) or one the drill wrote into a
-    // store beside the backups (that is how agents on other hosts learn of it).
-    let mut drill = load_drill(&cfg.agent.state_dir);
-    for src in &cfg.sources {
-        for st in &stores {
-            if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix) {
-                if drill.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
-                    drill = Some(r);
+    // The newest drill record of each kind: the local one (drill.json, pitr-drill.json)
+    // or one the drill wrote into a store beside the backups (that is how agents on other
+    // hosts learn of it).
+    let newest_drill = |pitr: bool| {
+        let mut drill = load_drill_of(&cfg.agent.state_dir, pitr);
+        for src in &cfg.sources {
+            for st in &stores {
+                if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix, pitr) {
+                    if drill.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
+                        drill = Some(r);
+                    }
                 }
             }
         }
-    }
+        drill
+    };
+    let drill = newest_drill(false);
+    let pitr_drill = cfg
+        .sources
+        .iter()
+        .any(|s| s.binlog.is_some())
+        .then(|| newest_drill(true));
     Facts {
         now,
         sources,
@@ -344,6 +385,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         dpo,
         dpo_warning_days: cfg.agent.dpo_expiry_warning_days,
         drill,
+        pitr_drill,
         drill_max_age: cfg.agent.drill_max_age,
         state_error: None,
     }
@@ -353,22 +395,24 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
 /// remote ones included, when it is newer than the one there: the daemon calls this on
 /// its listing timer, so that the fast healthcheck learns of drills run elsewhere.
 pub fn cache_remote_drill(cfg: &Config, stores: &[crate::copies::inventory::OpenStore]) {
-    let mut best = load_drill(&cfg.agent.state_dir);
-    let mut changed = false;
-    for src in &cfg.sources {
-        for os in stores {
-            let Ok(st) = &os.store else { continue };
-            if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix) {
-                if best.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
-                    best = Some(r);
-                    changed = true;
+    for pitr in [false, true] {
+        let mut best = load_drill_of(&cfg.agent.state_dir, pitr);
+        let mut changed = false;
+        for src in &cfg.sources {
+            for os in stores {
+                let Ok(st) = &os.store else { continue };
+                if let Some(r) = newest_drill_in_store(st.as_ref(), &src.prefix, pitr) {
+                    if best.as_ref().is_none_or(|d| r.finished_at > d.finished_at) {
+                        best = Some(r);
+                        changed = true;
+                    }
                 }
             }
         }
-    }
-    if let (true, Some(b)) = (changed, best) {
-        if let Err(e) = StateStore::new(&cfg.agent.state_dir).record_drill(&b, true) {
-            tracing::warn!(event = "drill_cache_failed", error = %e);
+        if let (true, Some(b)) = (changed, best) {
+            if let Err(e) = StateStore::new(&cfg.agent.state_dir).record_drill(&b, true) {
+                tracing::warn!(event = "drill_cache_failed", error = %e);
+            }
         }
     }
 }
@@ -377,13 +421,14 @@ pub fn cache_remote_drill(cfg: &Config, stores: &[crate::copies::inventory::Open
 fn newest_drill_in_store(
     store: &dyn backup_core::store::Store,
     prefix: &str,
+    pitr: bool,
 ) -> Option<DrillRecord> {
     let dir = backup_core::layout::drills_prefix(prefix);
     let name = store
         .list(&dir)
         .ok()?
         .into_iter()
-        .filter(|n| backup_core::layout::is_drill_record(n))
+        .filter(|n| backup_core::layout::is_drill_record(n, pitr))
         .max()?;
     let mut text = Vec::new();
     std::io::Read::read_to_end(
@@ -403,6 +448,7 @@ fn newest_drill_in_store(
         backup_id: v["backup_id"].as_str().map(String::from),
         source: v["source"].as_str().map(String::from),
         message: v["error"].as_str().map(String::from),
+        pitr,
     })
 }
 
@@ -441,6 +487,7 @@ mod tests {
             dpo: vec![Ok(("FPR".into(), None))],
             dpo_warning_days: 30,
             drill: None,
+            pitr_drill: None,
             drill_max_age: None,
             state_error: None,
         }
@@ -476,6 +523,7 @@ mod tests {
             backup_id: None,
             source: None,
             message: None,
+            pitr: false,
         });
         assert_eq!(verdict(&f).code, OK);
         f.drill = Some(DrillRecord {
@@ -484,6 +532,7 @@ mod tests {
             backup_id: None,
             source: None,
             message: None,
+            pitr: false,
         });
         assert_eq!(verdict(&f).code, CRITICAL);
     }

@@ -191,6 +191,19 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         &[],
         ts(drill),
     );
+    if let Some(p) = &facts.pitr_drill {
+        o.family(
+            "backup_pitr_drill_last_success_timestamp_seconds",
+            "gauge",
+            "Finish time of the last successful log drill (restore --verify --pitr); 0 if none.",
+        );
+        let t = p.as_ref().filter(|d| d.success).map(|d| d.finished_at);
+        o.sample(
+            "backup_pitr_drill_last_success_timestamp_seconds",
+            &[],
+            ts(t),
+        );
+    }
     o.family(
         "backup_dpo_certificate_expiry_timestamp_seconds",
         "gauge",

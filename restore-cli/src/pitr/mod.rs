@@ -337,30 +337,7 @@ pub fn plan(
     })
 }
 
-/// The chain of segments that continues a backup at GTID position `bpos`: the segment
-/// holding the first transaction after it, then each one that starts exactly where the
-/// previous one ended, up to the end of the archive or the first gap.
-pub fn chain_after<'a>(all: &[&'a SegmentManifest], bpos: &GtidPos) -> Vec<&'a SegmentManifest> {
-    let pos_of = |s: &str| GtidPos::parse(s).unwrap_or_default();
-    let first = all.iter().find(|m| {
-        let prev = pos_of(&m.previous_gtid);
-        let end = pos_of(&m.end_position);
-        prev.le(bpos) && bpos.le(&end) && end != *bpos
-    });
-    let mut chain = Vec::new();
-    let Some(mut cur) = first.copied() else {
-        return chain;
-    };
-    loop {
-        chain.push(cur);
-        let end = pos_of(&cur.end_position);
-        match all.iter().find(|m| pos_of(&m.previous_gtid) == end) {
-            // A crafted cycle cannot make this endless.
-            Some(n) if chain.len() <= all.len() => cur = n,
-            _ => return chain,
-        }
-    }
-}
+pub use backup_core::catalog::chain_after;
 
 pub(super) fn private_temp_dir() -> Result<tempfile::TempDir> {
     let base = std::env::var_os("TMPDIR")

@@ -19,6 +19,7 @@ use common::*;
 mod desync;
 mod lease;
 mod node;
+mod pitr;
 
 static LOCK: Mutex<()> = Mutex::new(());
 

@@ -14,6 +14,10 @@ use backup_core::secret::{read_secret_file, Secret};
 /// How many agents may try one slot (the first claim plus takeovers).
 pub const MAX_ATTEMPTS: i64 = 3;
 
+/// The lease slot of a source's binary log archiver: held for as long as an agent
+/// archives, taken over (any number of times) when its holder stops renewing it.
+pub const ARCHIVER_SLOT: &str = "binlog-archiver";
+
 /// The lease table, as the documentation gives it.
 pub fn lease_ddl(database: &str) -> String {
     let db = quote_ident(database);
@@ -71,6 +75,8 @@ struct LeaseCtx {
     slot: String,
     pw: Secret,
     own_site: String,
+    /// None: takeovers are never refused (the archiver's slot).
+    max_attempts: Option<i64>,
 }
 
 impl LeaseCtx {
@@ -199,7 +205,9 @@ struct Row {
 }
 
 /// Claims `slot` of `src` for `holder`, waiting while another live agent holds it.
-/// `cancel` resolves when the caller gives up waiting (shutdown).
+/// `cancel` resolves when the caller gives up waiting (shutdown). The archiver's slot
+/// ([`ARCHIVER_SLOT`]) is never done and never given up: a released or expired holder is
+/// taken over, whatever the number of takeovers before.
 pub async fn acquire(
     src: &SourceConfig,
     own_site: &str,
@@ -217,6 +225,7 @@ pub async fn acquire(
         slot: slot.to_string(),
         pw,
         own_site: own_site.to_string(),
+        max_attempts: (slot != ARCHIVER_SLOT).then_some(MAX_ATTEMPTS),
     };
     let poll = (g.lease_ttl / 5).clamp(Duration::from_millis(300), Duration::from_secs(10));
     tokio::pin!(cancel);
@@ -307,7 +316,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
         _ => {}
     }
     // Expired, failed, or our own row from a run that died: take it over if allowed.
-    if row.attempts >= MAX_ATTEMPTS {
+    if ctx.max_attempts.is_some_and(|m| row.attempts >= m) {
         return Ok(Step::Final(Claim::GaveUp {
             holder: row.holder,
             attempts: row.attempts,
@@ -316,7 +325,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
     // Assignments are evaluated left to right: history reads the old holder and state.
     let sql = format!(
         "UPDATE {} SET \
-         history = CONCAT_WS('; ', history, CONCAT(holder, ' ', state, IF(state = 'running', ' (expired)', ''), ' from ', DATE_FORMAT(claimed_at, '%Y-%m-%dT%H:%i:%sZ'))), \
+         history = RIGHT(CONCAT_WS('; ', history, CONCAT(holder, ' ', state, IF(state = 'running', ' (expired)', ''), ' from ', DATE_FORMAT(claimed_at, '%Y-%m-%dT%H:%i:%sZ'))), 8000), \
          holder = ?, state = 'running', attempts = attempts + 1, \
          claimed_at = UTC_TIMESTAMP(3), expires_at = UTC_TIMESTAMP(3) + INTERVAL {} MICROSECOND, \
          finished_at = NULL, backup_id = NULL \
@@ -420,7 +429,7 @@ async fn finish(
 ) -> Result<(), GaleraError> {
     let sql = format!(
         "UPDATE {} SET state = ?, backup_id = ?, finished_at = UTC_TIMESTAMP(3), expires_at = UTC_TIMESTAMP(3), \
-         history = IF(? IS NULL, history, CONCAT_WS('; ', history, CONCAT('failed: ', LEFT(?, 400)))) \
+         history = IF(? IS NULL, history, RIGHT(CONCAT_WS('; ', history, CONCAT('failed: ', LEFT(?, 400))), 8000)) \
          WHERE source = ? AND slot = ? AND holder = ?",
         ctx.table()
     );

@@ -7,6 +7,10 @@
 //! drill.json in the agent's state dir, a copy beside the backups in the store, and the
 //! drill_succeeded / drill_failed alert.
 
+mod chain;
+
+pub use chain::run as run_pitr;
+
 use std::path::{Path, PathBuf};
 
 use std::time::Instant;
@@ -42,7 +46,14 @@ pub struct Check {
 #[derive(Debug, Serialize, Default)]
 pub struct DrillReport {
     pub success: bool,
+    /// The log drill (`--pitr`): `backup_id` is the backup reached, `base_backup_id` the
+    /// one restored, then the archived binary log between them applied.
+    pub pitr: bool,
     pub backup_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_backup_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<usize>,
     pub source: Option<String>,
     pub store: Option<String>,
     pub file: Option<String>,
@@ -602,12 +613,13 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
             .error
             .clone()
             .or_else(|| report.mismatches.first().cloned()),
+        pitr: report.pitr,
     };
     let state = backup_core::state::StateStore::new(&cfg.agent.state_dir);
     match state.record_drill(&rec, false) {
         Ok(_) => notes.push(format!(
             "drill record written to {}",
-            state.drill_path().display()
+            state.drill_path_of(report.pitr).display()
         )),
         Err(e) => notes.push(format!("could not write the drill record: {e}")),
     }
@@ -623,7 +635,7 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
                     return notes;
                 }
             };
-            let key = layout::new_drill_key(&s.prefix, Utc::now());
+            let key = layout::new_drill_key(&s.prefix, Utc::now(), report.pitr);
             let full = serde_json::to_vec_pretty(report).expect("serializable");
             match put_bytes(store.as_ref(), &key, &full) {
                 Ok(()) => notes.push(format!("drill report stored as {}", store.describe(&key))),
