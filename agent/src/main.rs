@@ -404,13 +404,17 @@ fn prune(
                     a.reasons.join("; ")
                 );
             }
-            for a in &r.segments {
+            for g in backup_agent::copies::maintain::segment_ranges(&r.segments) {
+                let what = if g.count == 1 {
+                    g.first
+                } else {
+                    format!("{} .. {} ({} segments)", g.first, g.last, g.count)
+                };
                 println!(
-                    "  {} {:<26} on {:<14} {}",
-                    if a.keep { "keep" } else { "drop" },
-                    a.segment,
-                    a.store,
-                    a.reason
+                    "  {} {what} on {}: {}",
+                    if g.keep { "keep" } else { "drop" },
+                    g.store,
+                    g.reason
                 );
             }
             for s in &r.skipped_stores {

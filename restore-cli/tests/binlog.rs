@@ -199,6 +199,7 @@ fn a_segment_is_sealed_and_stored_like_a_dump_and_read_with_stock_tools() {
     let from = SegmentFrom {
         source: src_cfg,
         node: &src_cfg.nodes[0],
+        agent: &cfg.agent.name,
     };
     let archived = archive_segment(&stores, &keys, 6, &from, seg).unwrap();
     assert_eq!(

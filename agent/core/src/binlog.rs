@@ -122,14 +122,27 @@ impl GtidPos {
     /// absent from a backup or an archive read from another node) has nothing in common to
     /// replay.
     pub fn continued_by(&self, prev: &GtidPos, end: &GtidPos) -> bool {
-        prev.le_common(self) && self.le_common(end) && !end.le(self)
+        prev.le_shared(self) && self.le_shared(end) && !end.le(self)
     }
 
-    /// Whether every domain both positions have is at or before `other`'s.
-    fn le_common(&self, other: &GtidPos) -> bool {
+    /// Whether every domain both positions have is at or before `other`'s (a domain only
+    /// one side has, such as a Galera node's local one, is left out).
+    pub fn le_shared(&self, other: &GtidPos) -> bool {
         self.0
             .iter()
             .all(|(d, &(_, seq))| other.0.get(d).is_none_or(|&(_, s)| seq <= s))
+    }
+
+    /// Per domain, the later of the two positions (a domain only one has, as it is).
+    pub fn later(&self, other: &GtidPos) -> GtidPos {
+        let mut m = self.0.clone();
+        for (d, &(server, seq)) in &other.0 {
+            let e = m.entry(*d).or_insert((server, seq));
+            if seq > e.1 {
+                *e = (server, seq);
+            }
+        }
+        GtidPos(m)
     }
 
     /// The domains and their last sequence numbers.

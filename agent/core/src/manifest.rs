@@ -82,6 +82,10 @@ pub struct SegmentManifest {
     pub signer: String,
     pub tool_version: String,
     pub archived_at: String,
+    /// The agent that archived it (its `agent.name`): with several agents on a cluster,
+    /// the others copy it to their own stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// A manifest as stored and checked: its exact bytes, the agent's detached signature over

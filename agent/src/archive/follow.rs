@@ -53,17 +53,22 @@ pub async fn follow(
     };
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
-    let (node, mut conn) = super::connect_reader(cfg, src).await.map_err(fail)?;
-    let node = &node;
-    let connect = || super::reconnect(src, node);
-    let start = start_position(cfg, src, &stores, state, &mut conn)
+    let mut reader = super::connect_reader(cfg, src).await.map_err(fail)?;
+    let start = start_position(cfg, src, &stores, state, &mut reader.conn)
         .await
         .map_err(fail)?;
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
-    let asked = super::start_for_server(&mut conn, &pos)
+    let asked = super::start_for_server(&mut reader, &pos)
         .await
         .map_err(fail)?;
+    let super::Reader {
+        node,
+        conn,
+        cluster_domain,
+    } = reader;
+    let node = &node;
+    let connect = || super::reconnect(src, node);
     tracing::info!(event = "binlog_follow", source = %src.name, node = %node.name, from = %start);
     let id = super::reader_server_id(&cfg.agent.name, &src.name);
     let opened = match binlog::open(conn, &asked, id, false).await {
@@ -82,7 +87,11 @@ pub async fn follow(
         }
     };
     let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
-    let from = SegmentFrom { source: src, node };
+    let from = SegmentFrom {
+        source: src,
+        node,
+        agent: &cfg.agent.name,
+    };
     // The stores the last stored segment missed (None: nothing stored since the last look).
     let missed: std::sync::Mutex<Option<Vec<(String, String)>>> = Default::default();
     let store = |seg: Segment| -> Result<(), ArchiveError> {
@@ -102,7 +111,7 @@ pub async fn follow(
         .unwrap_or(false);
     let mut recovered = !had_error;
     let max = usize::try_from(bl.segment_max_size).unwrap_or(usize::MAX);
-    let mut b = SegmentBuilder::new(pos);
+    let mut b = SegmentBuilder::new(pos).only_domain(cluster_domain);
     let mut opened_at: Option<Instant> = None;
     let mut last_rx = Instant::now();
     let mut last_sync: Option<Instant> = None;
@@ -332,6 +341,12 @@ pub(crate) async fn gap(
                 ))
             })?
             .unwrap_or_default(),
+    };
+    // Never back: where the archive already is, a domain goes on from there (the server
+    // may have refused the request for another domain's sake).
+    let resumed = match (GtidPos::parse(after), GtidPos::parse(&resumed)) {
+        (Some(a), Some(r)) => a.later(&r).to_string(),
+        _ => resumed,
     };
     record_gap(src, state, alerter, after, &resumed, reason).await
 }

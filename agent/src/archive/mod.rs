@@ -56,6 +56,8 @@ pub enum ArchiveError {
 pub struct SegmentFrom<'a> {
     pub source: &'a SourceConfig,
     pub node: &'a NodeConfig,
+    /// This agent's name.
+    pub agent: &'a str,
 }
 
 /// A stored segment: its manifest, the stores that hold a verified copy, the ones that
@@ -132,6 +134,7 @@ pub fn archive_segment(
         signer: keys.signer_fingerprint().to_string(),
         tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
         archived_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        agent: Some(from.agent.to_string()),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
     let signature = keys.sign_detached(&bytes).map_err(seal_err)?;
@@ -292,11 +295,15 @@ pub(crate) async fn reconnect(
 pub(crate) async fn connect_reader(
     cfg: &backup_core::config::Config,
     src: &SourceConfig,
-) -> Result<(NodeConfig, mysql_async::Conn), String> {
+) -> Result<Reader, String> {
     if src.galera.is_none() {
         let node = src.nodes[0].clone();
-        let c = reconnect(src, &node).await?;
-        return Ok((node, c));
+        let conn = reconnect(src, &node).await?;
+        return Ok(Reader {
+            node,
+            conn,
+            cluster_domain: None,
+        });
     }
     let password =
         backup_core::secret::read_secret_file(&src.password_file.path, &src.password_file.key)
@@ -306,10 +313,10 @@ pub(crate) async fn connect_reader(
     let i = crate::source::galera::choose(&probes, &cfg.agent.site, &any)
         .map_err(|e| format!("choosing the node to read the binary log from: {e}"))?;
     let node = src.nodes[i].clone();
-    let mut c = reconnect(src, &node).await?;
-    let problems = galera_gtid_problems(&mut c).await;
+    let mut conn = reconnect(src, &node).await?;
+    let (problems, cluster_domain) = galera_gtid(&mut conn).await;
     if !problems.is_empty() {
-        let _ = c.disconnect().await;
+        let _ = conn.disconnect().await;
         return Err(format!(
             "node {} ({}): {}",
             node.name,
@@ -317,7 +324,21 @@ pub(crate) async fn connect_reader(
             problems.join("; ")
         ));
     }
-    Ok((node, c))
+    Ok(Reader {
+        node,
+        conn,
+        cluster_domain,
+    })
+}
+
+/// The node the binary log is read from, a connection to it, and for a Galera node the
+/// cluster's GTID domain: only its transactions are archived (the others are a node's
+/// own: not replicated, or replicated under the node's domain and numbered differently on
+/// each node), so that any node continues the archive exactly.
+pub(crate) struct Reader {
+    pub node: NodeConfig,
+    pub conn: mysql_async::Conn,
+    pub cluster_domain: Option<u32>,
 }
 
 /// The position to ask `conn`'s server for: `start` without the domains its binary log
@@ -325,10 +346,31 @@ pub(crate) async fn connect_reader(
 /// request as if the log were purged). A domain it lacks that matters (the cluster's)
 /// shows as a jump in the stream and is recorded as a gap.
 pub(crate) async fn start_for_server(
-    conn: &mut mysql_async::Conn,
+    r: &mut Reader,
     start: &crate::source::binlog::GtidPos,
 ) -> Result<String, String> {
-    let state: String = conn
+    if let Some(d) = r.cluster_domain {
+        // A Galera node: the cluster's domain from the archived position; the node's other
+        // domains (left out of the archive) at their current end. The server looks for the
+        // binary log file to start in by every domain its files list: a domain missing
+        // from the request, or behind the node's oldest file, would make it refuse the
+        // request as if the log were purged.
+        let now: String = r
+            .conn
+            .query_first("SELECT @@gtid_binlog_pos")
+            .await
+            .map_err(|e| format!("reading the node's GTID position: {e}"))?
+            .unwrap_or_default();
+        let mut req = crate::source::binlog::GtidPos::parse(&now)
+            .unwrap_or_default()
+            .only(|x| x != d);
+        if let Some(g) = start.domains().find(|g| g.domain == d) {
+            req.advance_to(g);
+        }
+        return Ok(req.to_string());
+    }
+    let state: String = r
+        .conn
         .query_first("SELECT @@gtid_binlog_state")
         .await
         .map_err(|e| format!("reading the server's GTID state: {e}"))?
@@ -343,6 +385,12 @@ pub(crate) async fn start_for_server(
 /// what was written on it), and a `gtid_domain_id` of its own for what it writes outside
 /// the cluster.
 pub(crate) async fn galera_gtid_problems(conn: &mut mysql_async::Conn) -> Vec<String> {
+    galera_gtid(conn).await.0
+}
+
+/// The problems of [`galera_gtid_problems`], and the cluster's GTID domain (None for a
+/// server that is not a Galera node).
+async fn galera_gtid(conn: &mut mysql_async::Conn) -> (Vec<String>, Option<u32>) {
     type Settings = (String, String, String, u32, u32);
     let row: Result<Option<Settings>, _> = conn
         .query_first(
@@ -352,10 +400,10 @@ pub(crate) async fn galera_gtid_problems(conn: &mut mysql_async::Conn) -> Vec<St
     let (wsrep, mode, slave_updates, cluster_domain, local_domain) = match row {
         Ok(Some(r)) => r,
         // A server without Galera (no wsrep variables) is not a cluster node.
-        Ok(None) | Err(_) => return Vec::new(),
+        Ok(None) | Err(_) => return (Vec::new(), None),
     };
     if wsrep != "1" {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut v = Vec::new();
     if mode != "1" {
@@ -369,7 +417,7 @@ pub(crate) async fn galera_gtid_problems(conn: &mut mysql_async::Conn) -> Vec<St
             "gtid_domain_id is {local_domain}, the cluster's wsrep_gtid_domain_id: what a node writes outside the cluster would then be numbered in the cluster's domain; give each node a gtid_domain_id of its own (e.g. 10 + its number)"
         ));
     }
-    v
+    (v, Some(cluster_domain))
 }
 
 /// The id a replication connection of this agent gives itself for `source`: in a range of
@@ -545,14 +593,19 @@ pub async fn archive_until_now(
     };
     let stores: Vec<OpenStore> =
         tokio::task::block_in_place(|| crate::copies::inventory::open_all(cfg));
-    let (node, mut conn) = connect_reader(cfg, src).await.map_err(fail)?;
-    let node = &node;
-    let start = start_position(cfg, src, &stores, state, &mut conn)
+    let mut reader = connect_reader(cfg, src).await.map_err(fail)?;
+    let start = start_position(cfg, src, &stores, state, &mut reader.conn)
         .await
         .map_err(fail)?;
     let pos =
         GtidPos::parse(&start).ok_or_else(|| fail(format!("{start:?} is not a GTID position")))?;
-    let asked = start_for_server(&mut conn, &pos).await.map_err(fail)?;
+    let asked = start_for_server(&mut reader, &pos).await.map_err(fail)?;
+    let Reader {
+        node,
+        conn,
+        cluster_domain,
+    } = reader;
+    let node = &node;
     let id = reader_server_id(&cfg.agent.name, &src.name);
     let alerter = backup_core::alert::Alerter::new(cfg.alerts.clone(), state.clone());
     let purged = |e: &binlog::BinlogError| e.is_purged();
@@ -567,9 +620,13 @@ pub async fn archive_until_now(
         }
         Err(e) => return Err(fail(e.to_string())),
     };
-    let mut b = SegmentBuilder::new(pos);
+    let mut b = SegmentBuilder::new(pos).only_domain(cluster_domain);
     let mut out = Vec::new();
-    let from = SegmentFrom { source: src, node };
+    let from = SegmentFrom {
+        source: src,
+        node,
+        agent: &cfg.agent.name,
+    };
     let mut store_seg = |seg: Segment| -> Result<(), ArchiveError> {
         let a = tokio::task::block_in_place(|| {
             archive_segment(

@@ -279,6 +279,40 @@ pub struct SegmentAction {
     pub reason: String,
 }
 
+/// Consecutive segments of one store with the same fate, for the report: "keep FIRST ..
+/// LAST (N segments): needed from backup B".
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SegmentRange {
+    pub store: String,
+    pub first: String,
+    pub last: String,
+    pub count: usize,
+    pub keep: bool,
+    pub reason: String,
+}
+
+/// Groups the segment actions (in chain order per store) into ranges.
+pub fn segment_ranges(actions: &[SegmentAction]) -> Vec<SegmentRange> {
+    let mut out: Vec<SegmentRange> = Vec::new();
+    for a in actions {
+        match out.last_mut() {
+            Some(r) if r.store == a.store && r.keep == a.keep && r.reason == a.reason => {
+                r.last = a.segment.clone();
+                r.count += 1;
+            }
+            _ => out.push(SegmentRange {
+                store: a.store.clone(),
+                first: a.segment.clone(),
+                last: a.segment.clone(),
+                count: 1,
+                keep: a.keep,
+                reason: a.reason.clone(),
+            }),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct PruneReport {
     pub plan: Vec<PruneAction>,
@@ -552,7 +586,7 @@ fn prune_segments(
                 true,
                 "no kept backup with a GTID position to anchor the window".to_string(),
             ),
-            Some((a, apos)) if end.le(apos) => (
+            Some((a, apos)) if end.le_shared(apos) => (
                 false,
                 format!(
                     "before backup {}, the oldest a restore inside the {} window starts from",
@@ -563,7 +597,8 @@ fn prune_segments(
             Some(_) => {
                 let serves = with_pos
                     .iter()
-                    .filter(|(_, p)| p.le(&end))
+                    // The newest backup the segment holds transactions after.
+                    .filter(|(_, p)| !end.le_shared(p))
                     .max_by_key(|(b, _)| b.finished_at)
                     .map(|(b, _)| b.id.clone())
                     .unwrap_or_else(|| "the next backup".into());

@@ -216,6 +216,31 @@ pub fn repair(
     stores: &[OpenStore],
     rows: &[SegRow],
 ) -> (Vec<String>, Vec<String>) {
+    copy_where(src, stores, rows, |_, _| true)
+}
+
+/// The daemon's share of the cluster's archive: segments another agent (`agent` in the
+/// manifest, not `me`) archived are copied to this agent's stores that have no object of
+/// them at all, as its backups are. A broken or missing copy of its own is left to
+/// `repair` (and alerted).
+pub fn copy_from_peers(
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    rows: &[SegRow],
+    me: &str,
+) -> (Vec<String>, Vec<String>) {
+    copy_where(src, stores, rows, |r, store| {
+        r.manifest.agent.as_deref().is_some_and(|a| a != me)
+            && !r.copies.iter().any(|c| c.store == store)
+    })
+}
+
+fn copy_where(
+    src: &SourceConfig,
+    stores: &[OpenStore],
+    rows: &[SegRow],
+    wanted: impl Fn(&SegRow, &str) -> bool,
+) -> (Vec<String>, Vec<String>) {
     let (mut copied, mut failed) = (Vec::new(), Vec::new());
     for r in rows {
         let Some(from) = r
@@ -229,7 +254,7 @@ pub fn repair(
         };
         for os in stores {
             let Ok(to) = os.store.as_ref() else { continue };
-            if r.copies.iter().any(|c| c.store == os.cfg.name && c.ok) {
+            if r.copies.iter().any(|c| c.store == os.cfg.name && c.ok) || !wanted(r, &os.cfg.name) {
                 continue;
             }
             match copy_segment(from.as_ref(), to.as_ref(), &src.prefix, r) {

@@ -305,7 +305,7 @@ async fn binlog_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
                 Ok(()) => "released at shutdown".to_string(),
                 Err(e) => format!("released: {e}"),
             };
-            l.finish(false, None, Some(why)).await;
+            l.release(why).await;
         }
         let e = match r {
             Ok(()) => return,
@@ -418,7 +418,21 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                 // The archived segments, once an hour: every copy present with its size,
                 // its manifest trusted and the same on every store, each segment on
                 // enough stores (`scrub` also hashes them).
+                // The segments another agent of the cluster archived are copied to this
+                // agent's stores that have none of them (from a verified copy, byte for
+                // byte, as `repair` does): they reach its own disk, as its backups do.
                 let seg_problems = (scrub_now && src.binlog.is_some()).then(|| {
+                    let (rows, _) =
+                        crate::copies::segments::inventory(&cfg, src, &stores, false, Utc::now());
+                    let (copied, failed) = crate::copies::segments::copy_from_peers(
+                        src,
+                        &stores,
+                        &rows,
+                        &cfg.agent.name,
+                    );
+                    if !copied.is_empty() || !failed.is_empty() {
+                        tracing::info!(event = "segments_copied", source = %src.name, copied = copied.len(), failed = %failed.join("; "));
+                    }
                     let (rows, mut problems) =
                         crate::copies::segments::inventory(&cfg, src, &stores, false, Utc::now());
                     for r in &rows {

@@ -73,6 +73,28 @@ fn assert_one_whole_chain(store: &std::path::Path) -> Vec<serde_json::Value> {
     c.into_iter().map(|(_, m)| m).collect()
 }
 
+/// A daemon killed when the test ends, also when it fails (a leftover one would hold the
+/// archiver's lease for the next test).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    /// SIGTERM, then waits for a clean exit.
+    fn stop(&mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(wait_child(&mut self.0, Duration::from_secs(60)).success());
+    }
+}
+
 fn agent_config(s: &mut Setup, http: u16) {
     s.agent_extra.push_str(&format!(
         "http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n"
@@ -89,7 +111,7 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     let (o, node) = backup(&s, &c, &[]);
     ok(&o, "backup");
     assert_eq!(node.as_deref(), Some("n1"));
-    let mut d = spawn_agent(&s, &c, &["run"], "daemon");
+    let mut d = Running(spawn_agent(&s, &c, &["run"], "daemon"));
 
     let g1 = write_some(c.node(1), &db, 1, 8);
     wait_for(
@@ -107,11 +129,15 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     let g2 = write_some(c.node(2), &db, 2, 8);
     let want = fingerprint(c.node(2), &db);
     let g3 = write_some(c.node(2), &db, 3, 6);
-    wait_for(
-        "the transactions written after node 1 died archived",
-        Duration::from_secs(90),
-        || chain_reaches(&s.store(), &g3),
-    );
+    let t0 = Instant::now();
+    while !chain_reaches(&s.store(), &g3) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the transactions written after node 1 died were not archived:\n{}",
+            read_log(&s, "daemon")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = read_log(&s, "daemon");
     assert!(!log.contains("binlog_gap"), "no gap at the switch:\n{log}");
     let ms = assert_one_whole_chain(&s.store());
@@ -124,11 +150,7 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     // Every segment after the switch came from a live node, and chains by GTID alone.
     let after: Vec<&serde_json::Value> = ms.iter().filter(|m| m["node"] != "n1").collect();
     assert!(!after.is_empty());
-    Command::new("kill")
-        .args(["-TERM", &d.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(wait_child(&mut d, Duration::from_secs(60)).success());
+    d.stop();
 
     // A point after the switch: exactly the rows of that moment.
     let dst = target();
@@ -242,5 +264,123 @@ fn nodes_without_the_clusters_gtids_are_refused_with_the_fix() {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("wsrep_gtid_mode is OFF"), "{out}");
+    c.node(1).drop_db(&db);
+}
+
+/// The archiver's lease row: holder and state.
+fn archiver_row(c: &Cluster) -> Option<(String, String)> {
+    let out = c.node(2).sql(
+        "SELECT holder, state FROM backup_agent.lease WHERE source = 'main' AND slot = 'binlog-archiver'",
+    );
+    let line = out.lines().next()?;
+    let (h, s) = line.split_once('\t')?;
+    Some((h.to_string(), s.to_string()))
+}
+
+#[test]
+fn two_agents_archive_through_one_and_the_other_takes_over_when_it_dies() {
+    let c = cluster();
+    let db = pitr_cluster_db(&c);
+    let (mut a, mut b, shared) = two_agents(&c, &db, BINLOG, "lease_ttl = \"4s\"");
+    grant_streaming(c.node(1), &a);
+    for s in [&mut a, &mut b] {
+        agent_config(s, free_port());
+    }
+    ok(&backup(&a, &c, &[]).0, "backup");
+    // Whoever held the slot before (an earlier test) released it.
+    let da = Running(spawn_agent(&a, &c, &["run"], "daemon"));
+    let db_ = Running(spawn_agent(&b, &c, &["run"], "daemon"));
+    let (an, bn) = (a_name(&a), a_name(&b));
+    wait_for(
+        "one agent to hold the archiver lease",
+        Duration::from_secs(30),
+        || archiver_row(&c).is_some_and(|(h, s)| s == "running" && (h == an || h == bn)),
+    );
+    let g1 = write_some(c.node(1), &db, 1, 6);
+    wait_for("the holder to archive", Duration::from_secs(40), || {
+        chain_reaches(&shared, &g1)
+    });
+    let (holder, _) = archiver_row(&c).unwrap();
+    let (mut dead, mut live, dead_s, live_s) = if holder == an {
+        (da, db_, &a, &b)
+    } else {
+        (db_, da, &b, &a)
+    };
+    // Exactly one archives: the standby never opened a replication stream.
+    assert!(
+        read_log(dead_s, "daemon").contains("binlog_follow"),
+        "{}",
+        read_log(dead_s, "daemon")
+    );
+    assert!(
+        !read_log(live_s, "daemon").contains("binlog_follow"),
+        "the standby must not archive: {}",
+        read_log(live_s, "daemon")
+    );
+
+    // The holder dies (no release): the other agent takes over once the lease expires.
+    dead.0.kill().unwrap();
+    let _ = dead.0.wait();
+    let killed = Instant::now();
+    let g2 = write_some(c.node(2), &db, 2, 6);
+    let want = fingerprint(c.node(2), &db);
+    let other = a_name(live_s);
+    wait_for(
+        "the other agent to take the archiver over",
+        Duration::from_secs(30),
+        || archiver_row(&c).is_some_and(|(h, s)| h == other && s == "running"),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(4 + 6),
+        "taken over {took:?} after the holder died (TTL 4 s)"
+    );
+    wait_for("the new holder to archive", Duration::from_secs(40), || {
+        chain_reaches(&shared, &g2)
+    });
+    let log = read_log(live_s, "daemon");
+    assert!(
+        log.contains("archiver_lease_held") && !log.contains("binlog_gap"),
+        "{log}"
+    );
+    assert_one_whole_chain(&shared);
+
+    // The agent that died comes back as the standby: it copies to its own disk the
+    // segments archived while it was away (as it does with backups), and archives nothing.
+    let mut back = Running(spawn_agent(dead_s, &c, &["run"], "back"));
+    let all: std::collections::BTreeSet<String> = segments(&shared)
+        .iter()
+        .map(|(_, m)| m["segment_id"].as_str().unwrap().to_string())
+        .collect();
+    wait_for(
+        "the standby's disk to hold every segment",
+        Duration::from_secs(30),
+        || {
+            let mine: std::collections::BTreeSet<String> = segments(&dead_s.store())
+                .iter()
+                .map(|(_, m)| m["segment_id"].as_str().unwrap().to_string())
+                .collect();
+            all.is_subset(&mine)
+        },
+    );
+    assert!(!read_log(dead_s, "back").contains("binlog_follow"));
+    back.stop();
+    live.stop();
+    assert_eq!(
+        archiver_row(&c).map(|(_, s)| s),
+        Some("released".to_string()),
+        "released at shutdown"
+    );
+
+    let dst = target();
+    let o = restore(&restore_args(
+        live_s,
+        c.node(1),
+        &dst,
+        &["--until-gtid", &g2],
+    ));
+    ok(&o, "restore --until-gtid after the takeover");
+    assert_same(&want, &fingerprint(&dst, &db));
+    dst.drop_db(&db);
     c.node(1).drop_db(&db);
 }

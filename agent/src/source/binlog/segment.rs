@@ -21,6 +21,12 @@ pub struct Segment {
     pub end_position: String,
 }
 
+/// Whether `e` ends the transaction it belongs to (`standalone`: one statement, DDL).
+fn ends_transaction(e: &RawEvent, standalone: bool) -> bool {
+    e.kind == kind::XID
+        || (e.kind == kind::QUERY && (standalone || e.query_text().is_some_and(|q| q == b"COMMIT")))
+}
+
 /// Builds a segment from the stream's events. It holds the current format description
 /// event; a new one (the server moved to its next binary log) means the caller should
 /// cut first (see [`SegmentBuilder::push`]).
@@ -36,6 +42,11 @@ pub struct SegmentBuilder {
     server_id: Option<u32>,
     /// Inside a transaction (a GTID event seen, its end not yet).
     open: Option<bool>,
+    /// Only this GTID domain is archived (a Galera cluster's `wsrep_gtid_domain_id`):
+    /// transactions of other domains are a node's own, not the cluster's, and are left out.
+    domain: Option<u32>,
+    /// Inside a transaction that is left out (its end not seen yet).
+    skipping: Option<bool>,
     /// The position at this segment's start, and after its last transaction.
     start: GtidPos,
     position: GtidPos,
@@ -51,6 +62,22 @@ impl SegmentBuilder {
         }
     }
 
+    /// Archives only the transactions of GTID domain `d` (None: every domain).
+    pub fn only_domain(mut self, d: Option<u32>) -> SegmentBuilder {
+        self.domain = d;
+        self
+    }
+
+    /// Whether `e` is a GTID event of a domain this builder leaves out.
+    fn foreign(&self, e: &RawEvent) -> bool {
+        match (self.domain, &e.gtid) {
+            (Some(d), Some((g, _))) => {
+                backup_core::binlog::Gtid::parse(g).is_some_and(|g| g.domain != d)
+            }
+            _ => false,
+        }
+    }
+
     /// The position after the last transaction pushed.
     pub fn position(&self) -> &GtidPos {
         &self.position
@@ -63,7 +90,7 @@ impl SegmentBuilder {
 
     /// Whether the last event ended a transaction (a cut here keeps transactions whole).
     pub fn at_boundary(&self) -> bool {
-        self.open.is_none()
+        self.open.is_none() && self.skipping.is_none()
     }
 
     /// Bytes so far (the file's size if finished now).
@@ -90,6 +117,16 @@ impl SegmentBuilder {
             // Nothing is readable without the format description event.
             return false;
         }
+        if self.foreign(e) {
+            self.skipping = e.gtid.as_ref().map(|(_, standalone)| *standalone);
+            return false;
+        }
+        if let Some(standalone) = self.skipping {
+            if ends_transaction(e, standalone) {
+                self.skipping = None;
+            }
+            return false;
+        }
         if let Some((gtid, standalone)) = &e.gtid {
             if self.first_gtid.is_none() {
                 self.first_gtid = Some(gtid.clone());
@@ -102,10 +139,7 @@ impl SegmentBuilder {
             self.position.advance(gtid);
             self.open = Some(*standalone);
         } else if let Some(standalone) = self.open {
-            let ends = e.kind == kind::XID
-                || (e.kind == kind::QUERY
-                    && (standalone || e.query_text().is_some_and(|q| q == b"COMMIT")));
-            if ends {
+            if ends_transaction(e, standalone) {
                 self.open = None;
             }
         }
@@ -118,6 +152,9 @@ impl SegmentBuilder {
     /// between: purged), the position just before it and a description of what is
     /// missing.
     pub fn jump(&self, e: &RawEvent) -> Option<(GtidPos, String)> {
+        if self.foreign(e) {
+            return None;
+        }
         let g = e
             .gtid
             .as_ref()
@@ -177,5 +214,50 @@ impl SegmentBuilder {
         };
         self.start = self.position.clone();
         Some(seg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: u8, gtid: Option<&str>, standalone: bool) -> RawEvent {
+        RawEvent {
+            bytes: vec![kind; 23],
+            kind,
+            timestamp: 1_700_000_000,
+            server_id: 101,
+            log_pos: 0,
+            artificial: false,
+            gtid: gtid.map(|g| (g.to_string(), standalone)),
+        }
+    }
+
+    #[test]
+    fn a_galera_archive_keeps_the_clusters_domain_only() {
+        let start = GtidPos::parse("1-101-5,12-101-1").unwrap();
+        let mut b = SegmentBuilder::new(start).only_domain(Some(1));
+        assert!(!b.push(&ev(kind::FORMAT_DESCRIPTION, None, false)));
+        // A node's own transaction (domain 12: e.g. FLUSH, or a write with wsrep off):
+        // left out whole, and its numbers are no jump.
+        let local = ev(kind::GTID, Some("12-101-7"), false);
+        assert!(b.jump(&local).is_none());
+        b.push(&local);
+        assert!(!b.at_boundary());
+        b.push(&ev(30, None, false));
+        b.push(&ev(kind::XID, None, false));
+        assert!(b.at_boundary() && b.is_empty());
+        // The cluster's transactions are kept, and checked for continuity.
+        let next = ev(kind::GTID, Some("1-101-6"), false);
+        assert!(b.jump(&next).is_none());
+        b.push(&next);
+        b.push(&ev(30, None, false));
+        b.push(&ev(kind::XID, None, false));
+        assert!(b.jump(&ev(kind::GTID, Some("1-101-9"), false)).is_some());
+        let seg = b.finish().unwrap();
+        assert_eq!(seg.transactions, 1);
+        assert_eq!(seg.end_position, "1-101-6,12-101-1");
+        // The magic, the FDE and the 3 events of the cluster's transaction.
+        assert_eq!(seg.bytes.len(), 4 + 23 * 4);
     }
 }

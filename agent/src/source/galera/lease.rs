@@ -54,7 +54,7 @@ pub enum Claim {
 }
 
 /// How a held slot ended: success, the backup id, the error.
-type Outcome = (bool, Option<String>, Option<String>);
+type Outcome = (&'static str, Option<String>, Option<String>);
 
 /// A held lease; renewed in the background until finished.
 #[derive(Debug)]
@@ -372,12 +372,12 @@ fn start_renewer(ctx: LeaseCtx, takeover_from: Option<String>) -> Lease {
         loop {
             tokio::select! {
                 fin = &mut done_rx => {
-                    let Ok((ok, backup_id, error)) = fin else {
+                    let Ok((state, backup_id, error)) = fin else {
                         // Dropped without finishing (the run was cancelled): mark it failed,
                         // so that another agent may take the slot over at once.
-                        return finish(&ctx, &mut conn, false, None, Some("cancelled".into())).await;
+                        return finish(&ctx, &mut conn, "failed", None, Some("cancelled".into())).await;
                     };
-                    return finish(&ctx, &mut conn, ok, backup_id, error).await;
+                    return finish(&ctx, &mut conn, state, backup_id, error).await;
                 }
                 _ = tokio::time::sleep(every) => {}
             }
@@ -423,17 +423,16 @@ fn start_renewer(ctx: LeaseCtx, takeover_from: Option<String>) -> Lease {
 async fn finish(
     ctx: &LeaseCtx,
     conn: &mut Option<Conn>,
-    ok: bool,
+    state: &'static str,
     backup_id: Option<String>,
     error: Option<String>,
 ) -> Result<(), GaleraError> {
     let sql = format!(
         "UPDATE {} SET state = ?, backup_id = ?, finished_at = UTC_TIMESTAMP(3), expires_at = UTC_TIMESTAMP(3), \
-         history = IF(? IS NULL, history, RIGHT(CONCAT_WS('; ', history, CONCAT('failed: ', LEFT(?, 400))), 8000)) \
+         history = IF(? IS NULL, history, RIGHT(CONCAT_WS('; ', history, CONCAT(?, ': ', LEFT(?, 400))), 8000)) \
          WHERE source = ? AND slot = ? AND holder = ?",
         ctx.table()
     );
-    let state = if ok { "done" } else { "failed" };
     let mut last = None;
     for _ in 0..3 {
         if conn.is_none() {
@@ -454,6 +453,7 @@ async fn finish(
                     state,
                     &backup_id,
                     &error,
+                    state,
                     &error,
                     &ctx.src.name,
                     &ctx.slot,
@@ -496,9 +496,20 @@ impl Lease {
     }
 
     /// Records the slot's outcome in the lease row and stops renewing.
-    pub async fn finish(mut self, ok: bool, backup_id: Option<String>, error: Option<String>) {
+    pub async fn finish(self, ok: bool, backup_id: Option<String>, error: Option<String>) {
+        self.end(if ok { "done" } else { "failed" }, backup_id, error)
+            .await
+    }
+
+    /// Gives the lease up without an outcome (the archiver's slot at shutdown or after a
+    /// failure): state `released`, which another agent takes over at once.
+    pub async fn release(self, why: String) {
+        self.end("released", None, Some(why)).await
+    }
+
+    async fn end(mut self, state: &'static str, backup_id: Option<String>, error: Option<String>) {
         if let Some(tx) = self.finished.take() {
-            let _ = tx.send((ok, backup_id, error));
+            let _ = tx.send((state, backup_id, error));
         }
         if let Some(h) = self.renewer.take() {
             match h.await {
