@@ -536,4 +536,45 @@ mod tests {
         });
         assert_eq!(verdict(&f).code, CRITICAL);
     }
+
+    #[test]
+    fn the_log_drill_is_asked_for_like_the_plain_drill_when_the_log_is_archived() {
+        let mut f = facts(Some("2026-11-21T02:00:00Z"));
+        f.drill_max_age = Some(Duration::from_secs(35 * 86400));
+        let rec = |t: &str, ok: bool| DrillRecord {
+            finished_at: at(t),
+            success: ok,
+            backup_id: None,
+            source: None,
+            message: None,
+            pitr: true,
+        };
+        f.drill = Some(DrillRecord {
+            pitr: false,
+            ..rec("2026-11-01T00:00:00Z", true)
+        });
+        assert_eq!(verdict(&f).code, OK, "no source archives its log");
+        f.pitr_drill = Some(None);
+        let v = verdict(&f);
+        assert!(
+            v.code == CRITICAL
+                && v.line
+                    .contains("no log drill (PITR) on record; run restore --verify --pitr"),
+            "{}",
+            v.line
+        );
+        f.pitr_drill = Some(Some(rec("2026-10-01T00:00:00Z", true)));
+        let v = verdict(&f);
+        assert!(
+            v.code == CRITICAL && v.line.contains("last log drill (PITR) was"),
+            "{}",
+            v.line
+        );
+        f.pitr_drill = Some(Some(rec("2026-11-02T00:00:00Z", false)));
+        assert!(verdict(&f)
+            .line
+            .contains("the last log drill (PITR) failed"));
+        f.pitr_drill = Some(Some(rec("2026-11-02T00:00:00Z", true)));
+        assert_eq!(verdict(&f).code, OK);
+    }
 }

@@ -106,11 +106,16 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     let c = cluster();
     let db = pitr_cluster_db(&c);
     let mut s = n1_setup(&c, &db, BINLOG, "lease_ttl = \"4s\"");
+    s.stores = "[store.retention]\nkeep_last = 10\n".into();
     grant_streaming(c.node(1), &s);
     agent_config(&mut s, free_port());
     let (o, node) = backup(&s, &c, &[]);
     ok(&o, "backup");
     assert_eq!(node.as_deref(), Some("n1"));
+    let b1 = manifests(&s.store())[0]["backup_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let mut d = Running(spawn_agent(&s, &c, &["run"], "daemon"));
 
     let g1 = write_some(c.node(1), &db, 1, 8);
@@ -128,6 +133,11 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     c.signal(1, "KILL");
     let g2 = write_some(c.node(2), &db, 2, 8);
     let want = fingerprint(c.node(2), &db);
+    // A second boundary for --until TIME (the log's resolution is one second).
+    let t2 = server_now(c.node(2));
+    while server_now(c.node(2)) <= t2 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let g3 = write_some(c.node(2), &db, 3, 6);
     let t0 = Instant::now();
     while !chain_reaches(&s.store(), &g3) {
@@ -152,12 +162,50 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     assert!(!after.is_empty());
     d.stop();
 
-    // A point after the switch: exactly the rows of that moment.
+    // A point after the switch: exactly the rows of that moment, by GTID and by time.
     let dst = target();
     let o = restore(&restore_args(&s, c.node(2), &dst, &["--until-gtid", &g2]));
     ok(&o, "restore --until-gtid after the node switch");
     assert_same(&want, &fingerprint(&dst, &db));
     dst.drop_db(&db);
+    let o = restore(&restore_args(
+        &s,
+        c.node(2),
+        &dst,
+        &["--until", &rfc3339(t2)],
+    ));
+    ok(&o, "restore --until after the node switch");
+    assert_same(&want, &fingerprint(&dst, &db));
+    dst.drop_db(&db);
+
+    // Retention over the switch: a backup from another node (its GTID position names its
+    // own domains), and every segment is kept for the backup that needs it.
+    let (o, node) = backup(&s, &c, &[]);
+    ok(&o, "backup after the switch");
+    assert_ne!(node.as_deref(), Some("n1"));
+    let o = s.agent(c.node(2), &["prune", "--dry-run"]);
+    ok(&o, "prune --dry-run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let listed: usize = out
+        .lines()
+        .filter(|l| l.starts_with("  keep binlog_"))
+        .map(|l| {
+            assert!(l.contains(": needed from backup mariadb_"), "{l}");
+            l.split_once(" segments) on ")
+                .and_then(|(a, _)| a.rsplit('(').next())
+                .map_or(1, |n| n.parse().unwrap())
+        })
+        .sum();
+    assert_eq!(
+        listed,
+        segments(&s.store()).len(),
+        "every segment kept:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("needed from backup {b1}")),
+        "the switch's segments serve the first backup:\n{out}"
+    );
+    assert!(!out.contains("drop binlog_"), "{out}");
     c.node(2).drop_db(&db);
 }
 
