@@ -12,9 +12,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backup_agent::seal::crypto::SealingKeys;
-use backup_core::config::{ConfigPath, EncryptionConfig};
-
 fn key_args() -> Vec<String> {
     vec![
         "--dpo-key".into(),
@@ -229,22 +226,7 @@ fn seal(sql: &str, dir: &Path, n: usize) -> PathBuf {
         .expect("the dump's identity line");
     let id: serde_json::Value = serde_json::from_str(id_line).unwrap();
     let name = &format!("{}.sql.gz.gpg", id["backup_id"].as_str().unwrap());
-    let enc = EncryptionConfig {
-        dpo_certificates: vec![ConfigPath {
-            path: testdata("dpo.pub.asc"),
-            key: "dpo".into(),
-            position: None,
-        }],
-        signing_key_file: ConfigPath {
-            path: testdata("agent.sec.asc"),
-            key: "agent".into(),
-            position: None,
-        },
-        signing_key_passphrase_file: None,
-        peer_certificates: vec![],
-        compression_level: 6,
-    };
-    let keys = Arc::new(SealingKeys::load(&enc).unwrap());
+    let keys = Arc::new(agent_sealing_keys());
     let mut out = Vec::new();
     {
         let sealer = keys.seal(&mut out).unwrap();

@@ -8,8 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use backup_agent::seal::crypto::SealingKeys;
-use backup_core::config::{ConfigPath, EncryptionConfig};
 use common::daemon::healthcheck;
 use common::pitr::*;
 use common::receivers::{Mode, Receiver};
@@ -52,26 +50,6 @@ fn backup_ids(setup: &Setup) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-/// The agent's sealing keys (the throwaway ones), to forge what only the agent can sign.
-fn agent_keys() -> SealingKeys {
-    SealingKeys::load(&EncryptionConfig {
-        dpo_certificates: vec![ConfigPath {
-            path: testdata("dpo.pub.asc"),
-            key: "dpo".into(),
-            position: None,
-        }],
-        signing_key_file: ConfigPath {
-            path: testdata("agent.sec.asc"),
-            key: "agent".into(),
-            position: None,
-        },
-        signing_key_passphrase_file: None,
-        peer_certificates: vec![],
-        compression_level: 6,
-    })
-    .unwrap()
 }
 
 /// The binary log file without the first row change of `table`: its table map event and
@@ -191,7 +169,7 @@ fn the_log_drill_proves_the_chain_between_two_backups_and_names_the_table_a_forg
     let g = Gpg::new();
     g.import(&testdata("dpo.sec.asc"));
     g.import(&testdata("agent.pub.asc"));
-    let keys = agent_keys();
+    let keys = agent_sealing_keys();
     let mut forged = false;
     for (data, m) in chain(&setup.store()) {
         let plain_gz = setup.path("segment.gz");

@@ -15,10 +15,9 @@ use backup_core::config::Config;
 use backup_core::manifest::Manifest;
 use backup_core::store::open_store;
 
-use super::{check_scratch, choose, compare, verify_chosen, DrillArgs, DrillReport};
+use super::{choose, verify_chosen, DrillArgs, DrillReport, Scratch};
 use crate::crypto::{DpoKey, TrustedSigners};
 use crate::pitr::{self, Until};
-use crate::restore;
 
 /// The two backups the drill joins: the one it restores and the one it must reach.
 fn pair(
@@ -185,45 +184,18 @@ pub async fn run(
         Some(plan)
     };
 
-    let eph;
-    let (tgt, password) = match a.scratch {
-        None => {
-            eph = crate::scratch::Ephemeral::start()?;
-            report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
-            (eph.target(), None)
-        }
-        Some(url) => {
-            let t = crate::target::parse(url)?;
-            super::refuse_production(Some(cfg), &t)?;
-            report.scratch = t.to_string();
-            (t, a.scratch_password.as_ref())
-        }
-    };
-    let mut conn = crate::target::connect(&tgt, password).await?;
-    if a.scratch.is_none() {
-        super::lock_down(&mut conn).await?;
-    }
-    check_scratch(&mut conn, &tgt, &wanted).await?;
-    crate::test_pause_before_pass_2();
+    let mut scratch = Scratch::open(Some(cfg), a, report, &wanted).await?;
     let t0 = Instant::now();
-    let n = restore::replay(
-        &chosen.file,
-        &pins,
-        limit,
-        dpo,
-        trusted,
-        &mut conn,
-        None,
-        v.sql_bytes,
-    )
-    .await?;
+    let n = scratch
+        .replay(&chosen, &pins, limit, &v, dpo, trusted)
+        .await?;
     report.check(
         "replay",
         true,
         format!("backup {}: {n} statements", older.backup_id),
     );
     if let Some(plan) = plan.as_mut() {
-        let m = pitr::apply(plan, &wanted, dpo, trusted, &mut conn).await?;
+        let m = pitr::apply(plan, &wanted, dpo, trusted, &mut scratch.conn).await?;
         report.check(
             "apply",
             true,
@@ -231,32 +203,11 @@ pub async fn run(
         );
     }
     report.restore_seconds = Some(t0.elapsed().as_secs_f64());
-    compare(&mut conn, &v_newer.trailer, report).await?;
-    let ok = report.mismatches.is_empty();
-    report.check(
-        "tables and objects",
-        ok,
-        if ok {
-            format!(
-                "backup {} plus the archived log equals backup {}: {} tables identical (rows, content, definition), {} objects present",
-                older.backup_id, newer.backup_id, report.tables_compared, report.objects_checked
-            )
-        } else {
-            report.mismatches.join("; ")
-        },
+    let what = format!(
+        "backup {} plus the archived log equals backup {}: ",
+        older.backup_id, newer.backup_id
     );
-    if a.scratch.is_some() {
-        for d in &wanted {
-            let _ = mysql_async::prelude::Queryable::query_drop(
-                &mut conn,
-                format!(
-                    "DROP DATABASE IF EXISTS {}",
-                    backup_core::format::quote_ident(d)
-                ),
-            )
-            .await;
-        }
-    }
-    let _ = conn.disconnect().await;
+    scratch.compare(&v_newer.trailer, report, &what).await?;
+    scratch.close().await;
     Ok(())
 }

@@ -384,72 +384,133 @@ pub async fn run(
     // Every check before any byte reaches any server.
     let (v, pins, limit) = verify_chosen(&chosen, dpo, trusted, report)?;
 
-    // The scratch server.
-    let eph;
-    let (tgt, password) = match a.scratch {
-        None => {
-            eph = Ephemeral::start()?;
-            report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
-            (eph.target(), None)
-        }
-        Some(url) => {
-            let t = target::parse(url)?;
-            refuse_production(cfg, &t)?;
-            report.scratch = t.to_string();
-            (t, a.scratch_password.as_ref())
-        }
-    };
-    let mut conn = target::connect(&tgt, password).await?;
-    if a.scratch.is_none() {
-        lock_down(&mut conn).await?;
-    }
-    check_scratch(&mut conn, &tgt, &v.trailer.databases).await?;
-    crate::test_pause_before_pass_2();
+    let mut scratch = Scratch::open(cfg, a, report, &v.trailer.databases).await?;
     let t0 = Instant::now();
-    let n = restore::replay(
-        &chosen.file,
-        &pins,
-        limit,
-        dpo,
-        trusted,
-        &mut conn,
-        None,
-        v.sql_bytes,
-    )
-    .await?;
+    let n = scratch
+        .replay(&chosen, &pins, limit, &v, dpo, trusted)
+        .await?;
     report.restore_seconds = Some(t0.elapsed().as_secs_f64());
     report.check(
         "replay",
         true,
         format!("{n} statements in {:.1}s", t0.elapsed().as_secs_f64()),
     );
-    compare(&mut conn, &v.trailer, report).await?;
-    let ok = report.mismatches.is_empty();
-    report.check(
-        "tables and objects",
-        ok,
-        if ok {
-            format!(
-                "{} tables identical (rows, content, definition), {} objects present",
-                report.tables_compared, report.objects_checked
-            )
-        } else {
-            report.mismatches.join("; ")
-        },
-    );
-    // Drop what the drill created on a given scratch server.
-    if a.scratch.is_some() {
-        for d in &v.trailer.databases {
-            let _ = conn
-                .query_drop(format!(
-                    "DROP DATABASE IF EXISTS {}",
-                    backup_core::format::quote_ident(d)
-                ))
-                .await;
-        }
-    }
-    let _ = conn.disconnect().await;
+    scratch.compare(&v.trailer, report, "").await?;
+    scratch.close().await;
     Ok(())
+}
+
+/// The scratch server a drill replays into: an ephemeral one it starts (and removes when
+/// dropped), or the given `--scratch` one, refused when it is a configured production
+/// server, a Galera node, or already holds one of `databases`.
+pub(crate) struct Scratch {
+    pub(crate) conn: mysql_async::Conn,
+    databases: Vec<String>,
+    given: bool,
+    _ephemeral: Option<Ephemeral>,
+}
+
+impl Scratch {
+    async fn open(
+        cfg: Option<&Config>,
+        a: &DrillArgs<'_>,
+        report: &mut DrillReport,
+        databases: &[String],
+    ) -> Result<Scratch> {
+        let mut eph = None;
+        let (tgt, password) = match a.scratch {
+            None => {
+                let e = Ephemeral::start()?;
+                report.scratch = "ephemeral MariaDB (socket only, removed afterwards)".into();
+                let t = e.target();
+                eph = Some(e);
+                (t, None)
+            }
+            Some(url) => {
+                let t = target::parse(url)?;
+                refuse_production(cfg, &t)?;
+                report.scratch = t.to_string();
+                (t, a.scratch_password.as_ref())
+            }
+        };
+        let mut conn = target::connect(&tgt, password).await?;
+        if a.scratch.is_none() {
+            lock_down(&mut conn).await?;
+        }
+        check_scratch(&mut conn, &tgt, databases).await?;
+        Ok(Scratch {
+            conn,
+            databases: databases.to_vec(),
+            given: a.scratch.is_some(),
+            _ephemeral: eph,
+        })
+    }
+
+    /// Replays a verified backup (the pass that reads it again through its pins).
+    async fn replay(
+        &mut self,
+        chosen: &Chosen,
+        pins: &Pins,
+        limit: usize,
+        v: &restore::Verified,
+        dpo: &DpoKey,
+        trusted: &TrustedSigners,
+    ) -> Result<u64> {
+        crate::test_pause_before_pass_2();
+        restore::replay(
+            &chosen.file,
+            pins,
+            limit,
+            dpo,
+            trusted,
+            &mut self.conn,
+            None,
+            v.sql_bytes,
+        )
+        .await
+    }
+
+    /// Compares every table and object with `trailer` and notes the verdict (`what`:
+    /// what was compared with what, before the counts).
+    async fn compare(
+        &mut self,
+        trailer: &Trailer,
+        report: &mut DrillReport,
+        what: &str,
+    ) -> Result<()> {
+        compare(&mut self.conn, trailer, report).await?;
+        let ok = report.mismatches.is_empty();
+        report.check(
+            "tables and objects",
+            ok,
+            if ok {
+                format!(
+                    "{what}{} tables identical (rows, content, definition), {} objects present",
+                    report.tables_compared, report.objects_checked
+                )
+            } else {
+                report.mismatches.join("; ")
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops what the drill created on a given scratch server, and disconnects (an
+    /// ephemeral one goes whole when dropped).
+    async fn close(mut self) {
+        if self.given {
+            for d in &self.databases {
+                let _ = self
+                    .conn
+                    .query_drop(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        backup_core::format::quote_ident(d)
+                    ))
+                    .await;
+            }
+        }
+        let _ = self.conn.disconnect().await;
+    }
 }
 
 /// Checks the sha256 (against the .sha256 file and the manifest), then decrypts and

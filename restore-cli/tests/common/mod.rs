@@ -626,6 +626,28 @@ pub fn gpg_seal(g: &Gpg, input: &Path, sign_as: Option<&str>, out: &Path) {
     ok(&o, "gpg --encrypt");
 }
 
+/// The agent's sealing keys (the throwaway ones in testdata/): to forge what only the
+/// agent can sign, as an attacker holding its key would.
+pub fn agent_sealing_keys() -> backup_agent::seal::crypto::SealingKeys {
+    use backup_core::config::{ConfigPath, EncryptionConfig};
+    backup_agent::seal::crypto::SealingKeys::load(&EncryptionConfig {
+        dpo_certificates: vec![ConfigPath {
+            path: testdata("dpo.pub.asc"),
+            key: "dpo".into(),
+            position: None,
+        }],
+        signing_key_file: ConfigPath {
+            path: testdata("agent.sec.asc"),
+            key: "agent".into(),
+            position: None,
+        },
+        signing_key_passphrase_file: None,
+        peer_certificates: vec![],
+        compression_level: 6,
+    })
+    .unwrap()
+}
+
 /// Writes `<data>.sha256` beside a data file with the real sha256sum.
 pub fn write_sha256(data: &Path) {
     let name = data.file_name().unwrap();
