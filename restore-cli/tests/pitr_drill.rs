@@ -52,8 +52,9 @@ fn backup_ids(setup: &Setup) -> Vec<String> {
     ids
 }
 
-/// The binary log file without the first row change of `table`: its table map event and
-/// the rows event after it (every other byte, checksums included, as they were).
+/// The binary log file without one event: the rows event of the first row change of
+/// `table` (the one after its table map event); every other byte, checksums included, as
+/// it was.
 fn drop_first_rows_of(binlog: &[u8], table: &[u8]) -> Option<Vec<u8>> {
     let mut out = binlog[..4].to_vec();
     let mut at = 4;
@@ -70,6 +71,7 @@ fn drop_first_rows_of(binlog: &[u8], table: &[u8]) -> Option<Vec<u8>> {
             &body[t + 1..t + 1 + t_len] == table
         };
         if is_map_of && !dropped {
+            out.extend_from_slice(&binlog[at..at + size]);
             let next = at + size;
             let next_size =
                 u32::from_le_bytes(binlog[next + 9..next + 13].try_into().unwrap()) as usize;
@@ -164,8 +166,9 @@ fn the_log_drill_proves_the_chain_between_two_backups_and_names_the_table_a_forg
     let passed = hook.wait_event("drill_succeeded", Duration::from_secs(10));
     assert_eq!(passed["details"]["pitr"], true, "{passed:#}");
 
-    // A segment replaced by a validly signed one with one row change dropped (a bug or an
-    // attacker with the agent's key): every check of the bytes passes, the data does not.
+    // A segment replaced by a validly signed one with one event dropped (a row change: a
+    // bug, or an attacker with the agent's key): every check of the bytes passes, the data
+    // does not.
     let g = Gpg::new();
     g.import(&testdata("dpo.sec.asc"));
     g.import(&testdata("agent.pub.asc"));
