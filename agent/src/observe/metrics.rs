@@ -163,6 +163,13 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         |s| bl(s).gaps_total as f64,
     );
     o.per_source(
+        "backup_binlog_archiver_standby",
+        "gauge",
+        "1 while another agent of the cluster holds the archiver lease (its own metrics report the archive; this agent's lag is not the archive's).",
+        &archived,
+        |s| if bl(s).standby.is_some() { 1.0 } else { 0.0 },
+    );
+    o.per_source(
         "backup_binlog_gap_open",
         "gauge",
         "1 while a gap has no backup after it (point-in-time recovery ends at the gap).",

@@ -331,9 +331,9 @@ fn two_agents_archive_through_one_and_the_other_takes_over_when_it_dies() {
     let db = pitr_cluster_db(&c);
     let (mut a, mut b, shared) = two_agents(&c, &db, BINLOG, "lease_ttl = \"4s\"");
     grant_streaming(c.node(1), &a);
-    for s in [&mut a, &mut b] {
-        agent_config(s, free_port());
-    }
+    let (pa, pb) = (free_port(), free_port());
+    agent_config(&mut a, pa);
+    agent_config(&mut b, pb);
     ok(&backup(&a, &c, &[]).0, "backup");
     // Whoever held the slot before (an earlier test) released it.
     let da = Running(spawn_agent(&a, &c, &["run"], "daemon"));
@@ -349,11 +349,23 @@ fn two_agents_archive_through_one_and_the_other_takes_over_when_it_dies() {
         chain_reaches(&shared, &g1)
     });
     let (holder, _) = archiver_row(&c).unwrap();
-    let (mut dead, mut live, dead_s, live_s) = if holder == an {
-        (da, db_, &a, &b)
+    let (mut dead, mut live, dead_s, live_s, live_port) = if holder == an {
+        (da, db_, &a, &b, pb)
     } else {
-        (db_, da, &b, &a)
+        (db_, da, &b, &a, pa)
     };
+    // The standby says so, and reports no lag of its own.
+    let standby = |port: u16| {
+        common::daemon::metric(
+            &common::daemon::metrics(port),
+            "backup_binlog_archiver_standby{source=\"main\"}",
+        )
+    };
+    assert_eq!(standby(live_port), 1.0);
+    assert_eq!(standby(if live_port == pa { pb } else { pa }), 0.0);
+    let (code, line) = common::daemon::healthcheck(live_s, c.node(1));
+    assert!(line.contains("(this agent on standby)"), "{line}");
+    assert!(!line.contains("binary log archive is"), "{code} {line}");
     // Exactly one archives: the standby never opened a replication stream.
     assert!(
         read_log(dead_s, "daemon").contains("binlog_follow"),
