@@ -343,7 +343,7 @@ fn validly_signed_dumps_that_disagree_with_their_trailer_fail_the_drill() {
         ("bit flip YEAR", flip(",2001,", ",2000,"), ".ty: content"),
         (
             "bit flip latin1",
-            flip("X'7A7A'", "X'7A7E'"),
+            flip("_latin1 'zz'", "_latin1 'z{'"),
             ".ty: content",
         ),
         (

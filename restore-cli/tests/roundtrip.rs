@@ -187,3 +187,124 @@ fn restore_of_one_database_out_of_several() {
         s.drop_db(&d2);
     }
 }
+
+/// Text in every charset the server offers comes back byte for byte: in the single-byte
+/// ones all 256 byte values (written as `_cs '...'`, escaped), in the multi-byte ones
+/// characters whose bytes hold a backslash or a quote (sjis 0x955C, big5 0xA45C, ...),
+/// written as `_cs X'..'`; plus the empty string and NULL.
+#[test]
+fn text_in_every_charset_round_trips_byte_for_byte() {
+    let src = source();
+    let dst = target();
+    let db = unique("cs");
+    src.drop_db(&db);
+    dst.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    let list = src.sql(
+        "SELECT CHARACTER_SET_NAME, MAXLEN FROM information_schema.CHARACTER_SETS \
+         WHERE CHARACTER_SET_NAME <> 'binary' ORDER BY 1",
+    );
+    let charsets: Vec<(String, u32)> = list
+        .lines()
+        .map(|l| {
+            let (n, m) = l.split_once('\t').unwrap();
+            (n.to_string(), m.parse().unwrap())
+        })
+        .collect();
+    assert!(charsets.len() >= 39, "{charsets:?}");
+    let cols: Vec<String> = charsets
+        .iter()
+        .map(|(cs, _)| format!("`c_{cs}` LONGTEXT CHARACTER SET {cs}"))
+        .collect();
+    src.sql_db(
+        &db,
+        &format!(
+            "CREATE TABLE t (id INT PRIMARY KEY, {}) ENGINE=InnoDB",
+            cols.join(", ")
+        ),
+    );
+    let all_bytes: String = (0..=255u8).map(|b| format!("{b:02X}")).collect();
+    // Characters given in UTF-8 and converted to each charset (what it cannot hold
+    // becomes '?'): quotes, backslashes, and CJK characters whose second byte is 0x5C or
+    // 0x27 in some legacy encoding.
+    let sample_text = "a'b\\c\"\0d 表 ソ 十 功 许 é ß ё 🙂 end";
+    let sample = format!(
+        "_utf8mb4 X'{}'",
+        sample_text
+            .bytes()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    );
+    let mut rows = vec![Vec::new(); 4];
+    for (cs, maxlen) in &charsets {
+        rows[0].push(if *maxlen == 1 && cs != "ascii" {
+            format!("CAST(UNHEX('{all_bytes}') AS CHAR CHARACTER SET {cs})")
+        } else {
+            format!("CONVERT({sample} USING {cs})")
+        });
+        rows[1].push(format!("CONVERT({sample} USING {cs})"));
+        rows[2].push("''".into());
+        rows[3].push("NULL".into());
+    }
+    for (i, r) in rows.iter().enumerate() {
+        src.sql_db(
+            &db,
+            &format!(
+                "SET SESSION sql_mode=''; INSERT INTO t VALUES ({i}, {})",
+                r.join(", ")
+            ),
+        );
+    }
+    let hexes = |s: &Server| -> String {
+        let sel: Vec<String> = charsets
+            .iter()
+            .map(|(cs, _)| format!("IFNULL(HEX(`c_{cs}`), 'NULL')"))
+            .collect();
+        s.sql_db(
+            &db,
+            &format!("SELECT id, {} FROM t ORDER BY id", sel.join(", ")),
+        )
+    };
+    let want = hexes(&src);
+    // The single-byte charsets really hold every byte value.
+    let first = want.lines().next().unwrap();
+    let latin1_at = charsets.iter().position(|(c, _)| c == "latin1").unwrap() + 1;
+    assert_eq!(first.split('\t').nth(latin1_at).unwrap(), all_bytes);
+    let sjis_at = charsets.iter().position(|(c, _)| c == "sjis").unwrap() + 1;
+    assert!(
+        first.split('\t').nth(sjis_at).unwrap().contains("955C"),
+        "sjis holds a character whose second byte is a backslash: {first}"
+    );
+
+    let setup = Setup::new(&src, &db);
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    let data = setup.only_backup();
+    // The single-byte text is an escaped string, not hex.
+    let sql = setup.path("plain.sql");
+    let mut args = vec![
+        "--decrypt".to_string(),
+        data.display().to_string(),
+        "-o".into(),
+        sql.display().to_string(),
+    ];
+    args.extend(
+        into_args(&dst, &data, &setup.path("pw"))[6..]
+            .iter()
+            .cloned(),
+    );
+    ok(&restore(&args), "restore --decrypt");
+    let text = std::fs::read(&sql).unwrap();
+    let has = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"_latin1 '\\0\x01\x02"), "latin1 as an escaped string");
+    assert!(has(b"_cp1251 '"), "cp1251 as an escaped string");
+    assert!(has(b"_sjis X'"), "sjis as hex");
+    assert!(!has(b"_latin1 X'"), "no latin1 hex literal");
+
+    ok(
+        &restore(&into_args(&dst, &data, &setup.path("pw"))),
+        "restore --into",
+    );
+    assert_eq!(hexes(&dst), want);
+    src.drop_db(&db);
+    dst.drop_db(&db);
+}

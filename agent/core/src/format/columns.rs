@@ -37,7 +37,14 @@ pub enum ColKind {
     Bits,
     /// Text in a charset whose bytes are valid in a utf8mb4 string literal.
     Utf8Text,
-    /// Text in another charset: `_cs X'..'`, exact whatever the bytes.
+    /// Text in a single-byte charset (latin1, cp1251, ...): `_cs '...'`, the bytes as they
+    /// are with the six special ones escaped. Exact for the reason `Binary` is: the stream
+    /// is lexed as utf8mb4, whose multi-byte characters never hold a quote or backslash
+    /// byte, and the introducer takes the bytes as they are, unconverted; every byte is a
+    /// character in a single-byte charset.
+    SingleByteText(String),
+    /// Text in a multi-byte charset (sjis, big5, gbk, utf16, ...): `_cs X'..'`, exact
+    /// whatever the bytes.
     OtherText(String),
     /// Binary strings and geometry: `_binary '...'` with the six special bytes escaped.
     /// Exact because the stream's client charset is utf8mb4, whose lexer never takes an
@@ -60,11 +67,22 @@ pub fn classify(data_type: &str, charset: Option<&str>) -> ColKind {
         | "json" => match charset {
             None | Some("binary") => ColKind::Binary,
             Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii") => ColKind::Utf8Text,
+            Some(cs) if SINGLE_BYTE_CHARSETS.contains(&cs) => {
+                ColKind::SingleByteText(cs.to_string())
+            }
             Some(cs) => ColKind::OtherText(cs.to_string()),
         },
         _ => ColKind::Quoted,
     }
 }
+
+/// MariaDB's charsets of one byte per character (`MAXLEN = 1` in
+/// information_schema.CHARACTER_SETS, 10.11), but `ascii` and `binary`, written otherwise.
+pub const SINGLE_BYTE_CHARSETS: &[&str] = &[
+    "armscii8", "cp1250", "cp1251", "cp1256", "cp1257", "cp850", "cp852", "cp866", "dec8",
+    "geostd8", "greek", "hebrew", "hp8", "keybcs2", "koi8r", "koi8u", "latin1", "latin2", "latin5",
+    "latin7", "macce", "macroman", "swe7", "tis620",
+];
 
 /// `0x..`: a hex literal, which in a BIT column's numeric context is the big-endian value.
 pub fn push_hex_number(out: &mut Vec<u8>, v: &[u8]) {
@@ -92,6 +110,12 @@ pub fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
         }
         ColKind::Bits => push_hex_number(out, v),
         ColKind::Utf8Text | ColKind::Quoted => push_quoted(out, v),
+        ColKind::SingleByteText(cs) => {
+            out.push(b'_');
+            out.extend_from_slice(cs.as_bytes());
+            out.push(b' ');
+            push_quoted(out, v);
+        }
         ColKind::OtherText(cs) => {
             out.push(b'_');
             out.extend_from_slice(cs.as_bytes());
@@ -164,7 +188,11 @@ mod tests {
         assert_eq!(classify("varchar", Some("utf8mb4")), ColKind::Utf8Text);
         assert_eq!(
             classify("varchar", Some("latin1")),
-            ColKind::OtherText("latin1".into())
+            ColKind::SingleByteText("latin1".into())
+        );
+        assert_eq!(
+            classify("text", Some("sjis")),
+            ColKind::OtherText("sjis".into())
         );
         assert_eq!(classify("varbinary", None), ColKind::Binary);
         assert_eq!(classify("point", None), ColKind::Binary);
@@ -173,8 +201,15 @@ mod tests {
         push_value(&mut v, &ColKind::Float, b"-0");
         assert_eq!(v, b"-0e0");
         v.clear();
-        push_value(&mut v, &ColKind::OtherText("latin1".into()), &[0xE9]);
-        assert_eq!(v, b"_latin1 X'E9'");
+        push_value(
+            &mut v,
+            &ColKind::SingleByteText("latin1".into()),
+            b"caf\xE9 'x'\\",
+        );
+        assert_eq!(v, b"_latin1 'caf\xE9 \\'x\\'\\\\'");
+        v.clear();
+        push_value(&mut v, &ColKind::OtherText("sjis".into()), &[0x95, 0x5C]);
+        assert_eq!(v, b"_sjis X'955C'");
         v.clear();
         push_value(&mut v, &ColKind::Bits, &[1, 0xFF]);
         assert_eq!(v, b"0x01FF");

@@ -9,9 +9,10 @@
 //!
 //! Exactness: values are read with character_set_results=binary, i.e. as the bytes the
 //! server stores, and written per column type as a literal that reproduces those bytes:
-//! numbers as they are, BIT as b'..', binary strings and geometry as X'..', text in a
-//! UTF-8 family charset as an escaped string, text in any other charset as
-//! `_charset X'..'`, temporal and other types as escaped strings.
+//! numbers as they are, BIT as b'..', binary strings and geometry as `_binary '..'`, text
+//! in a UTF-8 family charset as an escaped string, text in a single-byte charset (latin1,
+//! cp1251, ...) as `_charset '..'` (escaped, the bytes unconverted), text in a multi-byte
+//! charset as `_charset X'..'`, temporal and other types as escaped strings.
 //!
 //! Order of the output, so that it loads whatever depends on what: per database the
 //! database, its sequences, tables and data; then all routines; then all views in
