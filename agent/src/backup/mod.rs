@@ -337,6 +337,7 @@ pub async fn run_backup(
     let (tx, sealer) = pipeline::spawn_sealer(
         keys.clone(),
         enc.compression_level,
+        enc.compression_threads as usize,
         tee,
         descriptions.join(", "),
     );

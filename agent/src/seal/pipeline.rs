@@ -51,11 +51,104 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// Input per gzip member when compressing in parallel.
+const MEMBER_BYTES: usize = 1 << 20;
+
+/// One gzip member of `data` (`gunzip` and the restore read consecutive members as one
+/// stream).
+fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(data.len() / 3 + 64),
+        Compression::new(level),
+    );
+    gz.write_all(data)?;
+    gz.finish()
+}
+
+/// Compresses what `rx` brings with `threads` threads, as gzip members of ~1 MiB of
+/// input each, and writes them to `out` in order. At most `2 * threads` members are in
+/// flight (memory bounded). Returns false when the stream ended without its end marker.
+fn compress_parallel(
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    out: &mut dyn Write,
+    level: u32,
+    threads: usize,
+) -> io::Result<bool> {
+    use std::sync::mpsc as smpsc;
+    type Job = (Vec<u8>, smpsc::SyncSender<io::Result<Vec<u8>>>);
+    std::thread::scope(|scope| {
+        // Dropped when this closure returns, on every path: the workers then stop.
+        let (job_tx, job_rx) = smpsc::sync_channel::<Job>(threads);
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            scope.spawn(move || loop {
+                let job = job_rx.lock().expect("job queue").recv();
+                let Ok((data, back)) = job else { return };
+                let _ = back.send(gzip_member(&data, level));
+            });
+        }
+        let mut pending: std::collections::VecDeque<smpsc::Receiver<io::Result<Vec<u8>>>> =
+            Default::default();
+        let mut members = 0u64;
+        let mut write_next = |pending: &mut std::collections::VecDeque<_>| -> io::Result<()> {
+            let r: smpsc::Receiver<io::Result<Vec<u8>>> =
+                pending.pop_front().expect("a member in flight");
+            let member = r
+                .recv()
+                .map_err(|_| io::Error::other("a compression thread died"))??;
+            out.write_all(&member)
+        };
+        let mut buf: Vec<u8> = Vec::with_capacity(MEMBER_BYTES + (64 << 10));
+        let mut ended = false;
+        loop {
+            let chunk = rx.blocking_recv();
+            let last = match &chunk {
+                None => break,
+                Some(c) if c.is_empty() => {
+                    ended = true;
+                    true
+                }
+                Some(_) => false,
+            };
+            if let Some(c) = chunk {
+                buf.extend_from_slice(&c);
+            }
+            if buf.len() >= MEMBER_BYTES || (last && (!buf.is_empty() || members == 0)) {
+                let data =
+                    std::mem::replace(&mut buf, Vec::with_capacity(MEMBER_BYTES + (64 << 10)));
+                let (back_tx, back_rx) = smpsc::sync_channel(1);
+                job_tx
+                    .send((data, back_tx))
+                    .map_err(|_| io::Error::other("the compression threads stopped"))?;
+                pending.push_back(back_rx);
+                members += 1;
+                while pending.len() > 2 * threads {
+                    write_next(&mut pending)?;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        if !ended {
+            return Ok(false);
+        }
+        while !pending.is_empty() {
+            write_next(&mut pending)?;
+        }
+        Ok(true)
+    })
+}
+
 /// Starts the sealing thread writing into `object`. Send SQL chunks on the returned
-/// sender, then an empty chunk to finish; dropping the sender without it aborts.
+/// sender, then an empty chunk to finish; dropping the sender without it aborts. With
+/// `threads` > 1 the SQL is compressed by that many threads, as independent gzip members
+/// written in order.
 pub fn spawn_sealer(
     keys: Arc<SealingKeys>,
     level: u32,
+    threads: usize,
     object: Box<dyn ObjectWriter>,
     target: String,
 ) -> (
@@ -73,7 +166,13 @@ pub fn spawn_sealer(
             hasher: Sha256::new(),
             bytes: 0,
         };
-        {
+        if threads > 1 {
+            let mut sealer = keys.seal(&mut sink)?;
+            if !compress_parallel(&mut rx, &mut sealer, level, threads).map_err(werr)? {
+                return Err(PipelineError::Aborted);
+            }
+            sealer.finish()?;
+        } else {
             let sealer = keys.seal(&mut sink)?;
             let mut gz = GzEncoder::new(sealer, Compression::new(level));
             let mut ended = false;
@@ -104,4 +203,57 @@ pub fn spawn_sealer(
         })
     });
     (tx, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: Vec<Vec<u8>>, end: bool, threads: usize) -> (bool, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CHUNKS);
+        let feeder = std::thread::spawn(move || {
+            for c in chunks {
+                tx.blocking_send(c).unwrap();
+            }
+            if end {
+                tx.blocking_send(Vec::new()).unwrap();
+            }
+        });
+        let mut out = Vec::new();
+        let ok = compress_parallel(&mut rx, &mut out, 6, threads).unwrap();
+        feeder.join().unwrap();
+        (ok, out)
+    }
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(b), &mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn parallel_members_decode_in_order_to_the_input() {
+        // Chunks of uneven sizes, several MiB in all: many members, in flight at once.
+        let mut input = Vec::new();
+        let mut chunks = Vec::new();
+        for i in 0..300u32 {
+            let c: Vec<u8> = format!("INSERT INTO t VALUES ({i}, 'row {i}');\n")
+                .repeat(1 + (i as usize * 37) % 900)
+                .into_bytes();
+            input.extend_from_slice(&c);
+            chunks.push(c);
+        }
+        assert!(input.len() > 4 * MEMBER_BYTES);
+        for threads in [2, 3, 8] {
+            let (ok, out) = run(chunks.clone(), true, threads);
+            assert!(ok);
+            assert_eq!(gunzip(&out), input, "{threads} threads");
+        }
+        // Nothing at all is still one valid (empty) gzip member.
+        let (ok, out) = run(Vec::new(), true, 2);
+        assert!(ok && !out.is_empty() && gunzip(&out).is_empty());
+        // A stream that stops without its end marker is not complete.
+        let (ok, _) = run(vec![b"partial".to_vec()], false, 2);
+        assert!(!ok);
+    }
 }

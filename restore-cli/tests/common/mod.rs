@@ -644,6 +644,7 @@ pub fn agent_sealing_keys() -> backup_agent::seal::crypto::SealingKeys {
         signing_key_passphrase_file: None,
         peer_certificates: vec![],
         compression_level: 6,
+        compression_threads: 1,
     })
     .unwrap()
 }

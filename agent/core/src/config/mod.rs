@@ -284,6 +284,8 @@ pub struct EncryptionConfig {
     /// Other agents writing to the same stores, whose signed manifests are trusted.
     pub peer_certificates: Vec<ConfigPath>,
     pub compression_level: u32,
+    /// Threads compressing a dump (1: one gzip stream, as before).
+    pub compression_threads: u32,
 }
 
 #[derive(Debug, Clone)]

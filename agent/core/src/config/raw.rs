@@ -137,6 +137,9 @@ pub(crate) struct RawEncryption {
     pub(crate) peer_certificates: Vec<Spanned<PathBuf>>,
     /// gzip level 1..=9 (default 6).
     pub(crate) compression_level: Option<Spanned<u32>>,
+    /// Threads compressing a dump (independent gzip members of ~1 MiB, in order);
+    /// default: the cores the agent may use.
+    pub(crate) compression_threads: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

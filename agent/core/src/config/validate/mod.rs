@@ -169,6 +169,19 @@ impl Validator<'_> {
             Some(l) => l.into_inner(),
             None => 6,
         };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let threads = match e.compression_threads {
+            Some(t) if !(1..=64).contains(t.get_ref()) => {
+                self.problem(
+                    "encryption.compression_threads",
+                    Some(t.span()),
+                    "must be between 1 and 64",
+                );
+                cores
+            }
+            Some(t) => t.into_inner(),
+            None => cores,
+        };
         let peers = e
             .peer_certificates
             .into_iter()
@@ -183,6 +196,7 @@ impl Validator<'_> {
                 .signing_key_passphrase_file
                 .map(|p| self.path("encryption.signing_key_passphrase_file".into(), p)),
             compression_level: level,
+            compression_threads: threads,
         }
     }
 
