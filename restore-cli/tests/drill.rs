@@ -38,15 +38,7 @@ fn drill_passes_on_the_round_trip_schema_with_ephemeral_and_given_scratch() {
     load_schema(&src, &db);
     let mut setup = Setup::new(&src, &db);
     let hook = Receiver::start(Mode::Ok);
-    std::fs::write(
-        setup.path("webhook.url"),
-        format!("http://127.0.0.1:{}/hook", hook.port),
-    )
-    .unwrap();
-    setup.tail = format!(
-        "[alerts]\n[alerts.webhook]\nurl_file = {:?}\nretries = 0\n",
-        setup.path("webhook.url")
-    );
+    setup.webhook_to(&hook);
     ok(&setup.agent(&src, &["backup"]), "backup");
     let cfg = setup.config(&src);
     let tmp = setup.path("tmp");

@@ -431,16 +431,7 @@ fn retention_keeps_exactly_the_segments_the_pitr_window_needs() {
         "{out}"
     );
     // Kept segments are named by range, each with the backup that needs it.
-    let kept_listed: usize = out
-        .lines()
-        .filter(|l| l.starts_with("  keep binlog_"))
-        .map(|l| {
-            assert!(l.contains(": needed from backup mariadb_2026-10-"), "{l}");
-            l.split_once(" segments) on ")
-                .and_then(|(a, _)| a.rsplit('(').next())
-                .map_or(1, |n| n.parse().unwrap())
-        })
-        .sum();
+    let kept_listed = kept_segments_listed(&out, "mariadb_2026-10-");
     assert_eq!(kept_listed, needed.len(), "{out}");
     assert_eq!(
         segments(&setup.store()).len(),

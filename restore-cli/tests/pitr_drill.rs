@@ -98,15 +98,7 @@ fn the_log_drill_proves_the_chain_between_two_backups_and_names_the_table_a_forg
     let mut setup = Setup::new(&src, &db);
     grant_streaming(&src, &setup);
     let hook = Receiver::start(Mode::Ok);
-    std::fs::write(
-        setup.path("webhook.url"),
-        format!("http://127.0.0.1:{}/hook", hook.port),
-    )
-    .unwrap();
-    setup.tail = format!(
-        "[alerts]\n[alerts.webhook]\nurl_file = {:?}\nretries = 0\n",
-        setup.path("webhook.url")
-    );
+    setup.webhook_to(&hook);
     setup.agent_extra = "drill_max_age = \"30d\"\n".into();
     setup.extra = "[source.binlog]\nmax_lag = \"30d\"\n".into();
     ok(&setup.agent(&src, &["backup"]), "backup 1");

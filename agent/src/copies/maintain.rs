@@ -580,13 +580,17 @@ fn prune_segments(
         .max_by_key(|(b, _)| b.finished_at)
         .or_else(|| with_pos.iter().min_by_key(|(b, _)| b.finished_at));
     for m in &list.segments {
+        // What the segment holds: its end, in the domains it moved (a domain it only
+        // carries along, such as a Galera node's local one, says nothing of it).
+        let prev = GtidPos::parse(&m.previous_gtid).unwrap_or_default();
         let end = GtidPos::parse(&m.end_position).unwrap_or_default();
+        let held = end.only(|d| prev.seq(d) != end.seq(d));
         let (keep, reason) = match anchor {
             None => (
                 true,
                 "no kept backup with a GTID position to anchor the window".to_string(),
             ),
-            Some((a, apos)) if end.le_shared(apos) => (
+            Some((a, apos)) if held.le(apos) => (
                 false,
                 format!(
                     "before backup {}, the oldest a restore inside the {} window starts from",
@@ -598,7 +602,7 @@ fn prune_segments(
                 let serves = with_pos
                     .iter()
                     // The newest backup the segment holds transactions after.
-                    .filter(|(_, p)| !end.le_shared(p))
+                    .filter(|(_, p)| !held.le(p))
                     .max_by_key(|(b, _)| b.finished_at)
                     .map(|(b, _)| b.id.clone())
                     .unwrap_or_else(|| "the next backup".into());

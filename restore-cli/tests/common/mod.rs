@@ -435,6 +435,19 @@ media = "disk"
         p
     }
 
+    /// Alerts to `hook`'s webhook (its URL in a file, no retry), as the config's tail.
+    pub fn webhook_to(&mut self, hook: &receivers::Receiver) {
+        std::fs::write(
+            self.path("webhook.url"),
+            format!("http://127.0.0.1:{}/hook", hook.port),
+        )
+        .unwrap();
+        self.tail = format!(
+            "[alerts]\n[alerts.webhook]\nurl_file = {:?}\nretries = 0\n",
+            self.path("webhook.url")
+        );
+    }
+
     /// Runs `backup-agent --config ... ARGS`.
     pub fn agent(&self, src: &Server, args: &[&str]) -> Output {
         let cfg = self.config(src);

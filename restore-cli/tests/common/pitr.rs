@@ -159,3 +159,20 @@ pub fn grant_streaming(src: &Server, setup: &Setup) {
         ));
     }
 }
+
+/// The kept segments `prune` lists by range (`keep A .. B (N segments) on S: needed from
+/// backup B`), counted; each line must name the backup that needs it (`backup_prefix`).
+pub fn kept_segments_listed(out: &str, backup_prefix: &str) -> usize {
+    out.lines()
+        .filter(|l| l.starts_with("  keep binlog_"))
+        .map(|l| {
+            assert!(
+                l.contains(&format!(": needed from backup {backup_prefix}")),
+                "{l}"
+            );
+            l.split_once(" segments) on ")
+                .and_then(|(a, _)| a.rsplit('(').next())
+                .map_or(1, |n| n.parse().unwrap())
+        })
+        .sum()
+}

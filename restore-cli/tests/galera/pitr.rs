@@ -186,16 +186,7 @@ fn the_archiver_goes_on_from_another_node_when_its_node_dies_and_restores_exactl
     let o = s.agent(c.node(2), &["prune", "--dry-run"]);
     ok(&o, "prune --dry-run");
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let listed: usize = out
-        .lines()
-        .filter(|l| l.starts_with("  keep binlog_"))
-        .map(|l| {
-            assert!(l.contains(": needed from backup mariadb_"), "{l}");
-            l.split_once(" segments) on ")
-                .and_then(|(a, _)| a.rsplit('(').next())
-                .map_or(1, |n| n.parse().unwrap())
-        })
-        .sum();
+    let listed = kept_segments_listed(&out, "mariadb_");
     assert_eq!(
         listed,
         segments(&s.store()).len(),
