@@ -5,14 +5,19 @@ same machine, same run, commands alternating, median of N runs, raw figures kept
   backup:  backup-agent backup
      vs    mariadb-dump --single-transaction --routines --triggers --events | gzip
            | gpg --encrypt -r DPO | tee FILE | sha256sum
+     and   mydumper -t 2 -c (the parallel peer; no encryption, no checksum)
   restore: restore --into scratch (verified: checksum, signature, MDC, completeness first)
      vs    gpg -d FILE | gunzip | mariadb          (on the same backup file)
+     and   myloader -t 2                           (on mydumper's output)
+
+Two databases of the same rows, one with latin1 text and one with utf8mb4 text
+(--charsets), each measured on its own.
 
 Measured per run: wall time, CPU time (user+sys of the whole process tree, from wait4;
 the MariaDB server's own CPU is not included on either side), peak RSS (the largest
 process of the tree), output size. Writes docs/benchmarks.md (or --out).
 
-Usage: scripts/bench.py [--gib 1] [--runs 3] [--no-restore] [--out docs/benchmarks.md]
+Usage: scripts/bench.py [--gib 1] [--runs 3] [--charsets latin1,utf8mb4] [--jobs N] [--no-restore] [--out docs/benchmarks.md]
 Run by hand, not in CI; needs root (private MariaDB instances on 33101/33102).
 """
 
@@ -66,8 +71,10 @@ def measure(cmd, env=None):
 WORDS = ("the order was shipped to customer from warehouse in region north south east west with priority "
          "normal high low invoice payment received pending refund requested item quantity price total discount "
          "delivery address street city postal code country phone email note support ticket opened closed "
-         "resolved product category electronics books garden tools clothing kitchen sports toys").split()
-DATA_VERSION = "v2"
+         "resolved product category electronics books garden tools clothing kitchen sports toys "
+         # Words every legacy charset holds but that are more than one byte in UTF-8.
+         "Zürich Straße café façade naïve Øresund señor Ångström Müller Besançon Göteborg").split()
+DATA_VERSION = "v3"
 
 
 def text_expr(n_words):
@@ -78,16 +85,19 @@ def text_expr(n_words):
     return "CONCAT_WS(' ', " + ", ".join(parts) + ")"
 
 
-def build_database(sock, gib):
+def build_database(sock, gib, db, charset):
+    """Database `db` with >= gib GiB of rows; its text columns in `charset` (the database's
+    default: every VARCHAR/CHAR/TEXT column takes it)."""
     want = int(gib * (1 << 30))
-    have = sql(sock, "SELECT COALESCE(SUM(DATA_LENGTH),0) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip()
-    marker = sql(sock, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench' AND TABLE_NAME='meta'").strip()
-    if marker == "1" and sql(sock, "SELECT v FROM meta", "bench").strip() == f"{gib}-{DATA_VERSION}":
-        print(f"database bench exists ({int(have) / (1 << 30):.2f} GiB of InnoDB data)")
+    have = sql(sock, f"SELECT COALESCE(SUM(DATA_LENGTH),0) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}'").strip()
+    marker = sql(sock, f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}' AND TABLE_NAME='meta'").strip()
+    if marker == "1" and sql(sock, "SELECT v FROM meta", db).strip() == f"{gib}-{DATA_VERSION}":
+        print(f"database {db} exists ({int(have) / (1 << 30):.2f} GiB of InnoDB data)")
         return
-    print(f"building database bench with >= {gib} GiB of row data ...", flush=True)
-    sql(sock, "DROP DATABASE IF EXISTS bench; CREATE DATABASE bench")
-    sql(sock, "CREATE TABLE meta (v VARCHAR(20))", "bench")
+    print(f"building database {db} ({charset}) with >= {gib} GiB of row data ...", flush=True)
+    collation = {"utf8mb4": "utf8mb4_unicode_ci", "latin1": "latin1_swedish_ci"}.get(charset, "")
+    sql(sock, f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET {charset}" + (f" COLLATE {collation}" if collation else ""))
+    sql(sock, "CREATE TABLE meta (v VARCHAR(20))", db)
     # A few big tables of mixed types, rows ~ 400-600 bytes, text that compresses like
     # real data (hex digests, words, numbers), not like repeated filler.
     sql(sock, """
@@ -97,14 +107,14 @@ def build_database(sock, gib):
       CREATE TABLE events (id BIGINT PRIMARY KEY, at TIMESTAMP(3) NOT NULL DEFAULT '2024-01-01 00:00:00',
         kind VARCHAR(32), payload JSON, src INET6, digest VARBINARY(32)) ENGINE=InnoDB;
       CREATE TABLE documents (id INT PRIMARY KEY, title VARCHAR(200), body MEDIUMTEXT, blob_part BLOB) ENGINE=InnoDB;
-    """, "bench")
+    """, db)
     for i in range(200):
         sql(sock, f"CREATE TABLE small_{i:03d} (id INT PRIMARY KEY, name VARCHAR(64), v DECIMAL(10,3), d DATE); "
-                  f"INSERT INTO small_{i:03d} SELECT seq, CONCAT('item ', seq, ' ', SHA1(seq + {i})), seq / 7, '2020-01-01' + INTERVAL seq DAY FROM seq_1_to_1000", "bench")
+                  f"INSERT INTO small_{i:03d} SELECT seq, CONCAT('item ', seq, ' ', SHA1(seq + {i})), seq / 7, '2020-01-01' + INTERVAL seq DAY FROM seq_1_to_1000", db)
     step = 200_000
     n = 0
     while True:
-        size = int(sql(sock, "SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+        size = int(sql(sock, f"SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}'").strip())
         if size >= want:
             break
         a, b = n + 1, n + step
@@ -119,11 +129,11 @@ def build_database(sock, gib):
           INSERT INTO documents SELECT seq, CONCAT('Document ', seq, ': ', {text_expr(6)}),
             CONCAT_WS('\\n', {text_expr(20)}, CONCAT('Reference ', SHA1(seq), ' amount ', seq % 9973, '.', seq % 100), {text_expr(20)}, {text_expr(12)}),
             UNHEX(CONCAT(MD5(seq), SHA2(seq, 256), SHA1(seq))) FROM seq_{a}_to_{a + step // 10 - 1};
-        """, "bench")
+        """, db)
         n = b
         print(f"  {size / (1 << 30):.2f} GiB ...", flush=True)
-    sql(sock, f"INSERT INTO meta VALUES ('{gib}-{DATA_VERSION}')", "bench")
-    print("built:", sql(sock, "SELECT CONCAT(ROUND(SUM(DATA_LENGTH)/POW(1024,3),2), ' GiB data, ', SUM(TABLE_ROWS), ' rows (est.), ', COUNT(*), ' tables') FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+    sql(sock, f"INSERT INTO meta VALUES ('{gib}-{DATA_VERSION}')", db)
+    print("built:", sql(sock, f"SELECT CONCAT(ROUND(SUM(DATA_LENGTH)/POW(1024,3),2), ' GiB data, ', SUM(TABLE_ROWS), ' rows (est.), ', COUNT(*), ' tables') FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}'").strip())
 
 
 def write_config(work, src_sock, db, agent="", source=""):
@@ -157,6 +167,8 @@ def main():
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-restore", action="store_true")
+    ap.add_argument("--charsets", default="latin1,utf8mb4", help="one database per charset, its text columns in it")
+    ap.add_argument("--jobs", type=int, default=0, help="restore --jobs N (default: restore's own default)")
     ap.add_argument("--s3", action="store_true",
                     help="also measure a backup to local + S3 (the test services' Garage: scripts/test-services.sh up)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
@@ -176,11 +188,21 @@ def main():
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
     lib(f"ba_start_instance {dst_dir} {DST_PORT} 2 0 bench-admin")
     src_sock, dst_sock = f"{src_dir}/mysqld.sock", f"{dst_dir}/mysqld.sock"
-    build_database(src_sock, args.gib)
     for h in ("127.0.0.1", "localhost"):
         sql(src_sock, f"CREATE OR REPLACE USER 'bench'@'{h}' IDENTIFIED BY 'bench'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, RELOAD, BINLOG MONITOR ON *.* TO 'bench'@'{h}'")
-    data_bytes = int(sql(src_sock, "SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='bench'").strip())
+    for charset in args.charsets.split(","):
+        db = f"bench_{charset}"
+        build_database(src_sock, args.gib, db, charset)
+        bench_database(args, src_sock, dst_sock, db, charset)
 
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def bench_database(args, src_sock, dst_sock, db, charset):
+    """The three backups and the three restores of database `db`, alternating."""
+    data_bytes = int(sql(src_sock, f"SELECT SUM(DATA_LENGTH) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}'").strip())
     work = tempfile.mkdtemp(prefix="bench-", dir=BENCH_DIR)
     gnupg = os.path.join(work, "gnupg")
     os.makedirs(gnupg, mode=0o700)
@@ -188,14 +210,16 @@ def main():
     sh(f"gpg --batch -q --import {ROOT}/testdata/dpo.sec.asc {ROOT}/testdata/agent.pub.asc", env=env)
     with open(f"{work}/pw", "w") as f:
         f.write("bench\n")
-    write_config(work, src_sock, "bench")
+    write_config(work, src_sock, db)
     # Warm the caches: read every table once.
-    print("warming caches ...", flush=True)
-    sh(f"mariadb-dump --socket={src_sock} -uroot --single-transaction bench > /dev/null")
+    print(f"{db}: warming caches ...", flush=True)
+    sh(f"mariadb-dump --socket={src_sock} -uroot --single-transaction {db} > /dev/null")
 
-    shell_backup = (f"mariadb-dump --socket={src_sock} -ubench -pbench --single-transaction --routines --triggers --events --databases bench"
+    shell_backup = (f"mariadb-dump --socket={src_sock} -ubench -pbench --single-transaction --routines --triggers --events --databases {db}"
                     f" | gzip | gpg --batch --trust-model always --encrypt -r dpo@backup-agent.invalid | tee {work}/shell.sql.gz.gpg | sha256sum > {work}/shell.sha256")
-    raw = {"agent backup": [], "shell backup": [], "agent restore": [], "shell restore": []}
+    mydumper = (f"rm -rf {work}/mydumper && mydumper --socket={src_sock} -u bench -p bench -B {db} -t 2 -c -G -E -R"
+                f" --trx-consistency-only -o {work}/mydumper -v 1")
+    raw = {k: [] for k in ("agent backup", "shell backup", "mydumper", "agent restore", "shell restore", "myloader")}
     agent_file = None
     for i in range(args.runs):
         shutil.rmtree(f"{work}/store", ignore_errors=True)
@@ -212,6 +236,10 @@ def main():
         r["size"] = os.path.getsize(f"{work}/shell.sql.gz.gpg")
         raw["shell backup"].append(r)
         print(f"run {i + 1}: shell backup {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB size {r['size']}", flush=True)
+        r = measure(mydumper, env)
+        r["size"] = sum(os.path.getsize(os.path.join(dp, fn)) for dp, _, fns in os.walk(f"{work}/mydumper") for fn in fns)
+        raw["mydumper"].append(r)
+        print(f"run {i + 1}: mydumper -t 2 -c {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB size {r['size']}", flush=True)
     # The .sha256 file names the original file name; rewrite it for the copy.
     digest = open(agent_file + ".sha256").read().split()[0]
     with open(agent_file + ".sha256", "w") as f:
@@ -243,17 +271,27 @@ parts_in_flight = 2
         print(f"agent backup to local + Garage: {s3_run['wall']:.1f}s rss {s3_run['rss_kib'] / 1024:.0f} MiB", flush=True)
 
     if not args.no_restore:
+        jobs = f" --jobs {args.jobs}" if args.jobs else ""
+        fingerprint = None
         for i in range(args.runs):
-            sql(dst_sock, "DROP DATABASE IF EXISTS bench")
-            r = measure(f"{RESTORE} --into 'mysql://root@localhost/?socket={dst_sock}' --no-password --backup {agent_file}"
+            sql(dst_sock, f"DROP DATABASE IF EXISTS {db}")
+            r = measure(f"{RESTORE} --into 'mysql://root@localhost/?socket={dst_sock}' --no-password --backup {agent_file}{jobs}"
                         f" --dpo-key {ROOT}/testdata/dpo.sec.asc --agent-cert {ROOT}/testdata/agent.pub.asc", env)
             raw["agent restore"].append(r)
             print(f"run {i + 1}: verified restore {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB", flush=True)
-            sql(dst_sock, "DROP DATABASE IF EXISTS bench")
+            if fingerprint is None:
+                fingerprint = (table_fingerprint(src_sock, db), table_fingerprint(dst_sock, db))
+            sql(dst_sock, f"DROP DATABASE IF EXISTS {db}")
             r = measure(f"gpg --batch -q -d {agent_file} | gunzip | mariadb --socket={dst_sock} -uroot --max-allowed-packet=1G", env)
             raw["shell restore"].append(r)
             print(f"run {i + 1}: gpg|gunzip|mariadb {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB", flush=True)
-        sql(dst_sock, "DROP DATABASE IF EXISTS bench")
+            sql(dst_sock, f"DROP DATABASE IF EXISTS {db}")
+            r = measure(f"myloader --socket={dst_sock} -u root -d {work}/mydumper -t 2 -o -v 1", env)
+            raw["myloader"].append(r)
+            print(f"run {i + 1}: myloader -t 2 {r['wall']:.1f}s cpu {r['cpu']:.1f}s rss {r['rss_kib'] / 1024:.0f} MiB", flush=True)
+        sql(dst_sock, f"DROP DATABASE IF EXISTS {db}")
+        if fingerprint[0] != fingerprint[1]:
+            sys.exit(f"the verified restore of {db} differs from the source: {fingerprint}")
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in v[0]} for k, v in raw.items() if v}
     cpu = subprocess.run("lscpu | sed -n 's/^Model name: *//p'", shell=True, capture_output=True, text=True).stdout.strip()
@@ -262,30 +300,36 @@ parts_in_flight = 2
     version = sql(src_sock, "SELECT VERSION()").strip()
     gzip_v = subprocess.run("gzip --version | head -1", shell=True, capture_output=True, text=True).stdout.strip()
     gpg_v = subprocess.run("gpg --version | head -1", shell=True, capture_output=True, text=True).stdout.strip()
+    mydumper_v = subprocess.run("mydumper --version", shell=True, capture_output=True, text=True).stdout.strip().split(",")[0]
 
     def fmt_row(name, r):
         size = f"{r['size'] / (1 << 20):.1f} MiB" if "size" in r else "-"
         return f"| {name} | {r['wall']:.2f} s | {r['cpu']:.2f} s | {r['rss_kib'] / 1024:.1f} MiB | {size} |"
 
-    section = [f"## {args.gib:g} GiB database ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
+    section = [f"## {args.gib:g} GiB database, {charset} text ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
                f"Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}; "
-               f"MariaDB {version}; {gzip_v}; {gpg_v}.",
-               f"Database `bench`: {data_bytes / (1 << 30):.2f} GiB of InnoDB row data (3 big tables of mixed types: "
+               f"MariaDB {version}; {gzip_v}; {gpg_v}; {mydumper_v}.",
+               f"Database `{db}`: {data_bytes / (1 << 30):.2f} GiB of InnoDB row data, every text column {charset} (3 big tables of mixed types: "
                "DATETIME(6), DECIMAL, ENUM, BIT, DOUBLE, JSON, INET6, VARBINARY, MEDIUMTEXT, BLOB; 200 small tables).",
-               f"Median of {args.runs} runs, the two commands alternating; caches warmed first.", "",
+               f"Median of {args.runs} runs, the commands alternating; caches warmed first.", "",
                "| command | wall | CPU (process tree) | peak RSS (largest process) | output |", "|---|---|---|---|---|"]
     section.append(fmt_row("backup-agent backup", med["agent backup"]))
     section.append(fmt_row("mariadb-dump \\| gzip \\| gpg \\| tee \\| sha256sum", med["shell backup"]))
-    a, s = med["agent backup"], med["shell backup"]
-    ratios = [f"- backup wall time: agent / shell = **{a['wall'] / s['wall']:.2f}** (target <= 0.5)",
-              f"- backup CPU time: agent / shell = {a['cpu'] / s['cpu']:.2f}",
-              f"- output size: agent / shell = **{a['size'] / s['size']:.3f}** (target <= 1.02)",
-              f"- agent peak RSS: **{a['rss_kib'] / 1024:.1f} MiB** (target < 64 MiB)"]
+    section.append(fmt_row("mydumper -t 2 -c (no encryption, no checksum)", med["mydumper"]))
+    a, s, m = med["agent backup"], med["shell backup"], med["mydumper"]
+    ratios = [f"- backup wall time: agent / shell = **{ratio(a['wall'], s['wall']):.2f}** (target <= 0.35), agent / mydumper = **{ratio(a['wall'], m['wall']):.2f}** (target <= 0.6)",
+              f"- backup CPU time: agent / shell = {ratio(a['cpu'], s['cpu']):.2f}",
+              f"- output size: agent / shell = **{ratio(a['size'], s['size']):.3f}** (target <= 1.00), agent / mydumper = {ratio(a['size'], m['size']):.3f}",
+              f"- agent peak RSS, backup: **{a['rss_kib'] / 1024:.1f} MiB** (target <= 64 MiB)"]
     if "agent restore" in med:
-        section.append(fmt_row("restore --into (verified, 2 passes)", med["agent restore"]))
+        section.append(fmt_row(f"restore --into (verified, 2 passes{', --jobs ' + str(args.jobs) if args.jobs else ''})", med["agent restore"]))
         section.append(fmt_row("gpg -d \\| gunzip \\| mariadb (unverified)", med["shell restore"]))
-        ar, sr = med["agent restore"], med["shell restore"]
-        ratios.append(f"- restore wall time: verified restore / stock pipeline = **{ar['wall'] / sr['wall']:.2f}** (target <= 1.0)")
+        section.append(fmt_row("myloader -t 2 (mydumper's output)", med["myloader"]))
+        ar, sr, ml = med["agent restore"], med["shell restore"], med["myloader"]
+        ratios.append(f"- restore wall time: verified restore / stock pipeline = **{ratio(ar['wall'], sr['wall']):.2f}** (target <= 0.6), "
+                      f"verified restore / myloader = **{ratio(ar['wall'], ml['wall']):.2f}** (target < 1.0)")
+        ratios.append(f"- agent peak RSS, restore: **{ar['rss_kib'] / 1024:.1f} MiB** (target <= 128 MiB)")
+        ratios.append("- the restored database equals the source (every table's row count and CRC32 sum)")
     if s3_run:
         section.append(fmt_row("backup-agent backup to local + S3 (Garage, 16 MiB parts, 2 in flight)", s3_run))
         ratios.append(f"- agent peak RSS with an S3 store: **{s3_run['rss_kib'] / 1024:.1f} MiB** "
@@ -304,6 +348,12 @@ parts_in_flight = 2
         f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
     print("\n".join(section))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def table_fingerprint(sock, db):
+    """Every table's row count and CRC32 sum over all its columns (CHECKSUM TABLE)."""
+    tables = sql(sock, f"SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}' ORDER BY TABLE_NAME").split()
+    return sql(sock, "CHECKSUM TABLE " + ", ".join(f"`{db}`.`{t}`" for t in tables) + " EXTENDED")
 
 
 def proc_cpu_rss(pid):

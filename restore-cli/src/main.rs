@@ -5,6 +5,7 @@ mod crypto;
 mod drill;
 mod pinned;
 mod pitr;
+mod replay;
 mod restore;
 mod scratch;
 mod target;
@@ -20,6 +21,10 @@ use mysql_async::prelude::*;
 
 use backup_core::config::Config;
 use backup_core::secret::{read_secret_file, Secret};
+
+/// Row connections of a replay when `--jobs` is not given: measured best on 2 cores
+/// against the test server (docs/benchmarks.md).
+const DEFAULT_JOBS: u16 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -111,6 +116,11 @@ struct Cli {
     /// Pin: accept signatures only from this agent certificate fingerprint (repeatable).
     #[arg(long = "agent-fingerprint", value_name = "FPR")]
     agent_fingerprints: Vec<String>,
+    /// Connections that load table rows at once (--into, --until, --verify); 1 replays
+    /// everything over one connection. Tables, views, routines, triggers, events and
+    /// accounts are created over one more connection, in the dump's order.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
     /// The longest SQL statement to accept (e.g. "256MiB"); by default the manifest's
     /// largest statement (at least 16MiB), or 32MiB without a manifest.
     #[arg(long, value_name = "SIZE")]
@@ -253,12 +263,12 @@ async fn run(cli: Cli) -> Result<()> {
 
     let target = target.expect("--into given");
     let (only, wanted) = selection(&cli, &v)?;
-    let mut conn =
+    let (mut conn, rows) =
         prepare_target(&cli, cfg.as_ref(), &target, &wanted, v.largest_statement).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
     let n = replay_dump(
-        &file, &located, &v, &keys, &mut conn, only, &target, &wanted,
+        &file, &located, &v, &keys, &mut conn, rows, only, &target, &wanted,
     )
     .await?;
     let _ = conn.disconnect().await;
@@ -298,9 +308,10 @@ async fn prepare_target(
     target: &target::Target,
     wanted: &[String],
     largest: usize,
-) -> Result<mysql_async::Conn> {
+) -> Result<(mysql_async::Conn, Vec<mysql_async::Conn>)> {
     let password = target_password(cli, cfg, target)?;
     let mut conn = target::connect(target, password.as_ref()).await?;
+    let rows = target::connect_rows(target, password.as_ref(), cli.jobs).await?;
     drop(password);
     let existing: Vec<String> = conn
         .query("SHOW DATABASES")
@@ -322,7 +333,7 @@ async fn prepare_target(
         ))
         .await?;
     }
-    Ok(conn)
+    Ok((conn, rows))
 }
 
 /// Pass 2 of a dump: replays the verified file (through its pins) on `conn`.
@@ -333,17 +344,19 @@ async fn replay_dump(
     v: &restore::Verified,
     keys: &Keys,
     conn: &mut mysql_async::Conn,
+    rows: Vec<mysql_async::Conn>,
     only: Option<Vec<String>>,
     target: &target::Target,
     wanted: &[String],
 ) -> Result<u64> {
-    restore::replay(
+    replay::replay(
         file,
         &located.pins,
         located.max_statement,
         &keys.dpo,
         &keys.trusted,
         conn,
+        rows,
         only,
         v.sql_bytes,
     )
@@ -391,6 +404,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
         store: cli.store.as_deref(),
         scratch: None,
         scratch_password: None,
+        jobs: cli.jobs,
     };
     let chosen = drill::choose(Some(cfg), &args, &keys.trusted)?;
     let (located, v) = verify_file(cli, &chosen.file, &keys)?;
@@ -423,7 +437,8 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
     for q in &summary.unattributed_skipped {
         eprintln!("restore: skipping a statement without a default database that names no restored database: {q}");
     }
-    let mut conn = prepare_target(cli, Some(cfg), &target, &wanted, v.largest_statement).await?;
+    let (mut conn, rows) =
+        prepare_target(cli, Some(cfg), &target, &wanted, v.largest_statement).await?;
     test_pause_before_pass_2();
     let n = replay_dump(
         &chosen.file,
@@ -431,6 +446,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
         &v,
         &keys,
         &mut conn,
+        rows,
         only,
         &target,
         &wanted,
@@ -645,6 +661,7 @@ async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         store: cli.store.as_deref(),
         scratch: cli.scratch.as_deref(),
         scratch_password,
+        jobs: cli.jobs,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let outcome = tokio::select! {

@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use flate2::read::MultiGzDecoder;
-use mysql_async::prelude::*;
-use tokio::sync::mpsc;
 
 use crate::pinned::{pin_file, Checker, Pins};
 use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX, DEFAULT_MAX_STATEMENT};
@@ -214,7 +212,12 @@ pub struct Verified {
 
 type SqlReader = BufReader<MultiGzDecoder<crypto::Opened>>;
 
-fn open_sql(path: &Path, pins: &Pins, dpo: &DpoKey, trusted: &TrustedSigners) -> Result<SqlReader> {
+pub(crate) fn open_sql(
+    path: &Path,
+    pins: &Pins,
+    dpo: &DpoKey,
+    trusted: &TrustedSigners,
+) -> Result<SqlReader> {
     let f = Checker::open(path, pins).with_context(|| format!("cannot open {}", path.display()))?;
     let opened = crypto::open(f, dpo, trusted)
         .with_context(|| format!("cannot decrypt {}", path.display()))?;
@@ -224,7 +227,7 @@ fn open_sql(path: &Path, pins: &Pins, dpo: &DpoKey, trusted: &TrustedSigners) ->
     ))
 }
 
-fn finish_sql(r: SqlReader) -> Result<Outcome> {
+pub(crate) fn finish_sql(r: SqlReader) -> Result<Outcome> {
     r.into_inner().into_inner().finish()
 }
 
@@ -437,133 +440,6 @@ fn leading_ident(s: &str) -> Option<String> {
         }
     }
     None
-}
-
-enum Msg {
-    /// A statement, and how many SQL bytes were read up to its end.
-    Stmt(Vec<u8>, u64),
-    Comment(String),
-}
-
-/// Progress on a terminal: bytes, tables, rate, ETA (total from the verification pass).
-struct Progress {
-    total: u64,
-    started: std::time::Instant,
-    last: std::time::Instant,
-    tables: u64,
-    on: bool,
-}
-
-impl Progress {
-    fn new(total: u64) -> Progress {
-        use std::io::IsTerminal;
-        let now = std::time::Instant::now();
-        Progress {
-            total,
-            started: now,
-            last: now,
-            tables: 0,
-            on: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn update(&mut self, stmt: &[u8], done: u64) {
-        if stmt.starts_with(b"CREATE TABLE") {
-            self.tables += 1;
-        }
-        if !self.on || self.last.elapsed() < std::time::Duration::from_secs(1) {
-            return;
-        }
-        self.last = std::time::Instant::now();
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / secs;
-        let eta = if rate > 0.0 {
-            (self.total.saturating_sub(done)) as f64 / rate
-        } else {
-            0.0
-        };
-        eprint!(
-            "\rrestore: {:.0} / {:.0} MiB ({:.0}%), {} tables, {:.1} MiB/s, ETA {:.0}s   ",
-            done as f64 / 1048576.0,
-            self.total as f64 / 1048576.0,
-            100.0 * done as f64 / self.total.max(1) as f64,
-            self.tables,
-            rate / 1048576.0,
-            eta
-        );
-    }
-
-    fn finish(&self) {
-        if self.on {
-            eprintln!();
-        }
-    }
-}
-
-/// Pass 2 for `--into`: replays the verified file over one connection.
-#[allow(clippy::too_many_arguments)]
-pub async fn replay(
-    path: &Path,
-    pins: &Pins,
-    limit: usize,
-    dpo: &DpoKey,
-    trusted: &TrustedSigners,
-    conn: &mut mysql_async::Conn,
-    only: Option<Vec<String>>,
-    total_sql_bytes: u64,
-) -> Result<u64> {
-    let reader = open_sql(path, pins, dpo, trusted)?;
-    let (tx, mut rx) = mpsc::channel::<Msg>(16);
-    let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {
-        let mut sp = Splitter::with_limit(reader, limit);
-        while let Some(item) = sp.next_item()? {
-            let m = match item {
-                Item::Statement(s) => Msg::Stmt(s, sp.bytes_read),
-                Item::Comment(c) => Msg::Comment(c),
-            };
-            if tx.blocking_send(m).is_err() {
-                bail!("replay stopped");
-            }
-        }
-        finish_sql(sp.into_inner())
-    });
-    let mut sel = Selection::new(only);
-    let mut progress = Progress::new(total_sql_bytes);
-    let mut executed = 0u64;
-    let mut failure = None;
-    while let Some(m) = rx.recv().await {
-        match m {
-            Msg::Comment(c) => sel.comment(&c),
-            Msg::Stmt(s, done) => {
-                progress.update(&s, done);
-                if !sel.wants(&s) {
-                    continue;
-                }
-                if let Err(e) = conn.query_drop(s.as_slice()).await {
-                    let head = String::from_utf8_lossy(&s[..s.len().min(120)]).into_owned();
-                    failure = Some(anyhow!(
-                        "the target server refused statement {} ({head}...): {e}",
-                        executed + 1
-                    ));
-                    break;
-                }
-                executed += 1;
-            }
-        }
-    }
-    drop(rx);
-    progress.finish();
-    if let Some(f) = failure {
-        let _ = producer.await;
-        return Err(f);
-    }
-    producer
-        .await
-        .map_err(|e| anyhow!("the reading thread failed: {e}"))?
-        .context(
-            "the second pass over the file failed (was the file changed during the restore?)",
-        )?;
-    Ok(executed)
 }
 
 #[cfg(test)]

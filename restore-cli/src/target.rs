@@ -83,6 +83,18 @@ pub async fn connect(t: &Target, password: Option<&Secret>) -> Result<Conn> {
     Ok(conn)
 }
 
+/// The row connections of a replay with `jobs` of them (none for one job: the replay's
+/// own connection loads the rows then).
+pub async fn connect_rows(t: &Target, password: Option<&Secret>, jobs: u16) -> Result<Vec<Conn>> {
+    let mut rows = Vec::new();
+    if jobs > 1 {
+        for _ in 0..jobs {
+            rows.push(connect(t, password).await?);
+        }
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,6 +107,7 @@ pub async fn run(
         store: a.store,
         scratch: None,
         scratch_password: None,
+        jobs: a.jobs,
     };
     let chosen_newer = choose(Some(cfg), &newer_args, trusted)?;
     let mut sub = DrillReport::default();
@@ -127,6 +128,7 @@ pub async fn run(
         store: a.store,
         scratch: None,
         scratch_password: None,
+        jobs: a.jobs,
     };
     let chosen = choose(Some(cfg), &older_args, trusted)?;
     report.store = chosen.store.clone();

@@ -89,6 +89,8 @@ pub struct DrillArgs<'a> {
     pub store: Option<&'a str>,
     pub scratch: Option<&'a str>,
     pub scratch_password: Option<backup_core::secret::Secret>,
+    /// Row connections of the replay (`--jobs`).
+    pub jobs: u16,
 }
 
 /// Where the backup to drill is.
@@ -405,6 +407,8 @@ pub async fn run(
 /// server, a Galera node, or already holds one of `databases`.
 pub(crate) struct Scratch {
     pub(crate) conn: mysql_async::Conn,
+    /// The replay's row connections (taken by the first replay).
+    rows: Vec<mysql_async::Conn>,
     databases: Vec<String>,
     given: bool,
     _ephemeral: Option<Ephemeral>,
@@ -434,12 +438,15 @@ impl Scratch {
             }
         };
         let mut conn = target::connect(&tgt, password).await?;
+        // Opened before the ephemeral server's root password is locked away.
+        let rows = target::connect_rows(&tgt, password, a.jobs).await?;
         if a.scratch.is_none() {
             lock_down(&mut conn).await?;
         }
         check_scratch(&mut conn, &tgt, databases).await?;
         Ok(Scratch {
             conn,
+            rows,
             databases: databases.to_vec(),
             given: a.scratch.is_some(),
             _ephemeral: eph,
@@ -457,13 +464,14 @@ impl Scratch {
         trusted: &TrustedSigners,
     ) -> Result<u64> {
         crate::test_pause_before_pass_2();
-        restore::replay(
+        crate::replay::replay(
             &chosen.file,
             pins,
             limit,
             dpo,
             trusted,
             &mut self.conn,
+            std::mem::take(&mut self.rows),
             None,
             v.sql_bytes,
         )
@@ -508,6 +516,9 @@ impl Scratch {
                     ))
                     .await;
             }
+        }
+        for c in std::mem::take(&mut self.rows) {
+            let _ = c.disconnect().await;
         }
         let _ = self.conn.disconnect().await;
     }

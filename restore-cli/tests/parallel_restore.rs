@@ -1,0 +1,192 @@
+//! `restore --into --jobs N`: rows load over N connections, everything else over one, in
+//! the dump's order; the result is the same as over one connection, and a statement the
+//! target refuses on any connection fails the restore with its number and head.
+
+mod common;
+use common::*;
+
+/// Two databases (the row connections follow `USE`), a table big enough for many INSERT
+/// statements, a row whose AUTO_INCREMENT id is 0 and a zero date (they load only with
+/// the dump's session settings, which the row connections must apply too), foreign keys,
+/// a trigger that would count the restored rows if it existed before them, a view.
+fn load(src: &Server, db: &str, other: &str) {
+    src.drop_db(db);
+    src.drop_db(other);
+    src.sql(&format!(
+        "CREATE DATABASE `{db}` CHARACTER SET latin1; CREATE DATABASE `{other}` CHARACTER SET utf8mb4"
+    ));
+    src.sql_db(
+        db,
+        "CREATE TABLE parent (id INT PRIMARY KEY, name VARCHAR(40)) ENGINE=InnoDB;
+         CREATE TABLE big (id INT AUTO_INCREMENT PRIMARY KEY, parent_id INT, note VARCHAR(300),
+           at DATETIME, KEY (parent_id), FOREIGN KEY (parent_id) REFERENCES parent (id)) ENGINE=InnoDB;
+         CREATE TABLE audit (n INT AUTO_INCREMENT PRIMARY KEY, big_id INT) ENGINE=InnoDB;
+         INSERT INTO parent SELECT seq, CONCAT('Müller ', seq) FROM seq_1_to_100;
+         SET SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO';
+         INSERT INTO big VALUES (0, 1, 'id zero', '0000-00-00 00:00:00');
+         INSERT INTO big SELECT seq, 1 + seq % 100, CONCAT('Straße ', seq, ' ', REPEAT(SHA2(seq, 256), 3)), '2026-01-01' + INTERVAL seq MINUTE FROM seq_1_to_40000;
+         CREATE TRIGGER big_audit AFTER INSERT ON big FOR EACH ROW INSERT INTO audit (big_id) VALUES (NEW.id);
+         CREATE VIEW big_per_parent AS SELECT parent_id, COUNT(*) AS n FROM big GROUP BY parent_id;",
+    );
+    for i in 0..12 {
+        src.sql_db(
+            other,
+            &format!(
+                "CREATE TABLE t{i} (id INT PRIMARY KEY, v TEXT) ENGINE=InnoDB;
+                 INSERT INTO t{i} SELECT seq, CONCAT('€ ', seq * {i}) FROM seq_1_to_{};",
+                500 + 300 * i
+            ),
+        );
+    }
+}
+
+#[test]
+fn rows_load_over_several_connections_and_equal_a_one_connection_restore() {
+    let src = source();
+    let dst = target();
+    let db = unique("par");
+    let other = unique("par2");
+    load(&src, &db, &other);
+    let mut setup = Setup::new(&src, &db);
+    setup.extra = "users_and_grants = false\n".into();
+    setup.db = format!("{db}\", \"{other}");
+    let o = setup.agent(&src, &["backup"]);
+    ok(&o, "backup");
+    let data = setup.only_backup();
+    let args = into_args(&dst, &data, &setup.path("target.password"));
+    let want = (fingerprint(&src, &db), fingerprint(&src, &other));
+    assert_eq!(
+        src.sql_db(&db, "SELECT COUNT(*) FROM audit").trim(),
+        "0",
+        "the trigger fired on the source"
+    );
+    for jobs in ["1", "4"] {
+        dst.drop_db(&db);
+        dst.drop_db(&other);
+        let connections = |s: &Server| -> u64 {
+            s.sql("SHOW GLOBAL STATUS LIKE 'Connections'")
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let before = connections(&dst);
+        let mut a = args.clone();
+        a.extend(["--jobs".to_string(), jobs.to_string()]);
+        let o = restore(&a);
+        ok(&o, &format!("restore --jobs {jobs}"));
+        let opened = connections(&dst) - before;
+        let n: u64 = jobs.parse().unwrap();
+        let expected = if n == 1 { 1 } else { n + 1 };
+        assert!(
+            opened >= expected,
+            "--jobs {jobs}: {opened} connections opened, expected at least {expected}"
+        );
+        assert_same(&want.0, &fingerprint(&dst, &db));
+        assert_same(&want.1, &fingerprint(&dst, &other));
+        // Loaded with the dump's session settings on every connection: id 0 kept, the
+        // zero date kept; the trigger came after the rows.
+        assert_eq!(
+            dst.sql_db(&db, "SELECT note, at FROM big WHERE id = 0")
+                .trim(),
+            "id zero\t0000-00-00 00:00:00"
+        );
+        assert_eq!(dst.sql_db(&db, "SELECT COUNT(*) FROM audit").trim(), "0");
+        assert_eq!(
+            dst.sql_db(&db, "SELECT SUM(n) FROM big_per_parent").trim(),
+            "40001"
+        );
+    }
+    // The table really is many statements, so several connections share its rows.
+    let sql = std::process::Command::new(restore_bin())
+        .args(["--decrypt", data.to_str().unwrap(), "-o", "-"])
+        .args([
+            "--dpo-key",
+            testdata("dpo.sec.asc").to_str().unwrap(),
+            "--agent-cert",
+            testdata("agent.pub.asc").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    ok(&sql, "restore --decrypt");
+    let inserts = String::from_utf8_lossy(&sql.stdout)
+        .lines()
+        .filter(|l| l.starts_with("INSERT INTO `big`"))
+        .count();
+    assert!(inserts >= 10, "{inserts} INSERT statements for big");
+    src.drop_db(&db);
+    src.drop_db(&other);
+    dst.drop_db(&db);
+    dst.drop_db(&other);
+}
+
+#[test]
+fn a_row_the_target_refuses_on_a_row_connection_fails_the_restore_naming_it() {
+    let src = source();
+    let dst = target();
+    let db = unique("parf");
+    let other = unique("parf2");
+    load(&src, &db, &other);
+    let mut setup = Setup::new(&src, &db);
+    setup.extra = "users_and_grants = false\n".into();
+    let o = setup.agent(&src, &["backup"]);
+    ok(&o, "backup");
+    let data = setup.only_backup();
+    // A restore user that may create the tables but not insert into them: every
+    // definition goes through, the first row fails on a row connection.
+    let user = unique("noins");
+    dst.sql(&format!(
+        "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{user}';
+         GRANT SELECT, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW, SHOW VIEW, TRIGGER ON `{db}`.* TO '{user}'@'%'"
+    ));
+    std::fs::write(setup.path("noins.password"), format!("pw-{user}")).unwrap();
+    dst.drop_db(&db);
+    let t0 = std::time::Instant::now();
+    let o = restore(&[
+        "--into".to_string(),
+        format!("mysql://{user}@127.0.0.1:{}/", dst.port),
+        "--backup".into(),
+        data.display().to_string(),
+        "--password-file".into(),
+        setup.path("noins.password").display().to_string(),
+        "--dpo-key".into(),
+        testdata("dpo.sec.asc").display().to_string(),
+        "--agent-cert".into(),
+        testdata("agent.pub.asc").display().to_string(),
+        "--jobs".into(),
+        "3".into(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the target server refused statement") && err.contains("(INSERT INTO `"),
+        "{err}"
+    );
+    assert!(err.contains("INSERT command denied"), "{err}");
+    assert!(
+        err.contains("the target may hold a partial restore of"),
+        "{err}"
+    );
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("restore: restore into") && last.contains("refused statement"),
+        "the error is one line: {err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(60),
+        "the restore stops at the first refusal"
+    );
+    // No trigger or view was created after the failure.
+    assert_eq!(
+        dst.sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='{db}'"
+        ))
+        .trim(),
+        "0"
+    );
+    dst.sql(&format!("DROP USER '{user}'@'%'"));
+    src.drop_db(&db);
+    src.drop_db(&other);
+    dst.drop_db(&db);
+}
