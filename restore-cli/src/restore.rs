@@ -11,7 +11,7 @@ use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use flate2::read::MultiGzDecoder;
+use backup_core::gzip::ParallelGunzip;
 
 use crate::pinned::{pin_file, Checker, Pins};
 use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX, DEFAULT_MAX_STATEMENT};
@@ -210,7 +210,7 @@ pub struct Verified {
     pub sql_bytes: u64,
 }
 
-type SqlReader = BufReader<MultiGzDecoder<crypto::Opened>>;
+type SqlReader = BufReader<ParallelGunzip<crypto::Opened>>;
 
 pub(crate) fn open_sql(
     path: &Path,
@@ -223,8 +223,13 @@ pub(crate) fn open_sql(
         .with_context(|| format!("cannot decrypt {}", path.display()))?;
     Ok(BufReader::with_capacity(
         1 << 20,
-        MultiGzDecoder::new(opened),
+        ParallelGunzip::new(opened, inflate_threads()),
     ))
+}
+
+/// Threads that inflate a dump's gzip members: the cores this process may use.
+fn inflate_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
 }
 
 pub(crate) fn finish_sql(r: SqlReader) -> Result<Outcome> {
@@ -326,7 +331,7 @@ pub fn write_out(
             opened.finish()?;
             n
         } else {
-            let mut gz = MultiGzDecoder::new(opened);
+            let mut gz = ParallelGunzip::new(opened, inflate_threads());
             let n = std::io::copy(&mut gz, &mut sink)?;
             gz.into_inner().finish()?;
             n

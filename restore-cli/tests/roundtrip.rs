@@ -235,7 +235,9 @@ fn text_in_every_charset_round_trips_byte_for_byte() {
             .map(|b| format!("{b:02X}"))
             .collect::<String>()
     );
-    let mut rows = vec![Vec::new(); 4];
+    // ASCII alone (a plain string where the charset agrees with ASCII, swe7 does not).
+    let ascii_bytes: String = (0..=127u8).map(|b| format!("{b:02X}")).collect();
+    let mut rows = vec![Vec::new(); 5];
     for (cs, maxlen) in &charsets {
         rows[0].push(if *maxlen == 1 && cs != "ascii" {
             format!("CAST(UNHEX('{all_bytes}') AS CHAR CHARACTER SET {cs})")
@@ -245,6 +247,11 @@ fn text_in_every_charset_round_trips_byte_for_byte() {
         rows[1].push(format!("CONVERT({sample} USING {cs})"));
         rows[2].push("''".into());
         rows[3].push("NULL".into());
+        rows[4].push(if *maxlen == 1 {
+            format!("CAST(UNHEX('{ascii_bytes}') AS CHAR CHARACTER SET {cs})")
+        } else {
+            "'plain ascii'".into()
+        });
     }
     for (i, r) in rows.iter().enumerate() {
         src.sql_db(
@@ -299,6 +306,11 @@ fn text_in_every_charset_round_trips_byte_for_byte() {
     assert!(has(b"_cp1251 '"), "cp1251 as an escaped string");
     assert!(has(b"_sjis X'"), "sjis as hex");
     assert!(!has(b"_latin1 X'"), "no latin1 hex literal");
+    assert!(has(b",'\\0\x01\x02"), "ASCII latin1 as a plain string");
+    assert!(
+        has(b"_swe7 '\\0\x01\x02"),
+        "ASCII swe7 keeps its introducer"
+    );
 
     ok(
         &restore(&into_args(&dst, &data, &setup.path("pw"))),

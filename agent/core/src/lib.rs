@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod config;
 pub mod digest;
 pub mod format;
+pub mod gzip;
 pub mod layout;
 pub mod logging;
 pub mod manifest;

@@ -54,15 +54,10 @@ impl<W: Write> Write for Hashing<W> {
 /// Input per gzip member when compressing in parallel.
 const MEMBER_BYTES: usize = 1 << 20;
 
-/// One gzip member of `data` (`gunzip` and the restore read consecutive members as one
-/// stream).
+/// One gzip member of `data`, its length in its header (`gunzip` and the restore read
+/// consecutive members as one stream; the restore inflates several at once).
 fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(data.len() / 3 + 64),
-        Compression::new(level),
-    );
-    gz.write_all(data)?;
-    gz.finish()
+    backup_core::gzip::sized_member(data, level)
 }
 
 /// Compresses what `rx` brings with `threads` threads, as gzip members of ~1 MiB of

@@ -38,7 +38,8 @@ pub enum ColKind {
     /// Text in a charset whose bytes are valid in a utf8mb4 string literal.
     Utf8Text,
     /// Text in a single-byte charset (latin1, cp1251, ...): `_cs '...'`, the bytes as they
-    /// are with the six special ones escaped. Exact for the reason `Binary` is: the stream
+    /// are with the six special ones escaped (a value all ASCII: a plain string, but in
+    /// swe7). Exact for the reason `Binary` is: the stream
     /// is lexed as utf8mb4, whose multi-byte characters never hold a quote or backslash
     /// byte, and the introducer takes the bytes as they are, unconverted; every byte is a
     /// character in a single-byte charset.
@@ -110,6 +111,9 @@ pub fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
         }
         ColKind::Bits => push_hex_number(out, v),
         ColKind::Utf8Text | ColKind::Quoted => push_quoted(out, v),
+        // ASCII is the same bytes in utf8mb4 and in every single-byte charset but swe7
+        // (which puts letters at `[\]{|}` and others): the plain string converts exactly.
+        ColKind::SingleByteText(cs) if v.is_ascii() && cs != "swe7" => push_quoted(out, v),
         ColKind::SingleByteText(cs) => {
             out.push(b'_');
             out.extend_from_slice(cs.as_bytes());
@@ -207,6 +211,12 @@ mod tests {
             b"caf\xE9 'x'\\",
         );
         assert_eq!(v, b"_latin1 'caf\xE9 \\'x\\'\\\\'");
+        v.clear();
+        push_value(&mut v, &ColKind::SingleByteText("latin1".into()), b"a'b");
+        assert_eq!(v, b"'a\\'b'");
+        v.clear();
+        push_value(&mut v, &ColKind::SingleByteText("swe7".into()), b"a[b");
+        assert_eq!(v, b"_swe7 'a[b'");
         v.clear();
         push_value(&mut v, &ColKind::OtherText("sjis".into()), &[0x95, 0x5C]);
         assert_eq!(v, b"_sjis X'955C'");
