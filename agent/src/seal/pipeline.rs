@@ -54,47 +54,59 @@ impl<W: Write> Write for Hashing<W> {
 /// Input per gzip member when compressing in parallel.
 const MEMBER_BYTES: usize = 1 << 20;
 
-/// One gzip member of `data`, its length in its header (`gunzip` and the restore read
-/// consecutive members as one stream; the restore inflates several at once).
-fn gzip_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    backup_core::gzip::sized_member(data, level)
-}
-
 /// Compresses what `rx` brings with `threads` threads, as gzip members of ~1 MiB of
-/// input each, and writes them to `out` in order. At most `2 * threads` members are in
-/// flight (memory bounded). Returns false when the stream ended without its end marker.
+/// input each (each carrying its length, see `backup_core::gzip`), and writes them to
+/// `out` in order. At most `threads + 1` members are in flight, and their buffers are
+/// reused (memory bounded and flat). Returns false when the stream ended without its end
+/// marker.
 fn compress_parallel(
     rx: &mut mpsc::Receiver<Vec<u8>>,
     out: &mut dyn Write,
     level: u32,
     threads: usize,
 ) -> io::Result<bool> {
+    use backup_core::gzip::MemberCompressor;
     use std::sync::mpsc as smpsc;
-    type Job = (Vec<u8>, smpsc::SyncSender<io::Result<Vec<u8>>>);
+    /// Input, the buffer for the member, where to send both back.
+    type Done = io::Result<(Vec<u8>, Vec<u8>)>;
+    type Job = (Vec<u8>, Vec<u8>, smpsc::SyncSender<Done>);
+    MemberCompressor::new(level)?;
     std::thread::scope(|scope| {
         // Dropped when this closure returns, on every path: the workers then stop.
         let (job_tx, job_rx) = smpsc::sync_channel::<Job>(threads);
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         for _ in 0..threads {
             let job_rx = job_rx.clone();
-            scope.spawn(move || loop {
-                let job = job_rx.lock().expect("job queue").recv();
-                let Ok((data, back)) = job else { return };
-                let _ = back.send(gzip_member(&data, level));
+            scope.spawn(move || {
+                let Ok(mut c) = MemberCompressor::new(level) else {
+                    return;
+                };
+                loop {
+                    let job = job_rx.lock().expect("job queue").recv();
+                    let Ok((data, mut member, back)) = job else {
+                        return;
+                    };
+                    let r = c.member(&data, &mut member).map(|()| (data, member));
+                    let _ = back.send(r);
+                }
             });
         }
-        let mut pending: std::collections::VecDeque<smpsc::Receiver<io::Result<Vec<u8>>>> =
-            Default::default();
+        let mut pending: std::collections::VecDeque<smpsc::Receiver<Done>> = Default::default();
+        let mut free: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut members = 0u64;
-        let mut write_next = |pending: &mut std::collections::VecDeque<_>| -> io::Result<()> {
-            let r: smpsc::Receiver<io::Result<Vec<u8>>> =
-                pending.pop_front().expect("a member in flight");
-            let member = r
+        let mut write_next = |pending: &mut std::collections::VecDeque<smpsc::Receiver<Done>>,
+                              free: &mut Vec<(Vec<u8>, Vec<u8>)>|
+         -> io::Result<()> {
+            let r = pending.pop_front().expect("a member in flight");
+            let (data, member) = r
                 .recv()
                 .map_err(|_| io::Error::other("a compression thread died"))??;
-            out.write_all(&member)
+            out.write_all(&member)?;
+            free.push((data, member));
+            Ok(())
         };
-        let mut buf: Vec<u8> = Vec::with_capacity(MEMBER_BYTES + (64 << 10));
+        let fresh = || Vec::with_capacity(MEMBER_BYTES + (64 << 10));
+        let mut buf: Vec<u8> = fresh();
         let mut ended = false;
         loop {
             let chunk = rx.blocking_recv();
@@ -110,17 +122,18 @@ fn compress_parallel(
                 buf.extend_from_slice(&c);
             }
             if buf.len() >= MEMBER_BYTES || (last && (!buf.is_empty() || members == 0)) {
-                let data =
-                    std::mem::replace(&mut buf, Vec::with_capacity(MEMBER_BYTES + (64 << 10)));
+                while pending.len() > threads {
+                    write_next(&mut pending, &mut free)?;
+                }
+                let (mut next, member) = free.pop().unwrap_or_else(|| (fresh(), Vec::new()));
+                next.clear();
+                let data = std::mem::replace(&mut buf, next);
                 let (back_tx, back_rx) = smpsc::sync_channel(1);
                 job_tx
-                    .send((data, back_tx))
+                    .send((data, member, back_tx))
                     .map_err(|_| io::Error::other("the compression threads stopped"))?;
                 pending.push_back(back_rx);
                 members += 1;
-                while pending.len() > 2 * threads {
-                    write_next(&mut pending)?;
-                }
             }
             if last {
                 break;
@@ -130,7 +143,7 @@ fn compress_parallel(
             return Ok(false);
         }
         while !pending.is_empty() {
-            write_next(&mut pending)?;
+            write_next(&mut pending, &mut free)?;
         }
         Ok(true)
     })
