@@ -12,6 +12,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::Arc;
 
+use backup_core::gzip::read_full;
 use sha2::{Digest, Sha256};
 
 pub const BLOCK: usize = 1 << 20;
@@ -32,7 +33,7 @@ pub fn pin_file(path: &Path) -> io::Result<Pins> {
     let mut buf = vec![0u8; BLOCK];
     let mut size = 0u64;
     loop {
-        let n = read_block(&mut f, &mut buf)?;
+        let n = read_full(&mut f, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -48,20 +49,6 @@ pub fn pin_file(path: &Path) -> io::Result<Pins> {
         sha256: hex::encode(whole.finalize()),
         blocks: Arc::new(blocks),
     })
-}
-
-/// Fills `buf` from `r` up to its length or the end of the stream.
-fn read_block(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Reads a pinned file, serving each block only once it matches its pin.
@@ -96,7 +83,7 @@ impl Checker {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        let n = read_block(&mut self.file, &mut self.buf)?;
+        let n = read_full(&mut self.file, &mut self.buf)?;
         let i = self.next_block;
         let offset = i as u64 * BLOCK as u64;
         match self.pins.blocks.get(i) {

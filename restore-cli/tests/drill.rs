@@ -333,11 +333,7 @@ fn validly_signed_dumps_that_disagree_with_their_trailer_fail_the_drill() {
         ),
         ("bit flip BIT", flip(",0x02,", ",0x03,"), ".ty: content"),
         ("bit flip YEAR", flip(",2001,", ",2000,"), ".ty: content"),
-        (
-            "bit flip latin1",
-            flip("_latin1 'zz'", "_latin1 'z{'"),
-            ".ty: content",
-        ),
+        ("bit flip latin1", flip(",'zz')", ",'z{')"), ".ty: content"),
         (
             "column definition changed",
             sql.replacen(

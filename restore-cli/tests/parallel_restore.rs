@@ -40,19 +40,29 @@ fn load(src: &Server, db: &str, other: &str) {
     }
 }
 
+/// Loads the two databases (named after `prefix`) and backs up the first, or both.
+fn backed_up(
+    src: &Server,
+    prefix: &str,
+    both: bool,
+) -> (String, String, Setup, std::path::PathBuf) {
+    let db = unique(prefix);
+    let other = unique(&format!("{prefix}2"));
+    load(src, &db, &other);
+    let mut setup = Setup::new(src, &db);
+    setup.extra = "users_and_grants = false\n".into();
+    if both {
+        setup.db = format!("{db}\", \"{other}");
+    }
+    ok(&setup.agent(src, &["backup"]), "backup");
+    let data = setup.only_backup();
+    (db, other, setup, data)
+}
+
 #[test]
 fn rows_load_over_several_connections_and_equal_a_one_connection_restore() {
-    let src = source();
-    let dst = target();
-    let db = unique("par");
-    let other = unique("par2");
-    load(&src, &db, &other);
-    let mut setup = Setup::new(&src, &db);
-    setup.extra = "users_and_grants = false\n".into();
-    setup.db = format!("{db}\", \"{other}");
-    let o = setup.agent(&src, &["backup"]);
-    ok(&o, "backup");
-    let data = setup.only_backup();
+    let (src, dst) = (source(), target());
+    let (db, other, setup, data) = backed_up(&src, "par", true);
     let args = into_args(&dst, &data, &setup.path("target.password"));
     let want = (fingerprint(&src, &db), fingerprint(&src, &other));
     assert_eq!(
@@ -123,16 +133,8 @@ fn rows_load_over_several_connections_and_equal_a_one_connection_restore() {
 
 #[test]
 fn a_row_the_target_refuses_on_a_row_connection_fails_the_restore_naming_it() {
-    let src = source();
-    let dst = target();
-    let db = unique("parf");
-    let other = unique("parf2");
-    load(&src, &db, &other);
-    let mut setup = Setup::new(&src, &db);
-    setup.extra = "users_and_grants = false\n".into();
-    let o = setup.agent(&src, &["backup"]);
-    ok(&o, "backup");
-    let data = setup.only_backup();
+    let (src, dst) = (source(), target());
+    let (db, other, setup, data) = backed_up(&src, "parf", false);
     // A restore user that may create the tables but not insert into them: every
     // definition goes through, the first row fails on a row connection.
     let user = unique("noins");

@@ -293,7 +293,7 @@ fn trailer_size(member: &[u8]) -> usize {
 }
 
 /// Reads until `buf` is full or the end; returns how much was read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
