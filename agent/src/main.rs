@@ -70,6 +70,7 @@ enum Command {
     },
     /// Every backup across stores: copies, verification, lock, 3-2-1 verdict.
     List {
+        /// Only this source.
         #[arg(long)]
         source: Option<String>,
         /// Machine-readable output.
@@ -78,11 +79,13 @@ enum Command {
     },
     /// Apply each store's retention rules; print the plan and what was deleted and why.
     Prune {
+        /// Only this source.
         #[arg(long)]
         source: Option<String>,
         /// Print the plan, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
         #[arg(long, hide = true)]
@@ -90,13 +93,16 @@ enum Command {
     },
     /// Re-read and re-hash stored copies now (all of them with --all; else the share due).
     Scrub {
+        /// Only this source.
         #[arg(long)]
         source: Option<String>,
+        /// Every copy now, not only the share due.
         #[arg(long)]
         all: bool,
     },
     /// Copy backups to stores that lack a verified copy, from a verified one.
     Repair {
+        /// Only this source.
         #[arg(long)]
         source: Option<String>,
     },
@@ -755,4 +761,31 @@ async fn archive_binlog(cfg: &Config, only: Option<&str>, segment_size: &str) ->
         }
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of every command says what it does in `--help`.
+    #[test]
+    fn every_flag_has_a_help_text() {
+        fn check(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !a.is_hide_set() && !builtin && a.get_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_about().is_none() && s.get_name() != "help" {
+                    missing.push(format!("{path} {}", s.get_name()));
+                }
+                check(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&super::Cli::command(), "backup-agent", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

@@ -797,3 +797,24 @@ pub(crate) fn test_pause_before_pass_2() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    /// Every flag says what it does in `--help`.
+    #[test]
+    fn every_flag_has_a_help_text() {
+        let c = super::Cli::command();
+        let missing: Vec<String> = c
+            .get_arguments()
+            .filter(|a| {
+                !a.is_hide_set()
+                    && !matches!(a.get_id().as_str(), "help" | "version")
+                    && a.get_help().is_none()
+            })
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+}
