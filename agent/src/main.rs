@@ -106,8 +106,15 @@ enum Command {
         #[arg(long)]
         source: Option<String>,
     },
-    /// Freshness verdict, one line: exit 0 OK, 1 CRITICAL, 2 no complete backup.
-    Healthcheck,
+    /// Freshness verdict, one short line: exit 0 OK, 1 CRITICAL, 2 no complete backup.
+    Healthcheck {
+        /// After the line, every clause (each problem, each source) on a line of its own.
+        #[arg(long)]
+        verbose: bool,
+        /// The verdict as one JSON object (status, code, line, every clause, each source).
+        #[arg(long, conflicts_with = "verbose")]
+        json: bool,
+    },
     /// Validate the configuration: keys, secrets readable, certificates usable.
     CheckConfig,
 }
@@ -133,7 +140,7 @@ fn main() -> ExitCode {
     let cfg = match backup_agent::config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            if matches!(cli.command, Command::Healthcheck) {
+            if matches!(cli.command, Command::Healthcheck { .. }) {
                 // The healthcheck always prints one line.
                 println!(
                     "CRITICAL: invalid configuration: {}",
@@ -153,9 +160,18 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => check_config(&cfg),
-        Command::Healthcheck => {
-            let (v, _, _) = health::check(&cfg);
-            println!("{}", v.line);
+        Command::Healthcheck { verbose, json } => {
+            let (v, facts, _) = health::check(&cfg);
+            if json {
+                println!("{}", health::to_json(&v, &facts));
+            } else {
+                println!("{}", v.line);
+                if verbose {
+                    for d in &v.details {
+                        println!("  {d}");
+                    }
+                }
+            }
             ExitCode::from(v.code)
         }
         Command::Backup { source, now, slot } => match (parse_now(&now), parse_now(&slot)) {

@@ -20,7 +20,9 @@ use clap::{ArgGroup, Parser};
 use mysql_async::prelude::*;
 
 use backup_core::config::Config;
+use backup_core::format::grants::Account;
 use backup_core::secret::{read_secret_file, Secret};
+use restore::AccountPolicy;
 
 /// Row connections of a replay when `--jobs` is not given: measured best on 2 cores
 /// against the test server (docs/benchmarks.md).
@@ -95,9 +97,15 @@ struct Cli {
     /// Restore only this database (repeatable).
     #[arg(long = "database", value_name = "NAME")]
     databases: Vec<String>,
-    /// Drop and replace databases that already exist on the target.
+    /// Drop and replace databases that already exist on the target; with --accounts, also
+    /// give existing accounts the backup's password, options and grants.
     #[arg(long)]
     force: bool,
+    /// With --into: also create the backup's accounts and roles with their grants. Accounts
+    /// the target already has are left as they are (unless --force). Without it, no
+    /// account of the target is created or changed.
+    #[arg(long)]
+    accounts: bool,
     /// File with the target user's password.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
@@ -263,12 +271,12 @@ async fn run(cli: Cli) -> Result<()> {
 
     let target = target.expect("--into given");
     let (only, wanted) = selection(&cli, &v)?;
-    let (mut conn, rows) =
-        prepare_target(&cli, cfg.as_ref(), &target, &wanted, v.largest_statement).await?;
+    let (mut conn, rows, policy) = prepare_target(&cli, cfg.as_ref(), &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
+    let sel = restore::Selection::new(only, policy);
     let n = replay_dump(
-        &file, &located, &v, &keys, &mut conn, rows, only, &target, &wanted,
+        &file, &located, &v, &keys, &mut conn, rows, sel, &target, &wanted,
     )
     .await?;
     let _ = conn.disconnect().await;
@@ -283,6 +291,11 @@ async fn run(cli: Cli) -> Result<()> {
 /// The databases to restore: `--database` (each must be in the backup) or all of them.
 fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, Vec<String>)> {
     let dumped: Vec<String> = v.trailer.databases.clone();
+    if cli.accounts && !cli.databases.is_empty() {
+        return Err(usage(
+            "--accounts restores the backup's accounts with their grants on all of its databases; it cannot be combined with --database",
+        ));
+    }
     let only = if cli.databases.is_empty() {
         None
     } else {
@@ -301,14 +314,16 @@ fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, V
 }
 
 /// Connects to the target, refuses to overwrite databases without --force (drops them
-/// with it), and checks that the largest statement fits.
+/// with it), checks that the largest statement fits, and decides what happens to the
+/// backup's accounts.
 async fn prepare_target(
     cli: &Cli,
     cfg: Option<&Config>,
     target: &target::Target,
     wanted: &[String],
-    largest: usize,
-) -> Result<(mysql_async::Conn, Vec<mysql_async::Conn>)> {
+    v: &restore::Verified,
+) -> Result<(mysql_async::Conn, Vec<mysql_async::Conn>, AccountPolicy)> {
+    let largest = v.largest_statement;
     let password = target_password(cli, cfg, target)?;
     let mut conn = target::connect(target, password.as_ref()).await?;
     let rows = target::connect_rows(target, password.as_ref(), cli.jobs).await?;
@@ -325,6 +340,8 @@ async fn prepare_target(
             );
     }
     check_target_fits(&mut conn, largest).await?;
+    let policy = account_policy(cli, &mut conn, target, &v.accounts).await?;
+    warn_missing_definers(cli, &mut conn, target, v).await;
     for d in &clash {
         eprintln!("restore: --force: dropping database {d} on {target}");
         conn.query_drop(format!(
@@ -333,7 +350,125 @@ async fn prepare_target(
         ))
         .await?;
     }
-    Ok((conn, rows))
+    Ok((conn, rows, policy))
+}
+
+/// Says which DEFINERs of the backup's views, routines, triggers and events the target
+/// lacks (and the restore does not create): a view or routine that runs as a missing
+/// account fails to load or to run. A backup of some databases holds only the accounts
+/// with privileges on them, so a DBA who defined its objects is not in it.
+async fn warn_missing_definers(
+    cli: &Cli,
+    conn: &mut mysql_async::Conn,
+    target: &target::Target,
+    v: &restore::Verified,
+) {
+    let created: std::collections::BTreeSet<&Account> = if cli.accounts {
+        v.accounts.iter().collect()
+    } else {
+        Default::default()
+    };
+    let wanted: Vec<Account> = v
+        .definers
+        .iter()
+        .filter(|d| !created.contains(d))
+        .cloned()
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let missing: Vec<String> = match target::existing_accounts(conn, target, &wanted).await {
+        Ok(e) => wanted
+            .iter()
+            .filter(|d| !e.contains(d))
+            .map(|d| d.to_string())
+            .collect(),
+        Err(_) => {
+            eprintln!("restore: cannot check that the definers of the backup's objects exist on {target} (no SELECT on mysql.user); a view or routine whose definer is missing fails");
+            return;
+        }
+    };
+    if !missing.is_empty() {
+        let hint = if !cli.accounts
+            && missing
+                .iter()
+                .any(|m| v.accounts.iter().any(|a| a.to_string() == *m))
+        {
+            "restore with --accounts, or create them first"
+        } else {
+            "create them first (e.g. CREATE USER ... ACCOUNT LOCK, with the privileges the objects need)"
+        };
+        eprintln!(
+            "restore: warning: the backup's views, routines, triggers or events are defined by {} account(s) that {target} lacks: {}; those that run as them fail to load or to run: {hint}",
+            missing.len(),
+            some_names(&missing)
+        );
+    }
+}
+
+/// A few names of a list, for a message.
+fn some_names(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
+}
+
+/// What the restore does with the backup's accounts, said on standard error: nothing
+/// without --accounts; with it, creates the missing ones and leaves the existing ones
+/// alone (or, with --force, gives them the backup's definition and grants).
+async fn account_policy(
+    cli: &Cli,
+    conn: &mut mysql_async::Conn,
+    target: &target::Target,
+    dumped: &[Account],
+) -> Result<AccountPolicy> {
+    let names = |a: &mut dyn Iterator<Item = &Account>| -> String {
+        some_names(&a.map(|a| a.to_string()).collect::<Vec<_>>())
+    };
+    if !cli.accounts {
+        if !dumped.is_empty() {
+            eprintln!(
+                "restore: not restoring the backup's {} account(s) and role(s) nor their grants ({}); pass --accounts to create them",
+                dumped.len(),
+                names(&mut dumped.iter())
+            );
+        }
+        return Ok(AccountPolicy::Skip);
+    }
+    let existing = target::existing_accounts(conn, target, dumped).await?;
+    let new = dumped.len() - existing.len();
+    if !existing.is_empty() {
+        let mut e: Vec<&Account> = existing.iter().collect();
+        e.sort();
+        if cli.force {
+            eprintln!(
+                "restore: --accounts --force: giving {} existing account(s) on {target} the backup's password, options and grants: {}",
+                e.len(),
+                names(&mut e.into_iter())
+            );
+        } else {
+            eprintln!(
+                "restore: --accounts: leaving {} existing account(s) on {target} as they are, with their grants: {}; pass --force to give them the backup's password and grants",
+                e.len(),
+                names(&mut e.into_iter())
+            );
+        }
+    }
+    if new > 0 {
+        eprintln!("restore: --accounts: creating {new} account(s) and role(s) with their grants");
+    }
+    Ok(AccountPolicy::Create {
+        existing,
+        replace: cli.force,
+    })
 }
 
 /// Pass 2 of a dump: replays the verified file (through its pins) on `conn`.
@@ -345,7 +480,7 @@ async fn replay_dump(
     keys: &Keys,
     conn: &mut mysql_async::Conn,
     rows: Vec<mysql_async::Conn>,
-    only: Option<Vec<String>>,
+    sel: restore::Selection,
     target: &target::Target,
     wanted: &[String],
 ) -> Result<u64> {
@@ -357,7 +492,7 @@ async fn replay_dump(
         &keys.trusted,
         conn,
         rows,
-        only,
+        sel,
         v.sql_bytes,
     )
     .await
@@ -437,8 +572,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
     for q in &summary.unattributed_skipped {
         eprintln!("restore: skipping a statement without a default database that names no restored database: {q}");
     }
-    let (mut conn, rows) =
-        prepare_target(cli, Some(cfg), &target, &wanted, v.largest_statement).await?;
+    let (mut conn, rows, policy) = prepare_target(cli, Some(cfg), &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     let n = replay_dump(
         &chosen.file,
@@ -447,7 +581,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
         &keys,
         &mut conn,
         rows,
-        only,
+        restore::Selection::new(only, policy),
         &target,
         &wanted,
     )

@@ -79,6 +79,9 @@ pub fn classify(stmt: &[u8]) -> Kind {
     let starts = |kw: &[u8]| head.starts_with(kw);
     if starts(b"INSERT INTO ") {
         Kind::Rows
+    } else if starts(b"SET DEFAULT ROLE ") || starts(b"SET PASSWORD ") {
+        // Account changes, not session state.
+        Kind::After
     } else if starts(b"SET ") || starts(b"USE ") {
         Kind::Session
     } else if starts(b"CREATE TABLE ") || starts(b"CREATE DATABASE ") || starts(b"CREATE SEQUENCE ")
@@ -194,7 +197,7 @@ pub async fn replay(
     trusted: &TrustedSigners,
     conn: &mut Conn,
     rows: Vec<Conn>,
-    only: Option<Vec<String>>,
+    mut sel: Selection,
     total_sql_bytes: u64,
 ) -> Result<u64> {
     let reader = open_sql(path, pins, dpo, trusted)?;
@@ -235,7 +238,6 @@ pub async fn replay(
             .expect("never closed");
     };
 
-    let mut sel = Selection::new(only);
     let mut progress = Progress::new(total_sql_bytes);
     let mut ordinal = 0u64;
     let mut failure = None;
@@ -248,9 +250,9 @@ pub async fn replay(
             Msg::Stmt(s, done) => (s, done),
         };
         progress.update(&s, done);
-        if !sel.wants(&s) {
+        let Some(s) = sel.take(s) else {
             continue;
-        }
+        };
         ordinal += 1;
         if shared.failed() {
             break;

@@ -14,8 +14,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use backup_core::gzip::ParallelGunzip;
 
 use crate::pinned::{pin_file, Checker, Pins};
+use backup_core::format::grants::{created_account, definer, grantee, Account};
 use backup_core::format::{Item, Splitter, Trailer, COMPLETION_PREFIX, DEFAULT_MAX_STATEMENT};
 use backup_core::manifest::Manifest;
+use std::collections::HashSet;
 
 use crate::crypto::{self, DpoKey, Outcome, TrustedSigners};
 use backup_core::checksum;
@@ -208,7 +210,14 @@ pub struct Verified {
     pub statements: u64,
     pub largest_statement: usize,
     pub sql_bytes: u64,
+    /// The accounts and roles the dump creates, in its order.
+    pub accounts: Vec<Account>,
+    /// The DEFINERs of its views, routines, triggers and events.
+    pub definers: std::collections::BTreeSet<Account>,
 }
+
+/// The most accounts a dump may create: memory stays bounded on any input.
+const MAX_ACCOUNTS: usize = 1_000_000;
 
 type SqlReader = BufReader<ParallelGunzip<crypto::Opened>>;
 
@@ -258,17 +267,46 @@ pub fn verify_pass(
     let mut statements = 0u64;
     let mut largest = 0usize;
     let mut ends_complete = false;
+    let mut accounts = Vec::new();
+    let mut definers = std::collections::BTreeSet::new();
+    let mut in_users = false;
     while let Some(item) = sp.next_item().map_err(|e| fail(&e))? {
         match item {
             Item::Statement(s) => {
                 if trailer.completed.is_some() {
                     return Err(fail(&"statements follow the completion line"));
                 }
+                let head = if in_users || s.trim_ascii_start().starts_with(b"CREATE ") {
+                    String::from_utf8_lossy(&s[..s.len().min(4096)])
+                } else {
+                    std::borrow::Cow::Borrowed("")
+                };
+                if let Some(d) = definer(head.trim_start()) {
+                    if definers.len() == MAX_ACCOUNTS {
+                        return Err(fail(&format!(
+                            "the dump names more than {MAX_ACCOUNTS} definers"
+                        )));
+                    }
+                    definers.insert(d);
+                }
+                if in_users {
+                    if let Some(a) = created_account(head.trim_start()) {
+                        if accounts.len() == MAX_ACCOUNTS {
+                            return Err(fail(&format!(
+                                "the dump creates more than {MAX_ACCOUNTS} accounts"
+                            )));
+                        }
+                        accounts.push(a);
+                    }
+                }
                 statements += 1;
                 largest = largest.max(s.len() + 1);
                 ends_complete = false;
             }
             Item::Comment(c) => {
+                if let Some(users) = accounts_section(&c) {
+                    in_users = users;
+                }
                 trailer.observe(&c).map_err(|e| fail(&e))?;
                 ends_complete = c.starts_with(COMPLETION_PREFIX);
             }
@@ -287,6 +325,8 @@ pub fn verify_pass(
         statements,
         largest_statement: largest,
         sql_bytes,
+        accounts,
+        definers,
     })
 }
 
@@ -374,17 +414,63 @@ fn private_new_file(path: &Path) -> Result<File> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Which statements a `--database` selection replays.
+/// What a restore does with the accounts of a dump (its users, roles and grants).
+#[derive(Debug, Clone)]
+pub enum AccountPolicy {
+    /// Leaves them out: `restore --into` without `--accounts`.
+    Skip,
+    /// Creates the accounts the target does not have, with their grants. Those in
+    /// `existing` are left as they are, or with `replace` given the backup's password and
+    /// options (`ALTER USER`) and its grants (added to the privileges they hold).
+    Create {
+        existing: HashSet<Account>,
+        replace: bool,
+    },
+}
+
+/// Which statements a restore replays: `--database` selects databases, the account policy
+/// the account statements.
 pub struct Selection {
     only: Option<Vec<String>>,
+    accounts: AccountPolicy,
     current: Option<String>,
     in_users: bool,
 }
 
+/// Whether a comment line titles a section of the dump (true: an accounts section), or is
+/// another comment (None).
+pub fn accounts_section(c: &str) -> Option<bool> {
+    if c == "--"
+        || c.starts_with("-- trailer")
+        || c.starts_with("-- Trailer")
+        || c.starts_with("-- Dump completed")
+    {
+        return None;
+    }
+    Some(
+        c.starts_with(backup_core::format::USERS_SECTION)
+            || c.starts_with(backup_core::format::GRANTS_SECTION),
+    )
+}
+
+/// A statement that creates or changes an account: what the account policy decides on.
+fn is_account_statement(s: &str) -> bool {
+    [
+        "CREATE USER ",
+        "CREATE ROLE ",
+        "GRANT ",
+        "SET DEFAULT ROLE ",
+        "REVOKE ",
+    ]
+    .iter()
+    .any(|k| s.starts_with(k))
+}
+
 impl Selection {
-    pub fn new(only: Option<Vec<String>>) -> Self {
+    pub fn new(only: Option<Vec<String>>, accounts: AccountPolicy) -> Self {
         Selection {
             only,
+            accounts,
             current: None,
             in_users: false,
         }
@@ -392,18 +478,48 @@ impl Selection {
 
     /// Section titles (`-- Title` between `--` lines) switch the account sections on and off.
     pub fn comment(&mut self, c: &str) {
-        if c == "--"
-            || c.starts_with("-- trailer")
-            || c.starts_with("-- Trailer")
-            || c.starts_with("-- Dump completed")
-        {
-            return;
+        if let Some(users) = accounts_section(c) {
+            self.in_users = users;
         }
-        self.in_users = c.starts_with(backup_core::format::USERS_SECTION)
-            || c.starts_with(backup_core::format::GRANTS_SECTION);
     }
 
-    pub fn wants(&mut self, stmt: &[u8]) -> bool {
+    /// The statement to replay for `stmt`, if any: account statements of an existing
+    /// account that is replaced become `ALTER USER`.
+    pub fn take(&mut self, stmt: Vec<u8>) -> Option<Vec<u8>> {
+        if self.in_users {
+            let s = String::from_utf8_lossy(&stmt[..stmt.len().min(4096)]);
+            let s = s.trim_start();
+            if is_account_statement(s) {
+                if self.only.is_some() {
+                    return None;
+                }
+                let AccountPolicy::Create { existing, replace } = &self.accounts else {
+                    return None;
+                };
+                if let Some(a) = created_account(s) {
+                    if !existing.contains(&a) {
+                        return Some(stmt);
+                    }
+                    if !*replace || a.host.is_none() {
+                        return None;
+                    }
+                    // CREATE USER IF NOT EXISTS x <options> -> ALTER USER x <options>.
+                    let head = stmt.len() - s.len() + "CREATE USER IF NOT EXISTS ".len();
+                    return stmt
+                        .get(head..)
+                        .filter(|_| s.starts_with("CREATE USER IF NOT EXISTS "))
+                        .map(|rest| [b"ALTER USER ".as_slice(), rest].concat());
+                }
+                return match grantee(s) {
+                    Some(a) if existing.contains(&a) && !*replace => None,
+                    _ => Some(stmt),
+                };
+            }
+        }
+        self.wants(&stmt).then_some(stmt)
+    }
+
+    fn wants(&mut self, stmt: &[u8]) -> bool {
         let Some(only) = &self.only else { return true };
         let s = String::from_utf8_lossy(&stmt[..stmt.len().min(512)]);
         let upper = s.trim_start().to_ascii_uppercase();
@@ -453,24 +569,86 @@ mod tests {
 
     #[test]
     fn selection_follows_use_and_skips_users() {
-        let mut s = Selection::new(Some(vec!["a`b".into()]));
-        assert!(s.wants(b"SET NAMES utf8mb4"));
-        assert!(!s.wants(b"CREATE DATABASE `other` /*!40100 x */"));
-        assert!(!s.wants(b"USE `other`"));
-        assert!(!s.wants(b"INSERT INTO t VALUES (1)"));
-        assert!(s.wants(b"CREATE DATABASE `a``b`"));
-        assert!(s.wants(b"USE `a``b`"));
-        assert!(s.wants(b"INSERT INTO t VALUES (1)"));
+        let mut s = Selection::new(Some(vec!["a`b".into()]), AccountPolicy::Skip);
+        let wants = |s: &mut Selection, stmt: &[u8]| s.take(stmt.to_vec()).is_some();
+        assert!(wants(&mut s, b"SET NAMES utf8mb4"));
+        assert!(!wants(&mut s, b"CREATE DATABASE `other` /*!40100 x */"));
+        assert!(!wants(&mut s, b"USE `other`"));
+        assert!(!wants(&mut s, b"INSERT INTO t VALUES (1)"));
+        assert!(wants(&mut s, b"CREATE DATABASE `a``b`"));
+        assert!(wants(&mut s, b"USE `a``b`"));
+        assert!(wants(&mut s, b"INSERT INTO t VALUES (1)"));
         s.comment("-- Grants");
-        assert!(!s.wants(b"GRANT SELECT ON `a``b`.* TO `x`@`%`"));
-        assert!(s.wants(b"SET SQL_MODE=@OLD_SQL_MODE"));
+        assert!(!wants(&mut s, b"GRANT SELECT ON `a``b`.* TO `x`@`%`"));
+        assert!(!wants(&mut s, b"SET DEFAULT ROLE `r` FOR `x`@`%`"));
+        assert!(wants(&mut s, b"SET SQL_MODE=@OLD_SQL_MODE"));
         s.comment("--");
         s.comment("-- Views");
-        assert!(s.wants(b"CREATE VIEW v AS SELECT 1"));
+        assert!(wants(&mut s, b"CREATE VIEW v AS SELECT 1"));
         s.comment("-- Users and roles");
-        assert!(!s.wants(b"CREATE USER IF NOT EXISTS `x`@`%`"));
-        let mut all = Selection::new(None);
-        assert!(all.wants(b"anything"));
+        assert!(!wants(&mut s, b"CREATE USER IF NOT EXISTS `x`@`%`"));
+        let mut all = Selection::new(None, AccountPolicy::Skip);
+        assert!(wants(&mut all, b"anything"));
         assert_eq!(leading_ident(" `x``y` rest"), Some("x`y".into()));
+    }
+
+    #[test]
+    fn accounts_are_replayed_only_as_the_policy_says() {
+        let create = b"CREATE USER IF NOT EXISTS `old`@`%` IDENTIFIED BY PASSWORD '*AB' WITH MAX_QUERIES_PER_HOUR 5".to_vec();
+        let statements: [&[u8]; 7] = [
+            &create,
+            b"CREATE USER IF NOT EXISTS `new`@`%` IDENTIFIED BY PASSWORD '*CD'",
+            b"CREATE ROLE IF NOT EXISTS `r`",
+            b"GRANT SELECT ON `d`.* TO `old`@`%`",
+            b"GRANT `r` TO `new`@`%`",
+            b"SET DEFAULT ROLE `r` FOR `old`@`%`",
+            b"SET SQL_MODE=@OLD_SQL_MODE",
+        ];
+        let run = |policy: AccountPolicy| -> Vec<String> {
+            let mut s = Selection::new(None, policy);
+            s.comment("-- Users and roles");
+            statements
+                .iter()
+                .filter_map(|st| s.take(st.to_vec()))
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect()
+        };
+        assert_eq!(run(AccountPolicy::Skip), ["SET SQL_MODE=@OLD_SQL_MODE"]);
+        let existing: HashSet<Account> = [
+            Account {
+                user: "old".into(),
+                host: Some("%".into()),
+            },
+            Account {
+                user: "r".into(),
+                host: None,
+            },
+        ]
+        .into();
+        let kept = run(AccountPolicy::Create {
+            existing: existing.clone(),
+            replace: false,
+        });
+        assert_eq!(
+            kept,
+            [
+                "CREATE USER IF NOT EXISTS `new`@`%` IDENTIFIED BY PASSWORD '*CD'",
+                "GRANT `r` TO `new`@`%`",
+                "SET SQL_MODE=@OLD_SQL_MODE"
+            ]
+        );
+        let replaced = run(AccountPolicy::Create {
+            existing,
+            replace: true,
+        });
+        assert_eq!(
+            replaced[0],
+            "ALTER USER `old`@`%` IDENTIFIED BY PASSWORD '*AB' WITH MAX_QUERIES_PER_HOUR 5"
+        );
+        assert_eq!(replaced.len(), 6, "{replaced:?}");
+        assert!(
+            !replaced.iter().any(|s| s.starts_with("CREATE ROLE")),
+            "{replaced:?}"
+        );
     }
 }

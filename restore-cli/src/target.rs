@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use backup_core::format::grants::Account;
 use mysql_async::{Conn, OptsBuilder};
+use std::collections::HashSet;
 
 use backup_core::secret::Secret;
 
@@ -93,6 +95,34 @@ pub async fn connect_rows(t: &Target, password: Option<&Secret>, jobs: u16) -> R
         }
     }
     Ok(rows)
+}
+
+/// Of the accounts and roles a dump creates, those that already exist on a server.
+pub async fn existing_accounts(
+    conn: &mut Conn,
+    t: &Target,
+    dumped: &[Account],
+) -> Result<HashSet<Account>> {
+    use mysql_async::prelude::Queryable;
+    if dumped.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String, String, String)> = conn
+        .query("SELECT User, Host, is_role FROM mysql.user")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list the accounts of {t} ({e}); restoring the backup's accounts needs SELECT on mysql.user, or leave out --accounts"))?;
+    let on_server: HashSet<Account> = rows
+        .into_iter()
+        .map(|(user, host, role)| Account {
+            user,
+            host: (role != "Y").then_some(host),
+        })
+        .collect();
+    Ok(dumped
+        .iter()
+        .filter(|a| on_server.contains(a))
+        .cloned()
+        .collect())
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ fn backups(setup: &Setup) -> usize {
 fn schedule_health_metrics_and_alerts_end_to_end() {
     let src = source();
     let db = small_db(&src, 2000);
+    src.sql_db(
+        &db,
+        "CREATE TABLE legacy (a INT) ENGINE=MyISAM; INSERT INTO legacy VALUES (1)",
+    );
     let mut setup = Setup::new(&src, &db);
     let hook = Receiver::start(Mode::Ok);
     let sink = SmtpSink::start(&setup.path("mail"), None, None);
@@ -59,6 +63,40 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
     );
     let (code, line) = healthcheck(&setup, &src);
     assert_eq!(code, 0, "{line}");
+    // --json: the verdict and each source; --verbose: the line, then every clause.
+    let o = setup.agent(&src, &["healthcheck", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (j["status"].as_str(), j["code"].as_u64()),
+        (Some("OK"), Some(0)),
+        "{j}"
+    );
+    assert_eq!(j["sources"][0]["source"], "main", "{j}");
+    assert_eq!(j["sources"][0]["stale"], false, "{j}");
+    assert!(
+        j["sources"][0]["newest"]
+            .as_str()
+            .unwrap()
+            .starts_with("mariadb_"),
+        "{j}"
+    );
+    assert!(
+        j["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK: main: mariadb_"),
+        "{j}"
+    );
+    let o = setup.agent(&src, &["healthcheck", "--verbose"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.len() >= 2
+            && lines[0].starts_with("OK: ")
+            && lines[1].starts_with("  main: mariadb_"),
+        "{text}"
+    );
     let (hc, body) = http_get(http, "/healthz");
     assert_eq!(hc, 200, "{body}");
     let m = metrics(http);
@@ -71,6 +109,23 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
     assert!(metric(&m, "backup_last_size_bytes{source=\"main\"}") > 0.0);
     assert_eq!(metric(&m, "backup_policy_compliant{source=\"main\"}"), 1.0);
     assert_eq!(metric(&m, "backup_health_status"), 0.0);
+    // The MyISAM table is warned about once per agent start, and counted at every run.
+    wait_for("a second backup", Duration::from_secs(20), || {
+        backups(&setup) >= 2
+    });
+    let key = "backup_warnings_total{source=\"main\",event=\"non_transactional_table\"}";
+    wait_for(
+        "the second run's warning counted",
+        Duration::from_secs(10),
+        || metrics(http).iter().any(|(k, v)| k == key && *v >= 2.0),
+    );
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("non_transactional_table") && l.contains("WARN"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains(&format!("{db}.legacy")), "{}", warned[0]);
 
     // Backups stop working (wrong password): failure alert on both channels.
     let pw_canary = format!("CANARY-DBPW-{}", unique("p"));

@@ -71,6 +71,21 @@ fn drill_passes_on_the_round_trip_schema_with_ephemeral_and_given_scratch() {
     for c in r["checks"].as_array().unwrap() {
         assert_eq!(c["ok"], true, "{c}");
     }
+    // The objects' definer (the test's admin account, with global privileges) is not in
+    // this backup of one database: the ephemeral server stands in for it, and says so.
+    let definers = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "definers")
+        .unwrap_or_else(|| panic!("no definers check: {r:#}"));
+    assert!(
+        definers["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("`{ADMIN_USER}`@`localhost`")),
+        "{definers}"
+    );
     // The ephemeral server and its directory are gone.
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     // The record: drill.json in the state dir (the healthcheck reads it), a report in the store.

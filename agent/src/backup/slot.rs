@@ -218,8 +218,16 @@ pub async fn backup_once(
         Ok(RunReport {
             backup: r, verdict, ..
         }) => {
+            let mut again = 0;
             for t in &r.non_transactional {
-                tracing::warn!(event = "non_transactional_table", source = %src.name, table = %t, "dumped without snapshot consistency");
+                if crate::observe::warnings::first(&src.name, "non_transactional_table", t) {
+                    tracing::warn!(event = "non_transactional_table", source = %src.name, table = %t, "dumped without snapshot consistency (logged once per agent start, counted in backup_warnings_total)");
+                } else {
+                    again += 1;
+                }
+            }
+            if again > 0 {
+                tracing::debug!(event = "non_transactional_table", source = %src.name, tables = again, "dumped without snapshot consistency, as already logged");
             }
             tracing::info!(
                 event = "backup_succeeded",

@@ -122,7 +122,27 @@ pub struct Facts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub code: u8,
+    /// One short line, whatever the number of sources: the status and at most
+    /// [`SHOWN_CLAUSES`] clauses (supervision tools truncate long plugin output).
     pub line: String,
+    /// Every clause: the problems first, then what is fine.
+    pub details: Vec<String>,
+}
+
+/// Clauses the one-line verdict shows; the rest are counted (`--verbose` lists them).
+pub const SHOWN_CLAUSES: usize = 3;
+
+/// `STATUS: a; b; c`, or with more clauses than shown, the count and the first ones.
+fn short_line(status: &str, clauses: &[String], what: &str) -> String {
+    if clauses.len() <= SHOWN_CLAUSES {
+        return format!("{status}: {}", clauses.join("; "));
+    }
+    format!(
+        "{status}: {} {what}: {}; and {} more (healthcheck --verbose lists them)",
+        clauses.len(),
+        clauses[..SHOWN_CLAUSES].join("; "),
+        clauses.len() - SHOWN_CLAUSES
+    )
 }
 
 fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
@@ -250,22 +270,77 @@ pub fn verdict(f: &Facts) -> Verdict {
     if let Some(e) = &f.state_error {
         critical.push(e.clone());
     }
-    if !critical.is_empty() {
-        Verdict {
-            code: CRITICAL,
-            line: format!("CRITICAL: {}", critical.join("; ")),
-        }
+    let details: Vec<String> = critical
+        .iter()
+        .chain(none.iter())
+        .chain(ok.iter())
+        .cloned()
+        .collect();
+    let (code, line) = if !critical.is_empty() {
+        (CRITICAL, short_line("CRITICAL", &critical, "problems"))
     } else if !none.is_empty() {
-        Verdict {
-            code: NONE,
-            line: format!("NONE: {}", none.join("; ")),
-        }
+        (
+            NONE,
+            short_line("NONE", &none, "sources without a complete backup"),
+        )
+    } else if f.sources.len() <= SHOWN_CLAUSES {
+        (OK, format!("OK: {}", ok.join("; ")))
     } else {
-        Verdict {
-            code: OK,
-            line: format!("OK: {}", ok.join("; ")),
-        }
+        // Many sources, all fresh: how many, and the one whose newest backup is oldest.
+        let oldest = f
+            .sources
+            .iter()
+            .filter_map(|s| s.newest.as_ref().map(|(_, t)| (t, &s.name)))
+            .min();
+        (
+            OK,
+            match oldest {
+                Some((t, name)) => format!(
+                    "OK: {} sources fresh, oldest {name} {}",
+                    f.sources.len(),
+                    human(age(f.now, *t))
+                ),
+                None => format!("OK: {} sources fresh", f.sources.len()),
+            },
+        )
+    };
+    Verdict {
+        code,
+        line,
+        details,
     }
+}
+
+/// `healthcheck --json`: the verdict, every clause, and each source's freshness.
+pub fn to_json(v: &Verdict, f: &Facts) -> serde_json::Value {
+    let status = match v.code {
+        OK => "OK",
+        NONE => "NONE",
+        _ => "CRITICAL",
+    };
+    let sources: Vec<serde_json::Value> = f
+        .sources
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "source": s.name,
+                "newest": s.newest.as_ref().map(|(id, _)| id),
+                "finished_at": s.newest.as_ref().map(|(_, t)| t.to_rfc3339()),
+                "age_seconds": s.newest.as_ref().map(|(_, t)| age(f.now, *t).as_secs()),
+                "max_age_seconds": s.max_age.as_secs(),
+                "stale": is_stale(s, f.now),
+                "policy_compliant": s.policy.as_ref().filter(|p| s.newest.as_ref().is_some_and(|(id, _)| *id == p.backup_id)).map(|p| p.compliant),
+                "stores_with_newest": s.stores_with_newest,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": status,
+        "code": v.code,
+        "line": v.line,
+        "details": v.details,
+        "sources": sources,
+    })
 }
 
 /// Gathers the facts: the state (including what the daemon cached from the stores), a
@@ -491,6 +566,49 @@ mod tests {
             drill_max_age: None,
             state_error: None,
         }
+    }
+
+    #[test]
+    fn the_line_stays_short_with_many_sources() {
+        let mut f = facts(Some("2026-11-21T02:00:00Z"));
+        let one = f.sources[0].clone();
+        f.sources = (0..80)
+            .map(|i| SourceFacts {
+                name: format!("t{i:02}"),
+                newest: Some((format!("mariadb_{i}"), at("2026-11-21T11:59:30Z"))),
+                ..one.clone()
+            })
+            .collect();
+        f.sources[17].newest = Some(("mariadb_17".into(), at("2026-11-21T11:58:58Z")));
+        let v = verdict(&f);
+        assert_eq!(
+            (v.code, v.line.as_str()),
+            (OK, "OK: 80 sources fresh, oldest t17 62s")
+        );
+        assert_eq!(v.details.len(), 80);
+        for i in [3, 40, 41] {
+            f.sources[i].newest = Some(("old".into(), at("2026-11-19T00:00:00Z")));
+        }
+        f.sources[50].newest = None;
+        f.sources[60].newest = Some(("old".into(), at("2026-11-18T00:00:00Z")));
+        let v = verdict(&f);
+        assert_eq!(v.code, CRITICAL);
+        assert!(
+            v.line
+                .starts_with("CRITICAL: 4 problems: source t03: newest backup old is 2d old")
+                && v.line
+                    .ends_with("; and 1 more (healthcheck --verbose lists them)")
+                && !v.line.contains("t60")
+                && v.line.len() < 300,
+            "{}",
+            v.line
+        );
+        assert!(
+            v.details[3].contains("t60") && v.details[4].contains("t50"),
+            "{:?}",
+            v.details
+        );
+        assert_eq!(v.details.len(), 80);
     }
 
     #[test]

@@ -236,6 +236,18 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         );
     }
     o.family(
+        "backup_warnings_total",
+        "counter",
+        "Warnings since the agent started, per source and kind (a repeated one is logged once).",
+    );
+    for ((source, event), n) in crate::observe::warnings::counts() {
+        o.sample(
+            "backup_warnings_total",
+            &[("source", &source), ("event", &event)],
+            n as f64,
+        );
+    }
+    o.family(
         "backup_health_status",
         "gauge",
         "The healthcheck verdict: 0 OK, 1 CRITICAL, 2 no backup.",

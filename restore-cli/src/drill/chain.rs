@@ -189,7 +189,7 @@ pub async fn run(
     let mut scratch = Scratch::open(Some(cfg), a, report, &wanted).await?;
     let t0 = Instant::now();
     let n = scratch
-        .replay(&chosen, &pins, limit, &v, dpo, trusted)
+        .replay(&chosen, &pins, limit, &v, dpo, trusted, report)
         .await?;
     report.check(
         "replay",

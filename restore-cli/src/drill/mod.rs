@@ -389,7 +389,7 @@ pub async fn run(
     let mut scratch = Scratch::open(cfg, a, report, &v.trailer.databases).await?;
     let t0 = Instant::now();
     let n = scratch
-        .replay(&chosen, &pins, limit, &v, dpo, trusted)
+        .replay(&chosen, &pins, limit, &v, dpo, trusted, report)
         .await?;
     report.restore_seconds = Some(t0.elapsed().as_secs_f64());
     report.check(
@@ -411,6 +411,7 @@ pub(crate) struct Scratch {
     rows: Vec<mysql_async::Conn>,
     databases: Vec<String>,
     given: bool,
+    target: target::Target,
     _ephemeral: Option<Ephemeral>,
 }
 
@@ -449,11 +450,69 @@ impl Scratch {
             rows,
             databases: databases.to_vec(),
             given: a.scratch.is_some(),
+            target: tgt,
             _ephemeral: eph,
         })
     }
 
+    /// On the ephemeral server: the DEFINERs of the backup's views, routines, triggers and
+    /// events that the backup does not create (a tenant's backup holds only the tenant's
+    /// accounts; a DBA may have defined its objects) are stood in for by locked accounts
+    /// with privileges on the restored databases only, so that the objects load and run
+    /// as on the source. The server and the accounts go away with the drill.
+    async fn stand_in_definers(
+        &mut self,
+        v: &restore::Verified,
+        report: &mut DrillReport,
+    ) -> Result<()> {
+        let created: std::collections::BTreeSet<_> = v.accounts.iter().collect();
+        let wanted: Vec<_> = v
+            .definers
+            .iter()
+            .filter(|d| !created.contains(d))
+            .cloned()
+            .collect();
+        let existing = target::existing_accounts(&mut self.conn, &self.target, &wanted).await?;
+        let missing: Vec<_> = wanted.iter().filter(|d| !existing.contains(d)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for d in &missing {
+            let create = match d.host {
+                Some(_) => format!("CREATE USER IF NOT EXISTS {d} ACCOUNT LOCK"),
+                None => format!("CREATE ROLE IF NOT EXISTS {d}"),
+            };
+            self.conn.query_drop(&create).await.with_context(|| {
+                format!("creating a stand-in for definer {d} on the scratch server")
+            })?;
+            for db in &self.databases {
+                self.conn
+                    .query_drop(format!(
+                        "GRANT ALL PRIVILEGES ON {}.* TO {d}",
+                        backup_core::format::quote_ident(
+                            &db.replace('_', "\\_").replace('%', "\\%")
+                        )
+                    ))
+                    .await
+                    .with_context(|| {
+                        format!("granting the stand-in for definer {d} privileges on {db}")
+                    })?;
+            }
+        }
+        report.check(
+            "definers",
+            true,
+            format!(
+                "{} definer(s) the backup does not hold stood in for by locked accounts with privileges on the restored databases: {}",
+                missing.len(),
+                missing.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        );
+        Ok(())
+    }
+
     /// Replays a verified backup (the pass that reads it again through its pins).
+    #[allow(clippy::too_many_arguments)]
     async fn replay(
         &mut self,
         chosen: &Chosen,
@@ -462,8 +521,24 @@ impl Scratch {
         v: &restore::Verified,
         dpo: &DpoKey,
         trusted: &TrustedSigners,
+        report: &mut DrillReport,
     ) -> Result<u64> {
         crate::test_pause_before_pass_2();
+        // The backup's accounts are created too (a drill proves the whole backup loads),
+        // but an account a given scratch server already has is never changed.
+        let existing = if self.given {
+            crate::target::existing_accounts(&mut self.conn, &self.target, &v.accounts).await?
+        } else {
+            self.stand_in_definers(v, report).await?;
+            Default::default()
+        };
+        let sel = restore::Selection::new(
+            None,
+            restore::AccountPolicy::Create {
+                existing,
+                replace: false,
+            },
+        );
         crate::replay::replay(
             &chosen.file,
             pins,
@@ -472,7 +547,7 @@ impl Scratch {
             trusted,
             &mut self.conn,
             std::mem::take(&mut self.rows),
-            None,
+            sel,
             v.sql_bytes,
         )
         .await

@@ -403,16 +403,20 @@ pub struct RestoreConfig {
 }
 
 impl SourceConfig {
-    /// Whether a database is selected for dumping by this source. The agent's own lease
-    /// database is never dumped.
+    /// The system databases and the Galera lease database: never part of a dump, whatever
+    /// the selection.
+    pub fn never_dumped(&self, db: &str) -> bool {
+        SYSTEM_DATABASES.iter().any(|s| s.eq_ignore_ascii_case(db))
+            || self
+                .galera
+                .as_ref()
+                .is_some_and(|g| g.lease && g.lease_database.eq_ignore_ascii_case(db))
+    }
+
+    /// Whether a database is selected for dumping by this source.
     pub fn selects(&self, db: &str) -> bool {
-        if SYSTEM_DATABASES.iter().any(|s| s.eq_ignore_ascii_case(db)) {
+        if self.never_dumped(db) {
             return false;
-        }
-        if let Some(g) = &self.galera {
-            if g.lease && g.lease_database.eq_ignore_ascii_case(db) {
-                return false;
-            }
         }
         if !self.include.is_empty() && !self.include.iter().any(|i| i == db) {
             return false;

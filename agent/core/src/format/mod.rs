@@ -4,6 +4,7 @@
 //! what the stock `mariadb` client reads (quotes, comments, `DELIMITER`).
 
 pub mod columns;
+pub mod grants;
 
 use std::io::{self, BufRead, Read};
 

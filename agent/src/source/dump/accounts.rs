@@ -1,12 +1,22 @@
 //! Users, roles and grants, dumped as CREATE USER / GRANT statements (never as rows of
 //! mysql.* tables), with grants on objects outside the dump left out.
+//!
+//! A dump of every database carries every account of the server (but the system ones). A
+//! dump of some databases (a tenant's) carries only the accounts and roles that hold
+//! privileges on those databases, directly or through a role (not by administering it:
+//! MariaDB makes a role's creator its admin), and of their grants only
+//! those on these databases and the role grants among them: never another account, a
+//! global privilege, a grant on another database, or a PROXY grant. A database grant whose
+//! name is a pattern counts only if it matches no database outside the dump.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use mysql_async::Conn;
 
 use backup_core::format::columns::text;
-use backup_core::format::{quote_ident, USERS_SECTION};
+use backup_core::format::grants::{db_pattern_matches, grant_object, grantee, take_ident};
+pub(super) use backup_core::format::grants::{Account, GrantObject};
+use backup_core::format::USERS_SECTION;
 
 use super::output::SqlOutput;
 use super::session::{bytes, fetch};
@@ -18,82 +28,37 @@ fn is_system_account(user: &str, host: &str) -> bool {
         || (user == "mariadb.sys" && host == "localhost")
 }
 
-/// What a GRANT statement from SHOW GRANTS applies to.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum GrantObject {
-    /// `*.*`, `db`.*, roles, proxies: loads whatever exists.
-    Unconditional,
-    /// A table, view or column grant: needs the relation.
-    Relation(String, String),
-    /// A routine grant: needs the routine.
-    Routine(String, String),
+/// Which accounts a dump carries.
+pub(super) enum Scope {
+    /// The dump holds every database: every account but the system ones.
+    Server,
+    /// The dump holds some databases: only what concerns them.
+    Databases {
+        dumped: HashSet<String>,
+        /// The server's other databases (those a grant pattern must not match).
+        others: Vec<String>,
+    },
 }
 
-/// Reads the object of a GRANT statement: the part after the first ` ON ` outside quotes.
-fn grant_object(stmt: &str) -> GrantObject {
-    let b = stmt.as_bytes();
-    let mut quote: Option<u8> = None;
-    let mut on = None;
-    let mut i = 0;
-    while i < b.len() {
-        match quote {
-            Some(q) if b[i] == q => quote = None,
-            Some(_) => {}
-            None if matches!(b[i], b'`' | b'\'' | b'"') => quote = Some(b[i]),
-            None if stmt[i..].starts_with(" ON ") => {
-                on = Some(i + 4);
-                break;
+impl Scope {
+    /// Whether a grant on this object gives privileges on the dumped databases only.
+    fn concerns(&self, obj: &GrantObject) -> bool {
+        let Scope::Databases { dumped, others } = self else {
+            return true;
+        };
+        // Global, PROXY and anything else give privileges beyond these databases.
+        match obj {
+            GrantObject::Database(p) => {
+                dumped.iter().any(|d| db_pattern_matches(p, d))
+                    && !others.iter().any(|d| db_pattern_matches(p, d))
             }
-            None => {}
+            GrantObject::Relation(d, _) | GrantObject::Routine(d, _) => dumped.contains(d),
+            _ => false,
         }
-        i += 1;
-    }
-    let Some(start) = on else {
-        return GrantObject::Unconditional;
-    };
-    let mut rest = &stmt[start..];
-    let mut routine = false;
-    for kw in ["PROCEDURE ", "FUNCTION ", "PACKAGE BODY ", "PACKAGE "] {
-        if let Some(r) = rest.strip_prefix(kw) {
-            rest = r;
-            routine = true;
-            break;
-        }
-    }
-    let Some((db, after)) = take_ident(rest) else {
-        return GrantObject::Unconditional;
-    };
-    let Some(after) = after.strip_prefix('.') else {
-        return GrantObject::Unconditional;
-    };
-    match take_ident(after) {
-        Some((name, _)) if routine => GrantObject::Routine(db, name),
-        Some((name, _)) => GrantObject::Relation(db, name),
-        None => GrantObject::Unconditional,
     }
 }
 
-/// A backtick-quoted identifier at the start of `s`, and what follows it.
-fn take_ident(s: &str) -> Option<(String, &str)> {
-    let rest = s.strip_prefix('`')?;
-    let mut out = String::new();
-    let mut it = rest.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
-        if c == '`' {
-            if let Some((_, '`')) = it.peek() {
-                it.next();
-                out.push('`');
-            } else {
-                return Some((out, &rest[i + 1..]));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    None
-}
-
-/// Accounts and roles of the server, read before the databases are dumped.
+/// Accounts and roles read before the databases are dumped.
 pub(super) struct Accounts {
     /// CREATE USER / CREATE ROLE statements: written first, so that every DEFINER exists
     /// before the views, routines, triggers and events that name it are created.
@@ -108,11 +73,18 @@ fn account_vanished(e: &DumpError) -> bool {
     matches!(e, DumpError::Server { source: mysql_async::Error::Server(se), .. } if matches!(se.code, 1133 | 1141 | 1449 | 1959))
 }
 
+/// The role a `SET DEFAULT ROLE `r` FOR ...` statement names.
+fn default_role(stmt: &str) -> Option<String> {
+    stmt.strip_prefix("SET DEFAULT ROLE ")
+        .and_then(take_ident)
+        .map(|(r, _)| r)
+}
+
 /// Accounts are not transactional: one created or dropped while the dump reads them must
 /// not fail the backup or produce statements that do not load. An account that vanished
 /// between the listing and its SHOW statements is skipped; a role grant naming a role that
-/// is not in the listing is left out (and counted).
-pub(super) async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError> {
+/// is not in the listing is left out.
+pub(super) async fn read_accounts(conn: &mut Conn, scope: &Scope) -> Result<Accounts, DumpError> {
     let users = fetch(
         conn,
         "SELECT User, Host, is_role FROM mysql.user ORDER BY User, Host",
@@ -124,26 +96,93 @@ pub(super) async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError
         .filter(|u| text(&u[2]) == "Y")
         .map(|u| text(&u[0]))
         .collect();
-    let mut creates = Vec::new();
-    let mut grants = Vec::new();
+    // Every account's grants, each statement once (SHOW GRANTS of a role repeats the
+    // grants of the roles granted to it).
+    let mut listed = Vec::new();
+    let mut grants: Vec<String> = Vec::new();
+    let mut seen_grants = HashSet::new();
     let mut seen = HashSet::new();
     for u in &users {
         let (user, host, is_role) = (text(&u[0]), text(&u[1]), text(&u[2]) == "Y");
         if is_system_account(&user, &host) || !seen.insert((user.clone(), host.clone())) {
             continue;
         }
-        let account = if is_role {
-            quote_ident(&user)
-        } else {
-            format!("{}@{}", quote_ident(&user), quote_ident(&host))
+        let account = Account {
+            host: (!is_role).then_some(host),
+            user,
         };
-        let create = if is_role {
+        let g = match fetch(
+            conn,
+            &format!("SHOW GRANTS FOR {account}"),
+            &format!("reading grants of {account}"),
+        )
+        .await
+        {
+            Ok(g) => g,
+            Err(e) if account_vanished(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        for r in &g {
+            let stmt = String::from_utf8_lossy(&bytes(&r[0])).into_owned();
+            if let GrantObject::Role(role) = grant_object(&stmt) {
+                if !roles.contains(&role) {
+                    continue;
+                }
+            }
+            if seen_grants.insert(stmt.clone()) {
+                grants.push(stmt);
+            }
+        }
+        listed.push(account);
+    }
+
+    // The accounts this dump carries: in a scoped dump, those with a grant on its
+    // databases, and (until nothing changes) those granted a role already carried, but
+    // not those that only administer it.
+    let included: BTreeSet<Account> = match scope {
+        Scope::Server => listed.iter().cloned().collect(),
+        Scope::Databases { .. } => {
+            let mut inc: BTreeSet<Account> = grants
+                .iter()
+                .filter(|g| scope.concerns(&grant_object(g)))
+                .filter_map(|g| grantee(g))
+                .collect();
+            loop {
+                let more: Vec<Account> = grants
+                    .iter()
+                    .filter_map(|g| match grant_object(g) {
+                        // The role's creator holds it WITH ADMIN OPTION (MariaDB grants
+                        // that itself): administering a role is not a tenant's privilege.
+                        GrantObject::Role(r)
+                            if !g.ends_with(" WITH ADMIN OPTION")
+                                && inc.contains(&Account {
+                                    user: r.clone(),
+                                    host: None,
+                                }) =>
+                        {
+                            grantee(g)
+                        }
+                        _ => None,
+                    })
+                    .filter(|a| !inc.contains(a))
+                    .collect();
+                if more.is_empty() {
+                    break inc;
+                }
+                inc.extend(more);
+            }
+        }
+    };
+    let mut creates = Vec::new();
+    let mut created = HashSet::new();
+    for account in listed.iter().filter(|a| included.contains(a)) {
+        let create = if account.host.is_none() {
             format!("CREATE ROLE IF NOT EXISTS {account};\n").into_bytes()
         } else {
             match fetch(
                 conn,
                 &format!("SHOW CREATE USER {account}"),
-                &format!("reading account {user}@{host}"),
+                &format!("reading account {account}"),
             )
             .await
             {
@@ -160,39 +199,37 @@ pub(super) async fn read_accounts(conn: &mut Conn) -> Result<Accounts, DumpError
                 Err(e) => return Err(e),
             }
         };
-        let g = match fetch(
-            conn,
-            &format!("SHOW GRANTS FOR {account}"),
-            &format!("reading grants of {user}@{host}"),
-        )
-        .await
-        {
-            Ok(g) => g,
-            Err(e) if account_vanished(&e) => continue,
-            Err(e) => return Err(e),
-        };
         creates.push(create);
-        for r in &g {
-            let stmt = bytes(&r[0]);
-            if let Some(role) = granted_role(&String::from_utf8_lossy(&stmt)) {
-                if !roles.contains(&role) {
-                    continue;
+        created.insert(account.clone());
+    }
+    let role_created = |r: String| {
+        created.contains(&Account {
+            user: r,
+            host: None,
+        })
+    };
+    // A grant goes with its account; a role grant also needs its role; an account or role
+    // that vanished before its CREATE was read takes its grants along.
+    let grants: Vec<Vec<u8>> = grants
+        .into_iter()
+        .filter(|g| {
+            let object = grant_object(g);
+            let with_account = match scope {
+                Scope::Server => grantee(g).is_none_or(|a| created.contains(&a)),
+                Scope::Databases { .. } => grantee(g).is_some_and(|a| created.contains(&a)),
+            };
+            with_account
+                && match object {
+                    GrantObject::Role(r) => role_created(r),
+                    _ if g.starts_with("SET DEFAULT ROLE ") => {
+                        default_role(g).is_none_or(role_created)
+                    }
+                    o => scope.concerns(&o),
                 }
-            }
-            grants.push(stmt);
-        }
-    }
+        })
+        .map(String::into_bytes)
+        .collect();
     Ok(Accounts { creates, grants })
-}
-
-/// The role of a `GRANT `role` TO ...` statement (a grant with no ON clause).
-fn granted_role(stmt: &str) -> Option<String> {
-    let rest = stmt.strip_prefix("GRANT ")?;
-    if grant_object(stmt) != GrantObject::Unconditional || stmt.contains(" ON ") {
-        return None;
-    }
-    let (role, after) = take_ident(rest)?;
-    after.trim_start().starts_with("TO ").then_some(role)
 }
 
 pub(super) async fn write_accounts(out: &mut SqlOutput, a: &Accounts) -> Result<(), DumpError> {
@@ -224,9 +261,9 @@ pub(super) async fn write_grants(
             continue;
         }
         let ok = match obj {
-            GrantObject::Unconditional => true,
             GrantObject::Relation(d, n) => relations.contains(&(d, n)),
             GrantObject::Routine(d, n) => routines.contains(&(d, n)),
+            _ => true,
         };
         if ok {
             keep.push(g);
@@ -243,45 +280,4 @@ pub(super) async fn write_grants(
         }
     }
     Ok(dropped)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grant_objects() {
-        use GrantObject::*;
-        assert_eq!(
-            grant_object("GRANT USAGE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*AB'"),
-            Unconditional
-        );
-        assert_eq!(
-            grant_object("GRANT SELECT ON `d`.* TO `u`@`%`"),
-            Unconditional
-        );
-        assert_eq!(grant_object("GRANT `role` TO `u`@`%`"), Unconditional);
-        assert_eq!(
-            grant_object("GRANT PROXY ON ''@'%' TO 'u'@'%'"),
-            Unconditional
-        );
-        assert_eq!(
-            grant_object("GRANT SELECT (`a ON b`), UPDATE (`x`) ON `d`.`t``1` TO `u`@`%`"),
-            Relation("d".into(), "t`1".into())
-        );
-        assert_eq!(
-            grant_object("GRANT EXECUTE ON PROCEDURE `d`.`p` TO `u`@`%`"),
-            Routine("d".into(), "p".into())
-        );
-        assert_eq!(
-            grant_object("GRANT EXECUTE ON FUNCTION `d`.`f` TO `u`@`%`"),
-            Routine("d".into(), "f".into())
-        );
-        assert_eq!(
-            granted_role("GRANT `r``1` TO `u`@`%` WITH ADMIN OPTION"),
-            Some("r`1".into())
-        );
-        assert_eq!(granted_role("GRANT SELECT ON `d`.* TO `u`@`%`"), None);
-        assert_eq!(granted_role("GRANT USAGE ON *.* TO `u`@`%`"), None);
-    }
 }

@@ -38,7 +38,7 @@ pub use output::SqlOutput;
 pub(crate) use session::name_values;
 pub use session::{connect, connect_as};
 
-use accounts::{read_accounts, write_accounts, write_grants, Accounts, GrantObject};
+use accounts::{read_accounts, write_accounts, write_grants, Accounts, GrantObject, Scope};
 use schema::{order_views, write_object, Found};
 use session::fetch;
 
@@ -117,11 +117,19 @@ pub async fn dump(
 ) -> Result<DumpSummary, DumpError> {
     let mut summary = DumpSummary::default();
     session::open_snapshot(conn, &mut summary).await?;
-    let databases = selected_databases(conn, source).await?;
+    let (databases, others) = selected_databases(conn, source).await?;
     summary.databases = databases.clone();
 
     let accounts = if source.users_and_grants {
-        Some(read_accounts(conn).await?)
+        let scope = if others.is_empty() {
+            Scope::Server
+        } else {
+            Scope::Databases {
+                dumped: databases.iter().cloned().collect(),
+                others,
+            }
+        };
+        Some(read_accounts(conn, &scope).await?)
     } else {
         None
     };
@@ -158,17 +166,19 @@ pub async fn dump(
     Ok(summary)
 }
 
-/// The databases the source selects, every included one present.
+/// The databases the source selects, every included one present, and the server's other
+/// databases (but the system ones and the Galera lease database), which decide whether the
+/// dump is of the whole server.
 async fn selected_databases(
     conn: &mut Conn,
     source: &SourceConfig,
-) -> Result<Vec<String>, DumpError> {
+) -> Result<(Vec<String>, Vec<String>), DumpError> {
     let dbs = fetch(conn, "SHOW DATABASES", "listing databases").await?;
-    let databases: Vec<String> = dbs
+    let (databases, others): (Vec<String>, Vec<String>) = dbs
         .iter()
         .map(|r| text(&r[0]))
-        .filter(|d| source.selects(d))
-        .collect();
+        .filter(|d| source.selects(d) || !source.never_dumped(d))
+        .partition(|d| source.selects(d));
     for inc in &source.include {
         if !databases.contains(inc) {
             return Err(DumpError::Invalid(format!(
@@ -177,7 +187,7 @@ async fn selected_databases(
             )));
         }
     }
-    Ok(databases)
+    Ok((databases, others))
 }
 
 /// One database: its definition, sequences, tables with their rows; its routines, views,

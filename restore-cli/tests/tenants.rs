@@ -1,0 +1,249 @@
+//! Tenants on one server: a backup of some databases carries only the accounts that hold
+//! privileges on them, with only those grants; `restore` creates accounts only when asked
+//! (`--accounts`) and never changes an existing one without `--force`.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// The SQL of a backup, verified and decrypted by `restore --decrypt`.
+fn plaintext(data: &Path, dir: &Path) -> String {
+    let out = dir.join("plain.sql");
+    let _ = std::fs::remove_file(&out);
+    let o = restore(&[
+        "--decrypt".to_string(),
+        data.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--dpo-key".into(),
+        testdata("dpo.sec.asc").display().to_string(),
+        "--agent-cert".into(),
+        testdata("agent.pub.asc").display().to_string(),
+    ]);
+    ok(&o, "restore --decrypt");
+    std::fs::read_to_string(&out).unwrap()
+}
+
+/// SHOW GRANTS of an account, sorted.
+fn grants(s: &Server, account: &str) -> Vec<String> {
+    let mut g: Vec<String> = s
+        .sql(&format!("SHOW GRANTS FOR {account}"))
+        .lines()
+        .map(String::from)
+        .collect();
+    g.sort();
+    g
+}
+
+fn password_hash(s: &Server, user: &str) -> String {
+    s.sql(&format!(
+        "SELECT authentication_string FROM mysql.global_priv JOIN mysql.user USING (User, Host) WHERE User = '{user}'"
+    ))
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn a_tenant_backup_holds_only_its_own_accounts_and_restores_them_on_request() {
+    let src = source();
+    let dst = target();
+    let (t1, t2) = (unique("tenant_a"), unique("tenant_b"));
+    let (u1, u2, r1) = (unique("ua"), unique("ub"), unique("ra"));
+    let (glob, rep, dba) = (unique("glob"), unique("rep"), unique("dba"));
+    for d in [&t1, &t2] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1,'a'); \
+             CREATE PROCEDURE p() SELECT 1",
+        );
+    }
+    let common_prefix: String = t1.chars().take(6).collect();
+    src.sql(&format!(
+        "CREATE USER '{u1}'@'%' IDENTIFIED BY 'pw-a'; GRANT ALL ON `{t1}`.* TO '{u1}'@'%'; \
+         GRANT SELECT (v) ON `{t1}`.t TO '{u1}'@'%'; GRANT EXECUTE ON PROCEDURE `{t1}`.p TO '{u1}'@'%'; \
+         CREATE ROLE '{r1}'; GRANT SELECT ON `{t1}`.* TO '{r1}'; GRANT '{r1}' TO '{u1}'@'%'; \
+         SET DEFAULT ROLE '{r1}' FOR '{u1}'@'%'; \
+         CREATE USER '{u2}'@'%' IDENTIFIED BY 'pw-b'; GRANT ALL ON `{t2}`.* TO '{u2}'@'%'; \
+         GRANT PROCESS ON *.* TO '{u2}'@'%'; \
+         CREATE USER '{glob}'@'%' IDENTIFIED BY 'pw-g'; GRANT SELECT ON *.* TO '{glob}'@'%'; \
+         CREATE USER '{rep}'@'%' IDENTIFIED BY 'pw-r'; GRANT SELECT ON `{common_prefix}%`.* TO '{rep}'@'%'; \
+         CREATE USER '{dba}'@'%' IDENTIFIED BY 'pw-d'; GRANT ALL ON *.* TO '{dba}'@'%'; \
+         CREATE DEFINER='{dba}'@'%' VIEW `{t1}`.v AS SELECT id FROM `{t1}`.t"
+    ));
+
+    let backup_of = |db: &str| {
+        let setup = Setup::new(&src, db);
+        ok(&setup.agent(&src, &["backup"]), "backup");
+        let data = setup.only_backup();
+        let sql = plaintext(&data, setup.dir.path());
+        (setup, data, sql)
+    };
+    let (s1, data1, sql1) = backup_of(&t1);
+    let (_s2, _data2, sql2) = backup_of(&t2);
+
+    let hash = |u: &str| password_hash(&src, u);
+    // Tenant A's backup: its account (with its password hash), its role and their grants
+    // on its database; nothing of tenant B, the global account, the pattern account, the
+    // backup's own account, and no global or PROXY grant.
+    for present in [&u1, &r1, &hash(&u1), &format!("DEFINER=`{dba}`@`%`")] {
+        assert!(
+            sql1.contains(present.as_str()),
+            "{present} missing:\n{sql1}"
+        );
+    }
+    // The test's admin account created the role and holds it WITH ADMIN OPTION: not a
+    // tenant's account either (it is only the procedure's DEFINER).
+    for line in sql1.lines() {
+        assert!(
+            !line.contains(ADMIN_USER) || line.starts_with("CREATE DEFINER="),
+            "{line}"
+        );
+    }
+    for absent in [
+        &u2,
+        &glob,
+        &rep,
+        &s1.dump_user,
+        &t2,
+        &hash(&u2),
+        &hash(&glob),
+        &hash(&dba),
+        &format!("`{dba}`@`%` IDENTIFIED"),
+        &format!("TO `{dba}`"),
+    ] {
+        assert!(
+            !sql1.contains(absent.as_str()),
+            "{absent} in A's backup:\n{sql1}"
+        );
+    }
+    assert!(
+        !sql1.contains("ON *.*") && !sql1.contains("PROXY"),
+        "{sql1}"
+    );
+    assert!(
+        sql1.contains(&format!("SET DEFAULT ROLE `{r1}` FOR `{u1}`@`%`")),
+        "{sql1}"
+    );
+    // Tenant B's: its account, without its global privilege; nothing of A.
+    assert!(sql2.contains(&u2) && sql2.contains(&hash(&u2)), "{sql2}");
+    for absent in [&u1, &r1, &glob, &rep, &t1, &hash(&u1)] {
+        assert!(
+            !sql2.contains(absent.as_str()),
+            "{absent} in B's backup:\n{sql2}"
+        );
+    }
+    assert!(
+        !sql2.contains("PROCESS") && !sql2.contains("ON *.*"),
+        "{sql2}"
+    );
+
+    // Restore without --accounts: the database, no account, and it says so.
+    dst.drop_db(&t1);
+    let args = into_args(&dst, &data1, &s1.path("target.password"));
+    let o = restore(&args);
+    ok(&o, "restore --into");
+    assert!(
+        stderr(&o).contains("not restoring the backup's 2 account(s)")
+            && stderr(&o).contains("pass --accounts"),
+        "{}",
+        stderr(&o)
+    );
+    let exists = |s: &Server, u: &str| {
+        s.sql(&format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE User = '{u}'"
+        ))
+        .trim()
+            == "1"
+    };
+    assert!(!exists(&dst, &u1) && !exists(&dst, &r1));
+    // The view's definer (a DBA, not the tenant's) is not in the backup, nor on the
+    // target: the restore says so before it replays.
+    assert!(
+        stderr(&o).contains("defined by 1 account(s) that")
+            && stderr(&o).contains(&format!("`{dba}`@`%`")),
+        "{}",
+        stderr(&o)
+    );
+    // (The server shows a view whose definer is missing in another form: create the DBA
+    // on the target, as its operator would, before comparing.)
+    dst.sql(&format!(
+        "CREATE USER '{dba}'@'%' IDENTIFIED BY 'pw-d'; GRANT ALL ON *.* TO '{dba}'@'%'"
+    ));
+    assert_same(&fingerprint(&src, &t1), &fingerprint(&dst, &t1));
+
+    // With --accounts: exactly tenant A's account and role come back.
+    dst.drop_db(&t1);
+    let mut with_accounts = args.clone();
+    with_accounts.push("--accounts".into());
+    let o = restore(&with_accounts);
+    ok(&o, "restore --into --accounts");
+    let a = format!("'{u1}'@'%'");
+    assert_eq!(grants(&src, &a), grants(&dst, &a));
+    assert_eq!(
+        grants(&src, &format!("'{r1}'")),
+        grants(&dst, &format!("'{r1}'"))
+    );
+    assert_eq!(
+        src.sql(&format!("SHOW CREATE USER {a}")),
+        dst.sql(&format!("SHOW CREATE USER {a}"))
+    );
+    for other in [&u2, &glob, &rep] {
+        assert!(!exists(&dst, other), "{other} was created");
+    }
+
+    // An existing account is left as it is, grants included, unless --force.
+    dst.drop_db(&t1);
+    dst.sql(&format!(
+        "ALTER USER {a} IDENTIFIED BY 'changed-on-target'; REVOKE SELECT (v) ON `{t1}`.t FROM {a}"
+    ));
+    let changed = (dst.sql(&format!("SHOW CREATE USER {a}")), grants(&dst, &a));
+    let o = restore(&with_accounts);
+    ok(&o, "restore --into --accounts over an existing account");
+    assert!(
+        stderr(&o).contains("leaving 2 existing account(s)") && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        changed,
+        (dst.sql(&format!("SHOW CREATE USER {a}")), grants(&dst, &a))
+    );
+    let mut forced = with_accounts.clone();
+    forced.push("--force".into());
+    let o = restore(&forced);
+    ok(&o, "restore --into --accounts --force");
+    assert!(
+        stderr(&o).contains("giving 2 existing account(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        src.sql(&format!("SHOW CREATE USER {a}")),
+        dst.sql(&format!("SHOW CREATE USER {a}"))
+    );
+    assert_eq!(grants(&src, &a), grants(&dst, &a));
+
+    // --accounts restores every database's grants: refused with --database.
+    let mut one_db = with_accounts.clone();
+    one_db.extend(["--database".to_string(), t1.clone()]);
+    let o = restore(&one_db);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot be combined with --database"),
+        "{}",
+        stderr(&o)
+    );
+
+    for d in [&t1, &t2] {
+        src.drop_db(d);
+        dst.drop_db(d);
+    }
+    for s in [&src, &dst] {
+        s.sql(&format!(
+            "DROP USER IF EXISTS '{u1}'@'%', '{u2}'@'%', '{glob}'@'%', '{rep}'@'%', '{dba}'@'%'; DROP ROLE IF EXISTS '{r1}'"
+        ));
+    }
+}
