@@ -83,6 +83,28 @@ pub fn check(cfg: &Config) -> CheckReport {
                     .push(cp.problem(file, strip_key(&e.to_string(), &cp.key))),
             }
         }
+        for src in &cfg.sources {
+            for (db, cp) in &src.tenant_certificates {
+                match crypto::check_dpo_certificates(cp) {
+                    Ok(certs) => {
+                        for (_, info) in certs {
+                            r.notes.push(format!(
+                                "source {}: backups of {db} are also encrypted to tenant certificate {} ({})",
+                                src.name,
+                                info.fingerprint,
+                                info.user_ids
+                                    .first()
+                                    .map(String::as_str)
+                                    .unwrap_or("no user id"),
+                            ));
+                        }
+                    }
+                    Err(e) => r
+                        .problems
+                        .push(cp.problem(file, strip_key(&e.to_string(), &cp.key))),
+                }
+            }
+        }
         match crypto::load_signing_key(
             &enc.signing_key_file,
             enc.signing_key_passphrase_file.as_ref(),

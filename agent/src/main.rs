@@ -622,7 +622,7 @@ async fn run_backups(
     };
     let state = StateStore::new(&cfg.agent.state_dir);
     let alerter = Alerter::new(cfg.alerts.clone(), state.clone());
-    let keys = match crypto::SealingKeys::load(enc) {
+    let keys = match crypto::SealingKeys::load(enc).and_then(|k| k.with_tenants(&cfg.sources)) {
         Ok(k) => Arc::new(k),
         Err(e) => {
             tracing::error!(event = "backup_failed", error = %e, "cannot load keys");

@@ -247,3 +247,131 @@ fn a_tenant_backup_holds_only_its_own_accounts_and_restores_them_on_request() {
         ));
     }
 }
+
+/// `restore --decrypt` of `data` with the secret key `key`.
+fn decrypt_with(data: &Path, key: &Path, out: &Path) -> std::process::Output {
+    let _ = std::fs::remove_file(out);
+    restore(&[
+        "--decrypt".to_string(),
+        data.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--dpo-key".into(),
+        key.display().to_string(),
+        "--agent-cert".into(),
+        testdata("agent.pub.asc").display().to_string(),
+    ])
+}
+
+#[test]
+fn a_tenant_certificate_opens_its_own_backups_and_nothing_else() {
+    let src = source();
+    let dst = target();
+    let gpg = Gpg::new();
+    let (t1, t2) = (unique("tenant_c"), unique("tenant_d"));
+    let mut setups = Vec::new();
+    for (i, d) in [&t1, &t2].into_iter().enumerate() {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(d, "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO t VALUES (1,'only mine')");
+        let email = format!("client{i}@tenant.test");
+        gpg.gen_key(&email, "ed25519", None, "1y");
+        let mut setup = Setup::new(&src, d);
+        gpg.export_public(&email, &setup.path("tenant.pub.asc"));
+        gpg.export_secret(&email, None, &setup.path("tenant.sec.asc"));
+        setup.extra = format!(
+            "[source.tenant_certificates]\n{d:?} = {:?}\n",
+            setup.path("tenant.pub.asc")
+        );
+        let o = setup.agent(&src, &["check-config"]);
+        ok(&o, "check-config");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&format!(
+                "backups of {d} are also encrypted to tenant certificate {}",
+                gpg.fingerprint(&email)
+            )) || stderr(&o).contains(&format!(
+                "backups of {d} are also encrypted to tenant certificate {}",
+                gpg.fingerprint(&email)
+            )),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+        ok(&setup.agent(&src, &["backup"]), "backup");
+        setups.push(setup);
+    }
+    let (a, b) = (&setups[0], &setups[1]);
+    let (data_a, data_b) = (a.only_backup(), b.only_backup());
+
+    // The manifest names the tenant's subkey beside the DPO's.
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            data_a
+                .to_string_lossy()
+                .replace(".sql.gz.gpg", ".manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["tenant_recipients"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m["dpo_recipients"].as_array().unwrap().len(), 1, "{m}");
+
+    // Tenant A's key opens A's backup (restore --decrypt and --into, and plain gpg)...
+    let out = a.path("a.sql");
+    ok(
+        &decrypt_with(&data_a, &a.path("tenant.sec.asc"), &out),
+        "tenant A decrypts A",
+    );
+    assert!(std::fs::read_to_string(&out).unwrap().contains("only mine"));
+    gpg.import(&testdata("agent.pub.asc"));
+    let g = gpg.run(&[
+        "--decrypt",
+        "--output",
+        a.path("a.gz").to_str().unwrap(),
+        data_a.to_str().unwrap(),
+    ]);
+    assert!(g.status.success(), "{}", String::from_utf8_lossy(&g.stderr));
+    dst.drop_db(&t1);
+    let mut args = into_args(&dst, &data_a, &a.path("target.password"));
+    let k = args.iter().position(|x| x == "--dpo-key").unwrap();
+    args[k + 1] = a.path("tenant.sec.asc").display().to_string();
+    ok(&restore(&args), "restore --into with the tenant's key");
+    assert_same(&fingerprint(&src, &t1), &fingerprint(&dst, &t1));
+    // ... the DPO's key still does ...
+    ok(
+        &decrypt_with(&data_a, &testdata("dpo.sec.asc"), &out),
+        "DPO decrypts A",
+    );
+    // ... and it opens nothing of tenant B: refused, nothing written.
+    let out_b = a.path("b.sql");
+    let o = decrypt_with(&data_b, &a.path("tenant.sec.asc"), &out_b);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!out_b.exists());
+    let e = stderr(&o);
+    let last = e.lines().last().unwrap();
+    assert!(
+        last.contains("the given key has none of these subkeys")
+            && last.contains("nothing was restored"),
+        "{e}"
+    );
+
+    // The certificate of a tenant on a source that dumps more than its database is refused.
+    let mut wide = Setup::new(&src, &format!("{t1}\", \"{t2}"));
+    wide.extra = format!(
+        "[source.tenant_certificates]\n{t1:?} = {:?}\n",
+        a.path("tenant.pub.asc")
+    );
+    let o = wide.agent(&src, &["check-config"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("tenant_certificates.{t1}"))
+            && stderr(&o).contains("applies only to a source that dumps that database alone"),
+        "{}",
+        stderr(&o)
+    );
+
+    for d in [&t1, &t2] {
+        src.drop_db(d);
+        dst.drop_db(d);
+    }
+}

@@ -31,6 +31,9 @@ pub struct Manifest {
     pub data: DataObject,
     /// Encryption subkeys the message is encrypted to.
     pub dpo_recipients: Vec<String>,
+    /// The tenant's encryption subkeys it is also encrypted to (`tenant_certificates`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenant_recipients: Vec<String>,
     /// Primary fingerprint of the agent certificate that signed the message.
     pub signer: String,
     pub tool_version: String,

@@ -336,6 +336,7 @@ pub async fn run_backup(
     });
     let (tx, sealer) = pipeline::spawn_sealer(
         keys.clone(),
+        source.name.clone(),
         enc.compression_level,
         enc.compression_threads as usize,
         tee,
@@ -541,6 +542,7 @@ fn manifest_of(
             encryption: "openpgp-seipdv1-aes256".into(),
         },
         dpo_recipients: keys.recipient_fingerprints(),
+        tenant_recipients: keys.tenant_fingerprints(&source.name),
         signer: keys.signer_fingerprint().to_string(),
         tool_version: format!("backup-agent {}", env!("CARGO_PKG_VERSION")),
         largest_statement_bytes: summary.largest_statement as u64,

@@ -53,7 +53,7 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
         .require_backup_parts()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .clone();
-    let keys = Arc::new(SealingKeys::load(&enc)?);
+    let keys = Arc::new(SealingKeys::load(&enc)?.with_tenants(&cfg.sources)?);
     let schedules = cfg
         .sources
         .iter()

@@ -75,7 +75,7 @@ fn check_one(cp: &ConfigPath, cert: Cert) -> Result<(Cert, DpoCertInfo), CryptoE
     if cert.is_tsk() {
         return Err(key_err(
             cp,
-            "this file holds SECRET key material; the agent must only have the DPO's public certificate \
+            "this file holds SECRET key material; the agent must only have public certificates \
              (export it with `gpg --export --armor`, and keep the secret key away from this host)",
         ));
     }
@@ -239,10 +239,14 @@ pub fn load_signing_key(
     })
 }
 
-/// Everything needed to seal backups: the DPO certificates and the agent's key.
+/// Everything needed to seal backups: the DPO certificates, the tenants' certificates
+/// (per source) and the agent's key.
 pub struct SealingKeys {
     dpo: Vec<Cert>,
     pub dpo_info: Vec<DpoCertInfo>,
+    /// Per source with `tenant_certificates`: the tenant's certificates (a source dumps the
+    /// tenant's database alone, see the config's validation).
+    tenants: std::collections::HashMap<String, (Vec<Cert>, Vec<DpoCertInfo>)>,
     signer: SigningKey,
 }
 
@@ -263,8 +267,40 @@ impl SealingKeys {
         Ok(SealingKeys {
             dpo,
             dpo_info,
+            tenants: Default::default(),
             signer,
         })
+    }
+
+    /// Adds the tenants' certificates of `sources` (checked like the DPO's: public only,
+    /// valid, with an encryption subkey).
+    pub fn with_tenants(
+        mut self,
+        sources: &[backup_core::config::SourceConfig],
+    ) -> Result<SealingKeys, CryptoError> {
+        for src in sources {
+            for (_, cp) in &src.tenant_certificates {
+                let e = self.tenants.entry(src.name.clone()).or_default();
+                for (c, i) in check_dpo_certificates(cp)? {
+                    e.0.push(c);
+                    e.1.push(i);
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Fingerprints of the tenant encryption subkeys a backup of `source` is also
+    /// encrypted to.
+    pub fn tenant_fingerprints(&self, source: &str) -> Vec<String> {
+        self.tenants
+            .get(source)
+            .map(|(_, info)| {
+                info.iter()
+                    .flat_map(|i| i.encryption_subkeys.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn signer_fingerprint(&self) -> &str {
@@ -301,16 +337,31 @@ impl SealingKeys {
             .collect()
     }
 
-    /// Starts a sealed message written to `sink`: whatever is written to the returned
-    /// writer is signed, encrypted, and becomes binary literal data.
+    /// Starts a sealed message written to `sink`, encrypted to the DPO only (binary log
+    /// segments: the server's log holds every tenant's transactions).
     pub fn seal<'a, W: Write + Send + Sync + 'a>(
         &'a self,
         sink: W,
     ) -> Result<Sealer<'a>, CryptoError> {
+        self.seal_for(sink, None)
+    }
+
+    /// Starts a sealed message written to `sink`: whatever is written to the returned
+    /// writer is signed, encrypted (to the DPO, and to the tenant of `source` if it has
+    /// one), and becomes binary literal data.
+    pub fn seal_for<'a, W: Write + Send + Sync + 'a>(
+        &'a self,
+        sink: W,
+        source: Option<&str>,
+    ) -> Result<Sealer<'a>, CryptoError> {
         let policy = StandardPolicy::new();
         let seal_err = |e: anyhow::Error| CryptoError::Seal(e.to_string());
+        let tenant: &[Cert] = source
+            .and_then(|s| self.tenants.get(s))
+            .map_or(&[], |(c, _)| c.as_slice());
+        let certs: Vec<&Cert> = self.dpo.iter().chain(tenant.iter()).collect();
         let mut recipients = Vec::new();
-        for cert in &self.dpo {
+        for &cert in &certs {
             let vc = cert.with_policy(&policy, None).map_err(seal_err)?;
             for ka in vc
                 .keys()
@@ -337,7 +388,7 @@ impl SealingKeys {
         // Build the recipient list from the certificates' keys, marking every recipient as
         // SEIPDv1-only so that sequoia never picks SEIPDv2/AEAD, which GnuPG 2.2 cannot read.
         let mut rcpts: Vec<Recipient> = Vec::new();
-        for cert in &self.dpo {
+        for &cert in &certs {
             for ka in cert.keys() {
                 if recipients.contains(&ka.key().fingerprint()) {
                     let features = Features::empty().set_seipdv1();

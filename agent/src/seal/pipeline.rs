@@ -155,6 +155,7 @@ fn compress_parallel(
 /// written in order.
 pub fn spawn_sealer(
     keys: Arc<SealingKeys>,
+    source: String,
     level: u32,
     threads: usize,
     object: Box<dyn ObjectWriter>,
@@ -175,13 +176,13 @@ pub fn spawn_sealer(
             bytes: 0,
         };
         if threads > 1 {
-            let mut sealer = keys.seal(&mut sink)?;
+            let mut sealer = keys.seal_for(&mut sink, Some(&source))?;
             if !compress_parallel(&mut rx, &mut sealer, level, threads).map_err(werr)? {
                 return Err(PipelineError::Aborted);
             }
             sealer.finish()?;
         } else {
-            let sealer = keys.seal(&mut sink)?;
+            let sealer = keys.seal_for(&mut sink, Some(&source))?;
             let mut gz = GzEncoder::new(sealer, Compression::new(level));
             let mut ended = false;
             while let Some(chunk) = rx.blocking_recv() {

@@ -189,6 +189,9 @@ pub struct SourceConfig {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub users_and_grants: bool,
+    /// `tenant_certificates`: database -> the tenant's certificate, for a source that
+    /// dumps that database alone. Its backups are encrypted to it as well as to the DPO.
+    pub tenant_certificates: Vec<(String, ConfigPath)>,
     pub prefix: String,
     pub connect_timeout_secs: u64,
     pub schedule: ScheduleSpec,

@@ -59,6 +59,10 @@ pub(crate) struct RawSource {
     pub(crate) databases: RawDatabases,
     /// Dump users and grants as CREATE USER / GRANT statements.
     pub(crate) users_and_grants: Option<bool>,
+    /// Per database, a tenant's own certificate: backups of that database alone are also
+    /// encrypted to it, besides the DPO.
+    #[serde(default)]
+    pub(crate) tenant_certificates: std::collections::BTreeMap<String, Spanned<PathBuf>>,
     /// Store prefix for this source's backups; defaults to the source name.
     pub(crate) prefix: Option<Spanned<String>>,
     /// Connection and read timeout towards the server, in seconds.

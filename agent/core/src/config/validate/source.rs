@@ -152,6 +152,20 @@ impl Validator<'_> {
                 );
             }
         }
+        let mut tenant_certificates = Vec::new();
+        for (db, path) in s.tenant_certificates {
+            let key = k(&format!("tenant_certificates.{db}"));
+            let span = path.span();
+            if include.len() != 1 || include[0] != db {
+                self.problem(
+                    key.clone(),
+                    Some(span),
+                    format!("a tenant's certificate applies only to a source that dumps that database alone: set databases = {{ include = [{db:?}] }} for this source (one source per tenant database), so that the tenant's key opens nothing but its own backups"),
+                );
+                continue;
+            }
+            tenant_certificates.push((db, self.path(key, path)));
+        }
         let binlog = s.binlog.and_then(|b| self.binlog(i, b));
         SourceConfig {
             binlog,
@@ -164,6 +178,7 @@ impl Validator<'_> {
             include,
             exclude,
             users_and_grants: s.users_and_grants.unwrap_or(true),
+            tenant_certificates,
             prefix,
             connect_timeout_secs: s.connect_timeout_secs.unwrap_or(10),
             schedule,
