@@ -600,8 +600,8 @@ fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
     }
 }
 
-async fn run_backups(
-    cfg: &Config,
+async fn run_backups<'a>(
+    cfg: &'a Config,
     only: Option<&str>,
     now: Option<chrono::DateTime<chrono::Utc>>,
     slot: Option<chrono::DateTime<chrono::Utc>>,
@@ -639,92 +639,106 @@ async fn run_backups(
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let mut failed = false;
-    let mut degraded = false;
-    for src in sources {
-        let slot_label = match slot {
-            Some(t) => slot::slot_name(t),
-            None => format!(
-                "manual {}",
-                slot::slot_name(now.unwrap_or_else(chrono::Utc::now))
-            ),
-        };
-        let outcome = slot::run_slot(
-            cfg,
-            src,
-            keys.clone(),
-            &state,
-            &alerter,
-            &slot_label,
-            now,
-            false,
-            std::future::pending::<()>(),
-        )
-        .await;
-        let result = match outcome {
-            slot::SlotOutcome::Ran(r) => *r,
-            slot::SlotOutcome::Elsewhere {
-                holder,
-                backup_id,
-                here,
-            } => {
-                println!(
-                    "slot {slot_label} of source {}: produced by agent {holder} (backup {}); nothing to do",
-                    src.name,
-                    backup_id.as_deref().unwrap_or("unknown")
-                );
-                match here {
-                    Some(v) => println!(
-                        "that backup in this agent's stores: {} verified copies, policy {}",
-                        v.verified_copies,
-                        if v.compliant { "compliant" } else { "not met" }
-                    ),
-                    None => eprintln!(
-                        "backup-agent: that backup is in none of this agent's stores; give both agents the shared offsite stores (docs/operations.md, Two sites)"
-                    ),
-                }
-                continue;
-            }
-        };
-        match result {
-            Ok(r) => {
-                let b = &r.backup;
-                println!(
-                    "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
-                    b.manifest.backup_id,
-                    src.name,
-                    b.manifest.data.size,
-                    b.manifest.data.sha256,
-                    b.manifest.tables,
-                    b.rows,
-                    b.duration_secs,
-                    b.stores.join(", "),
-                );
-                for (s, e) in &b.failed_stores {
-                    eprintln!("backup-agent: store {s} failed: {e}");
-                }
-                for c in &r.repair.copied {
-                    println!("repaired {c}");
-                }
-                for f in &r.repair.failed {
-                    eprintln!("backup-agent: repair failed: {f}");
-                }
-                if r.verdict.compliant {
-                    println!("policy: compliant");
-                } else {
-                    degraded = true;
-                    eprintln!(
-                        "backup-agent: policy degraded: {}",
-                        r.verdict.reasons.join("; ")
+    // Sources run at once up to the daemon's limit (max_concurrent_backups), each report
+    // printed as it finishes; the exit code is the worst of them.
+    use futures_util::StreamExt;
+    let one = |src: &'a backup_core::config::SourceConfig| {
+        let (keys, state, alerter) = (keys.clone(), &state, &alerter);
+        async move {
+            let mut failed = false;
+            let mut degraded = false;
+            let slot_label = match slot {
+                Some(t) => slot::slot_name(t),
+                None => format!(
+                    "manual {}",
+                    slot::slot_name(now.unwrap_or_else(chrono::Utc::now))
+                ),
+            };
+            let outcome = slot::run_slot(
+                cfg,
+                src,
+                keys.clone(),
+                state,
+                alerter,
+                &slot_label,
+                now,
+                false,
+                std::future::pending::<()>(),
+            )
+            .await;
+            let result = match outcome {
+                slot::SlotOutcome::Ran(r) => *r,
+                slot::SlotOutcome::Elsewhere {
+                    holder,
+                    backup_id,
+                    here,
+                } => {
+                    println!(
+                        "slot {slot_label} of source {}: produced by agent {holder} (backup {}); nothing to do",
+                        src.name,
+                        backup_id.as_deref().unwrap_or("unknown")
                     );
+                    match here {
+                        Some(v) => println!(
+                            "that backup in this agent's stores: {} verified copies, policy {}",
+                            v.verified_copies,
+                            if v.compliant { "compliant" } else { "not met" }
+                        ),
+                        None => eprintln!(
+                            "backup-agent: that backup is in none of this agent's stores; give both agents the shared offsite stores (docs/operations.md, Two sites)"
+                        ),
+                    }
+                    return (false, false);
+                }
+            };
+            match result {
+                Ok(r) => {
+                    let b = &r.backup;
+                    println!(
+                        "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
+                        b.manifest.backup_id,
+                        src.name,
+                        b.manifest.data.size,
+                        b.manifest.data.sha256,
+                        b.manifest.tables,
+                        b.rows,
+                        b.duration_secs,
+                        b.stores.join(", "),
+                    );
+                    for (s, e) in &b.failed_stores {
+                        eprintln!("backup-agent: store {s} failed: {e}");
+                    }
+                    for c in &r.repair.copied {
+                        println!("repaired {c}");
+                    }
+                    for f in &r.repair.failed {
+                        eprintln!("backup-agent: repair failed: {f}");
+                    }
+                    if r.verdict.compliant {
+                        println!("policy: compliant");
+                    } else {
+                        degraded = true;
+                        eprintln!(
+                            "backup-agent: policy degraded: {}",
+                            r.verdict.reasons.join("; ")
+                        );
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    eprintln!("backup-agent: backup failed: {e}");
                 }
             }
-            Err(e) => {
-                failed = true;
-                eprintln!("backup-agent: backup failed: {e}");
-            }
+            (failed, degraded)
         }
-    }
+    };
+    let results: Vec<(bool, bool)> = futures_util::stream::iter(sources)
+        .map(one)
+        .buffer_unordered(cfg.agent.max_concurrent_backups.max(1))
+        .collect()
+        .await;
+    let failed = results.iter().any(|r| r.0);
+    let degraded = results.iter().any(|r| r.1);
     if failed {
         ExitCode::from(EXIT_FAILED)
     } else if degraded {

@@ -375,3 +375,67 @@ fn a_tenant_certificate_opens_its_own_backups_and_nothing_else() {
         dst.drop_db(d);
     }
 }
+
+#[test]
+fn backup_runs_sources_at_once_up_to_the_daemon_limit() {
+    let src = source();
+    let (d1, d2) = (unique("conc_a"), unique("conc_b"));
+    for d in [&d1, &d2] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 512) FROM seq_1_to_3000",
+        );
+    }
+    let mut setup = Setup::new(&src, &d1);
+    // Slow enough (about 3 s each) that running one after the other would show.
+    setup.extra = "rate_limit = \"128KiB\"\n".into();
+    setup.agent_extra = "max_concurrent_backups = 2\n".into();
+    setup.tail = format!(
+        "[[source]]\nname = \"second\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\npassword_file = {:?}\ndatabases = {{ include = [\"{d2}\"] }}\nrate_limit = \"128KiB\"\n",
+        src.port,
+        setup.dump_user,
+        setup.path("db.password")
+    );
+    let o = setup.agent(&src, &["backup"]);
+    ok(&o, "backup of two sources");
+    let out = String::from_utf8_lossy(&o.stdout);
+    for s in ["main", "second"] {
+        assert!(out.contains(&format!(" of source {s}: ")), "{out}");
+    }
+    // Both started before either finished.
+    let log = stderr(&o);
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |what: &str, source: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what) && l.contains(&format!("\"source\":\"{source}\"")))
+            .unwrap_or_else(|| panic!("no {what} of {source} in:\n{log}"))
+    };
+    let first_done = at("backup_succeeded", "main").min(at("backup_succeeded", "second"));
+    assert!(
+        at("backup_started", "main") < first_done && at("backup_started", "second") < first_done,
+        "{log}"
+    );
+    // With the default limit (1), one after the other.
+    setup.agent_extra = String::new();
+    let o = setup.agent(&src, &["backup"]);
+    ok(&o, "backup of two sources, one at a time");
+    let log = stderr(&o);
+    let lines: Vec<&str> = log.lines().collect();
+    let pos = |what: &str| -> Vec<usize> {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(what))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (started, done) = (pos("backup_started"), pos("backup_succeeded"));
+    assert_eq!((started.len(), done.len()), (2, 2), "{log}");
+    assert!(done[0] < started[1], "{log}");
+    for d in [&d1, &d2] {
+        src.drop_db(d);
+    }
+}
