@@ -118,6 +118,12 @@ TOML
 case "${1:-up}" in
   up)
     ba_need_packages
+    # promtool and a real Prometheus for the shipped alert rules (monitoring/prometheus).
+    command -v promtool >/dev/null 2>&1 || {
+      ba_log "installing prometheus (promtool, rules tests)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }
+    }
     reserve_ports
     mkdir -p "$BA_TEST_DIR"
     ba_start_instance "$BA_TEST_DIR/source" "$SRC_PORT" 1 1 "$ADMIN_PASSWORD"

@@ -31,6 +31,10 @@ pub struct SourceFacts {
     pub policy_grace: Duration,
     /// Binary log archiving, when configured.
     pub binlog: Option<BinlogFacts>,
+    /// Galera sources: how many nodes this agent desynced could not be turned back.
+    pub desync_stuck: Option<usize>,
+    /// This agent's last attempt failed (its error stands until a success).
+    pub last_run_failed: bool,
 }
 
 /// Point-in-time recovery's state for one source.
@@ -409,6 +413,14 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         });
         sources.push(SourceFacts {
             binlog,
+            desync_stuck: src
+                .galera
+                .as_ref()
+                .map(|_| crate::source::galera::stuck_desyncs(&cfg.agent.state_dir, src).len()),
+            last_run_failed: state
+                .sources
+                .get(&src.name)
+                .is_some_and(|s| s.last_error.is_some()),
             name: src.name.clone(),
             max_age: src.max_age,
             newest,
@@ -557,6 +569,8 @@ mod tests {
                 policy: None,
                 policy_grace: Duration::from_secs(7200),
                 binlog: None,
+                desync_stuck: None,
+                last_run_failed: false,
             }],
             all_stores: vec![],
             dpo: vec![Ok(("FPR".into(), None))],

@@ -84,6 +84,26 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         &facts.sources,
         |s| src_state(&s.name).failures_total as f64,
     );
+    o.per_source(
+        "backup_last_run_failed",
+        "gauge",
+        "1 if this agent's last backup attempt of the source failed (until one succeeds).",
+        &facts.sources,
+        |s| if s.last_run_failed { 1.0 } else { 0.0 },
+    );
+    let galera: Vec<SourceFacts> = facts
+        .sources
+        .iter()
+        .filter(|s| s.desync_stuck.is_some())
+        .cloned()
+        .collect();
+    o.per_source(
+        "backup_galera_desync_stuck",
+        "gauge",
+        "Galera nodes this agent desynced for a dump and could not turn back (wsrep_desync still ON).",
+        &galera,
+        |s| s.desync_stuck.unwrap_or(0) as f64,
+    );
     o.family(
         "backup_store_copies",
         "gauge",
@@ -197,6 +217,20 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         "backup_restore_drill_last_success_timestamp_seconds",
         &[],
         ts(drill),
+    );
+    o.family(
+        "backup_restore_drill_last_failed",
+        "gauge",
+        "1 if the last restore drill on record failed.",
+    );
+    o.sample(
+        "backup_restore_drill_last_failed",
+        &[],
+        if facts.drill.as_ref().is_some_and(|d| !d.success) {
+            1.0
+        } else {
+            0.0
+        },
     );
     if let Some(p) = &facts.pitr_drill {
         o.family(
