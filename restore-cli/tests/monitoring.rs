@@ -1,6 +1,7 @@
 //! The shipped Prometheus rules (monitoring/prometheus/): `promtool check rules` and their
 //! unit tests, and end to end: a real Prometheus scraping a real agent on loopback fires
-//! BackupStale when the newest backup is older than max_age and resolves it after a backup.
+//! BackupStale when the newest backup is older than max_age and resolves it after a backup,
+//! and every query of the Grafana dashboard (monitoring/grafana/) returns data from it.
 
 mod common;
 use common::daemon::*;
@@ -45,6 +46,48 @@ fn the_shipped_rules_check_and_pass_their_unit_tests() {
             "no firing test for {line}"
         );
     }
+}
+
+/// Every query (`expr`) of the Grafana dashboard, and the dashboard's template variables
+/// resolve to metrics the agent exports.
+fn dashboard_queries() -> Vec<String> {
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("monitoring/grafana/backup-agent.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    assert_eq!(d["uid"], "backup-agent");
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "source"]);
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{}", p["title"]);
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 struct Prometheus {
@@ -155,6 +198,24 @@ fn a_real_prometheus_fires_stale_on_an_overdue_backup_and_resolves_it_after_one(
     wait_for("BackupStale resolved", Duration::from_secs(30), || {
         !prom.firing().contains(&stale)
     });
+
+    // Every query of the shipped Grafana dashboard returns data from this Prometheus (no
+    // empty or misspelt panel), for the source and for "All".
+    let exprs = dashboard_queries();
+    assert!(exprs.len() >= 12, "{exprs:?}");
+    for source in ["main", ".*"] {
+        for e in &exprs {
+            let q = e.replace("$source", source);
+            let (code, body) = http_get(prom.port, &format!("/api/v1/query?query={}", encode(&q)));
+            assert_eq!(code, 200, "{q}: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["status"], "success", "{q}: {body}");
+            assert!(
+                !v["data"]["result"].as_array().unwrap().is_empty(),
+                "the dashboard's query {q} returns no data: {body}"
+            );
+        }
+    }
 
     sigterm(&daemon);
     let _ = daemon.wait();

@@ -272,6 +272,10 @@ pub struct DrillRecord {
     /// replayed to the next backup's data.
     #[serde(default)]
     pub pitr: bool,
+    /// How long the drill's restore took (replay; with --pitr also the log): the RTO it
+    /// measured.
+    #[serde(default)]
+    pub restore_seconds: Option<f64>,
 }
 
 fn drill_file(pitr: bool) -> &'static str {

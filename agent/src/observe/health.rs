@@ -536,6 +536,7 @@ fn newest_drill_in_store(
         source: v["source"].as_str().map(String::from),
         message: v["error"].as_str().map(String::from),
         pitr,
+        restore_seconds: v["restore_seconds"].as_f64(),
     })
 }
 
@@ -656,6 +657,7 @@ mod tests {
             source: None,
             message: None,
             pitr: false,
+            restore_seconds: None,
         });
         assert_eq!(verdict(&f).code, OK);
         f.drill = Some(DrillRecord {
@@ -665,6 +667,7 @@ mod tests {
             source: None,
             message: None,
             pitr: false,
+            restore_seconds: None,
         });
         assert_eq!(verdict(&f).code, CRITICAL);
     }
@@ -680,6 +683,7 @@ mod tests {
             source: None,
             message: None,
             pitr: true,
+            restore_seconds: None,
         };
         f.drill = Some(DrillRecord {
             pitr: false,

@@ -208,15 +208,26 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         "gauge",
         "Finish time of the last successful restore drill; 0 if none.",
     );
-    let drill = facts
+    let good = facts.drill.as_ref().filter(|d| d.success);
+    let drill_source = facts
         .drill
         .as_ref()
-        .filter(|d| d.success)
-        .map(|d| d.finished_at);
+        .and_then(|d| d.source.clone())
+        .unwrap_or_default();
     o.sample(
         "backup_restore_drill_last_success_timestamp_seconds",
-        &[],
-        ts(drill),
+        &[("source", &drill_source)],
+        ts(good.map(|d| d.finished_at)),
+    );
+    o.family(
+        "backup_restore_drill_last_restore_seconds",
+        "gauge",
+        "How long the replay of the last successful restore drill took (the RTO it measured); 0 if none.",
+    );
+    o.sample(
+        "backup_restore_drill_last_restore_seconds",
+        &[("source", &drill_source)],
+        good.and_then(|d| d.restore_seconds).unwrap_or(0.0),
     );
     o.family(
         "backup_restore_drill_last_failed",
@@ -225,7 +236,7 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
     );
     o.sample(
         "backup_restore_drill_last_failed",
-        &[],
+        &[("source", &drill_source)],
         if facts.drill.as_ref().is_some_and(|d| !d.success) {
             1.0
         } else {
@@ -274,7 +285,18 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         "counter",
         "Warnings since the agent started, per source and kind (a repeated one is logged once).",
     );
-    for ((source, event), n) in crate::observe::warnings::counts() {
+    // Every source's counters exist from the start (at 0), as Prometheus counters should.
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = facts
+        .sources
+        .iter()
+        .flat_map(|s| {
+            crate::observe::warnings::KINDS
+                .iter()
+                .map(|k| ((s.name.clone(), k.to_string()), 0))
+        })
+        .collect();
+    counts.extend(crate::observe::warnings::counts());
+    for ((source, event), n) in counts {
         o.sample(
             "backup_warnings_total",
             &[("source", &source), ("event", &event)],

@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+/// The kinds of repeated warnings (the `event` label of `backup_warnings_total`).
+pub const KINDS: &[&str] = &["non_transactional_table"];
+
 /// (source, event, subject) already logged since the agent started.
 static LOGGED: Mutex<BTreeSet<(String, String, String)>> = Mutex::new(BTreeSet::new());
 /// Occurrences per (source, event) since the agent started.

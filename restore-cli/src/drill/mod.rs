@@ -761,6 +761,7 @@ pub fn record(cfg: Option<&Config>, report: &DrillReport) -> Vec<String> {
             .clone()
             .or_else(|| report.mismatches.first().cloned()),
         pitr: report.pitr,
+        restore_seconds: report.restore_seconds,
     };
     let state = backup_core::state::StateStore::new(&cfg.agent.state_dir);
     match state.record_drill(&rec, false) {
