@@ -461,3 +461,66 @@ fn expiring_dpo_certificate_turns_the_healthcheck_critical() {
     assert_eq!(healthcheck(&setup, &src).0, 0);
     src.drop_db(&db);
 }
+
+/// `format = "alertmanager"`: Alertmanager's webhook payload (what Grafana OnCall's
+/// Alertmanager integration takes): a failing backup fires `backup_failed` for the source,
+/// and the next good backup resolves exactly that alert (same labels and fingerprint).
+#[test]
+fn alertmanager_format_fires_and_resolves_per_condition() {
+    let src = source();
+    let db = small_db(&src, 10);
+    let mut setup = Setup::new(&src, &db);
+    let hook = Receiver::start(Mode::Ok);
+    setup.webhook_to(&hook);
+    setup.tail.push_str("format = \"alertmanager\"\n");
+    let good = setup.dump_password.clone();
+    setup.dump_password = format!("wrong-{}", unique("p"));
+    let o = setup.agent(&src, &["backup"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    setup.dump_password = good;
+    ok(&setup.agent(&src, &["backup"]), "backup");
+
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 2, "{bodies:#?}");
+    let (firing, resolved) = (&bodies[0], &bodies[1]);
+    for (b, status) in [(firing, "firing"), (resolved, "resolved")] {
+        assert_eq!(b["version"], "4", "{b:#}");
+        assert_eq!(b["status"], status, "{b:#}");
+        assert_eq!(b["receiver"], "backup-agent", "{b:#}");
+        assert!(b["groupKey"].as_str().is_some(), "{b:#}");
+        assert_eq!(b["alerts"].as_array().unwrap().len(), 1, "{b:#}");
+        let a = &b["alerts"][0];
+        assert_eq!(a["status"], status, "{b:#}");
+        assert_eq!(a["labels"]["alertname"], "backup_failed", "{b:#}");
+        assert_eq!(a["labels"]["source"], "main", "{b:#}");
+        assert_eq!(a["labels"]["severity"], "critical", "{b:#}");
+        assert_eq!(b["commonLabels"], a["labels"], "{b:#}");
+        assert_eq!(a["fingerprint"].as_str().unwrap().len(), 16, "{b:#}");
+        for k in ["startsAt", "endsAt"] {
+            chrono::DateTime::parse_from_rfc3339(a[k].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("{k}: {e}: {b:#}"));
+        }
+    }
+    let (f, r) = (&firing["alerts"][0], &resolved["alerts"][0]);
+    assert!(
+        f["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{firing:#}"
+    );
+    assert_eq!(f["endsAt"], "0001-01-01T00:00:00Z");
+    // The same alert, resolved: same labels, same fingerprint, same start.
+    assert_eq!(f["labels"], r["labels"]);
+    assert_eq!(f["fingerprint"], r["fingerprint"]);
+    assert_eq!(f["startsAt"], r["startsAt"]);
+    assert_ne!(r["endsAt"], "0001-01-01T00:00:00Z");
+    assert!(
+        r["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("backup_failed condition cleared"),
+        "{resolved:#}"
+    );
+    src.drop_db(&db);
+}

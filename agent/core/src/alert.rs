@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{AlertsConfig, MailConfig, MailTls, WebhookConfig};
+use crate::config::{AlertsConfig, MailConfig, MailTls, WebhookConfig, WebhookFormat};
 use crate::secret::{read_secret_file, SecretError};
 use crate::state::{AlertMark, StateStore};
 
@@ -26,6 +26,12 @@ pub struct Alert {
     pub host: String,
     pub backup: Option<String>,
     pub details: serde_json::Value,
+    /// For "recovered": the event of the condition that cleared (also in `details`).
+    #[serde(skip)]
+    pub clears: Option<String>,
+    /// For "recovered": when the condition began.
+    #[serde(skip)]
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Alert {
@@ -39,7 +45,74 @@ impl Alert {
             host: crate::os::hostname(),
             backup: None,
             details: serde_json::json!({}),
+            clears: None,
+            since: None,
         }
+    }
+
+    /// The Alertmanager webhook payload (version 4) for this alert: `firing` for a
+    /// problem, `resolved` for "recovered" (with the labels of the condition it clears,
+    /// so a receiver resolves exactly that incident), `firing` with severity `info` for
+    /// the opt-in success events. The fingerprint is stable per source and condition.
+    pub fn alertmanager(&self) -> serde_json::Value {
+        let resolved = self.event == "recovered";
+        let alertname = match (&self.clears, resolved) {
+            (Some(c), true) => c.clone(),
+            _ => self.event.clone(),
+        };
+        let severity = match (self.status, resolved) {
+            (_, true) | ("error", _) => "critical",
+            _ => "info",
+        };
+        let labels = serde_json::json!({
+            "alertname": alertname,
+            "source": self.source,
+            "severity": severity,
+            "service": "backup-agent",
+            "host": self.host,
+        });
+        let fingerprint = {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(format!("backup-agent\0{}\0{alertname}", self.source));
+            hex::encode(&h[..8])
+        };
+        let starts = match (resolved, self.since) {
+            (true, Some(t)) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            _ => self.timestamp.clone(),
+        };
+        let ends = if resolved {
+            self.timestamp.clone()
+        } else {
+            "0001-01-01T00:00:00Z".to_string()
+        };
+        let mut annotations = serde_json::json!({
+            "summary": format!("{}: {}", self.source, alertname),
+            "description": self.message,
+        });
+        if let Some(b) = &self.backup {
+            annotations["backup"] = serde_json::Value::String(b.clone());
+        }
+        let status = if resolved { "resolved" } else { "firing" };
+        serde_json::json!({
+            "version": "4",
+            "groupKey": format!("{{}}:{{alertname=\"{alertname}\", source=\"{}\"}}", self.source),
+            "truncatedAlerts": 0,
+            "status": status,
+            "receiver": "backup-agent",
+            "groupLabels": {"alertname": alertname, "source": self.source},
+            "commonLabels": labels,
+            "commonAnnotations": annotations,
+            "externalURL": "",
+            "alerts": [{
+                "status": status,
+                "labels": labels,
+                "annotations": annotations,
+                "startsAt": starts,
+                "endsAt": ends,
+                "generatorURL": "",
+                "fingerprint": fingerprint,
+            }],
+        })
     }
 
     pub fn subject(&self) -> String {
@@ -228,29 +301,42 @@ impl Alerter {
     ) {
         let now = Utc::now();
         let repeat = self.cfg.repeat_interval;
-        let action = self
+        let built = active.then(alert);
+        let event = built.as_ref().map(|a| a.event.clone());
+        let (action, cleared, since) = self
             .state
             .update(|s| {
-                step(
-                    s.alerts.entry(key.to_string()).or_default(),
-                    active,
-                    now,
-                    repeat,
-                )
+                let mark = s.alerts.entry(key.to_string()).or_default();
+                let (cleared, since) = (mark.event.clone(), mark.active_since);
+                let st = step(mark, active, now, repeat);
+                if st == Step::Send {
+                    mark.event = event.clone();
+                }
+                (st, cleared, since)
             })
-            .unwrap_or(Step::Nothing);
+            .unwrap_or((Step::Nothing, None, None));
         match action {
             Step::Send => {
-                self.send(&alert()).await;
+                if let Some(a) = built {
+                    self.send(&a).await;
+                }
             }
             Step::Recovered => {
-                let what = key.rsplit('/').next().unwrap_or(key);
-                let a = Alert::new(
+                let what = cleared
+                    .clone()
+                    .unwrap_or_else(|| key.rsplit('/').next().unwrap_or(key).to_string());
+                let mut a = Alert::new(
                     "recovered",
                     source,
                     true,
                     format!("source {source}: recovered ({what} condition cleared)"),
                 );
+                a.details = serde_json::json!({
+                    "clears": what,
+                    "since": since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                });
+                a.clears = Some(what);
+                a.since = since;
                 self.send(&a).await;
             }
             Step::Nothing => {}
@@ -285,7 +371,10 @@ async fn send_webhook(w: &WebhookConfig, a: &Alert) -> Result<(), AlertError> {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 * (1 << (attempt - 1).min(6)))).await;
         }
-        let mut req = client.post(url.expose()).json(a);
+        let mut req = match w.format {
+            WebhookFormat::Json => client.post(url.expose()).json(a),
+            WebhookFormat::Alertmanager => client.post(url.expose()).json(&a.alertmanager()),
+        };
         if let Some(t) = &token {
             req = req.bearer_auth(t.expose());
         }

@@ -126,6 +126,9 @@ pub struct NewestBackup {
 pub struct AlertMark {
     pub active_since: Option<DateTime<Utc>>,
     pub last_sent: Option<DateTime<Utc>>,
+    /// The event the condition alerted with ("recovered" names it).
+    #[serde(default)]
+    pub event: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

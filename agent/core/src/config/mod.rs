@@ -139,6 +139,17 @@ pub struct WebhookConfig {
     pub timeout: std::time::Duration,
     pub retries: u32,
     pub ca_file: Option<ConfigPath>,
+    pub format: WebhookFormat,
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The agent's own JSON payload (status, message, event, source, host, ...).
+    Json,
+    /// Alertmanager's webhook payload (version 4), which Grafana OnCall's Alertmanager
+    /// integration and Alertmanager-style receivers take without templates.
+    Alertmanager,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

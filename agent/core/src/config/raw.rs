@@ -227,6 +227,8 @@ pub(crate) struct RawWebhook {
     pub(crate) retries: Option<u32>,
     /// Extra CA certificate (PEM) to trust, for an internal receiver.
     pub(crate) ca_file: Option<Spanned<PathBuf>>,
+    /// "json" (the agent's own payload, default) or "alertmanager".
+    pub(crate) format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

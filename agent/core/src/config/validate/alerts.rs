@@ -54,7 +54,16 @@ impl Validator<'_> {
             let timeout = w.timeout.and_then(|d| self.duration("alerts.webhook.timeout", d)).unwrap_or(std::time::Duration::from_secs(10));
             let bearer_token_file = self.file_or_env("alerts.webhook.bearer_token_file", w.bearer_token_file, "BACKUP_WEBHOOK_TOKEN_FILE");
             let ca_file = w.ca_file.map(|p| self.path("alerts.webhook.ca_file".into(), p));
-            url_file.map(|url_file| WebhookConfig { url_file, bearer_token_file, timeout, retries: w.retries.unwrap_or(3), ca_file })
+            let format = match w.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("json") => WebhookFormat::Json,
+                Some("alertmanager") => WebhookFormat::Alertmanager,
+                Some(other) => {
+                    let span = w.format.as_ref().map(|f| f.span());
+                    self.problem("alerts.webhook.format", span, format!("unknown format {other:?}; use \"json\" (the agent's own payload) or \"alertmanager\" (Grafana OnCall, Alertmanager receivers)"));
+                    WebhookFormat::Json
+                }
+            };
+            url_file.map(|url_file| WebhookConfig { url_file, bearer_token_file, timeout, retries: w.retries.unwrap_or(3), ca_file, format })
         });
         let mail = ra.mail.map(|m| {
             if let Some(p) = &m.password {
