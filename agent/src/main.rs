@@ -117,6 +117,14 @@ enum Command {
     },
     /// Validate the configuration: keys, secrets readable, certificates usable.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, e.g. `backup-agent man > backup-agent.1`.
+    Man,
 }
 
 /// Exit codes from the contract.
@@ -136,6 +144,37 @@ fn parse_now(now: &Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the CLI definitions; no configuration needed.
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "backup-agent",
+                &mut script,
+            );
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backup-agent: cannot write the completion script: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backup-agent: cannot write the manual page: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
+        }
+        _ => {}
+    }
     logging::init(matches!(cli.command, Command::Run { .. }));
     let cfg = match backup_agent::config::load(&cli.config) {
         Ok(c) => c,
@@ -160,6 +199,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => check_config(&cfg),
+        Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Healthcheck { verbose, json } => {
             let (v, facts, _) = health::check(&cfg);
             if json {

@@ -34,7 +34,7 @@ const DEFAULT_JOBS: u16 = 2;
     version,
     about = "Verify, decrypt and replay backup-agent backups"
 )]
-#[command(group(ArgGroup::new("mode").required(true).args(["decrypt", "into", "verify", "list"])))]
+#[command(group(ArgGroup::new("mode").required(true).args(["decrypt", "into", "verify", "list", "completions", "man"])))]
 struct Cli {
     /// Configuration file (the agent's TOML format; its [restore] section is used).
     #[arg(long)]
@@ -129,6 +129,12 @@ struct Cli {
     /// accounts are created over one more connection, in the dump's order.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[arg(long, value_name = "SHELL", value_enum)]
+    completions: Option<clap_complete::Shell>,
+    /// Print the manual page (roff) to stdout, e.g. `restore --man > restore.1`.
+    #[arg(long)]
+    man: bool,
     /// The longest SQL statement to accept (e.g. "256MiB"); by default the manifest's
     /// largest statement (at least 16MiB), or 32MiB without a manifest.
     #[arg(long, value_name = "SIZE")]
@@ -137,6 +143,34 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the CLI definitions.
+    if let Some(shell) = cli.completions {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "restore",
+            &mut script,
+        );
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("restore: cannot write the completion script: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if cli.man {
+        return match clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("restore: cannot write the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     backup_core::logging::init(false);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
