@@ -272,6 +272,12 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.list {
         return list(&cli, cfg.as_ref());
     }
+    if cli.accounts && !cli.databases.is_empty() {
+        return Err(usage(
+            "--accounts restores the backup's accounts with their grants on all of its databases; it cannot be combined with --database",
+        ));
+    }
+
     if cli.verify {
         return verify(&cli, cfg.as_ref()).await;
     }
@@ -294,6 +300,13 @@ async fn run(cli: Cli) -> Result<()> {
     let keys = load_keys(&cli, cfg.as_ref())?;
     let t0 = Instant::now();
 
+    // Fail fast: the target's password, connection, name clashes, max_allowed_packet and
+    // account listing are checked against the signed manifest before the long passes.
+    let early = match &target {
+        Some(t) => Some(preflight(&cli, cfg.as_ref(), t, &file, &keys).await?),
+        None => None,
+    };
+
     let (located, v) = verify_file(&cli, &file, &keys)?;
 
     if cli.decrypt.is_some() {
@@ -305,7 +318,8 @@ async fn run(cli: Cli) -> Result<()> {
 
     let target = target.expect("--into given");
     let (only, wanted) = selection(&cli, &v)?;
-    let (mut conn, rows, policy) = prepare_target(&cli, cfg.as_ref(), &target, &wanted, &v).await?;
+    let (mut conn, rows, policy) =
+        prepare_target(&cli, early.expect("--into given"), &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
     let sel = restore::Selection::new(only, policy);
@@ -325,11 +339,6 @@ async fn run(cli: Cli) -> Result<()> {
 /// The databases to restore: `--database` (each must be in the backup) or all of them.
 fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, Vec<String>)> {
     let dumped: Vec<String> = v.trailer.databases.clone();
-    if cli.accounts && !cli.databases.is_empty() {
-        return Err(usage(
-            "--accounts restores the backup's accounts with their grants on all of its databases; it cannot be combined with --database",
-        ));
-    }
     let only = if cli.databases.is_empty() {
         None
     } else {
@@ -347,19 +356,77 @@ fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, V
     Ok((only, wanted))
 }
 
-/// Connects to the target, refuses to overwrite databases without --force (drops them
-/// with it), checks that the largest statement fits, and decides what happens to the
-/// backup's accounts.
-async fn prepare_target(
+/// What the early checks of the target leave for the replay.
+struct Early {
+    conn: mysql_async::Conn,
+    password: Option<Secret>,
+}
+
+/// Before the passes over the backup (which take as long as the restore itself on a large
+/// one): the target's password and connection, and what the signed manifest beside the
+/// backup tells about it: the databases that would clash, the largest statement against
+/// max_allowed_packet, and with --accounts the target's account list. Everything is
+/// checked again after the verification pass, against the dump itself.
+async fn preflight(
     cli: &Cli,
     cfg: Option<&Config>,
+    target: &target::Target,
+    file: &Path,
+    keys: &Keys,
+) -> Result<Early> {
+    let password = target_password(cli, cfg, target)?;
+    let mut conn = target::connect(target, password.as_ref()).await?;
+    if let Some(m) = restore::manifest_of(file, &keys.trusted)? {
+        let wanted: Vec<String> = if cli.databases.is_empty() {
+            m.databases.clone()
+        } else {
+            cli.databases.clone()
+        };
+        if !cli.force {
+            let existing: Vec<String> = conn
+                .query("SHOW DATABASES")
+                .await
+                .context("listing databases on the target")?;
+            let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
+            if !clash.is_empty() {
+                bail!(
+                    "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them (nothing was read or restored)",
+                    clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        check_target_fits(
+            &mut conn,
+            usize::try_from(m.largest_statement_bytes).unwrap_or(usize::MAX),
+        )
+        .await?;
+    }
+    if cli.accounts {
+        // The account listing --accounts needs (its privilege), now rather than later.
+        target::existing_accounts(
+            &mut conn,
+            target,
+            &[Account {
+                user: "root".into(),
+                host: Some("localhost".into()),
+            }],
+        )
+        .await?;
+    }
+    Ok(Early { conn, password })
+}
+
+/// Refuses to overwrite databases without --force (drops them with it), checks that the
+/// largest statement fits, and decides what happens to the backup's accounts.
+async fn prepare_target(
+    cli: &Cli,
+    early: Early,
     target: &target::Target,
     wanted: &[String],
     v: &restore::Verified,
 ) -> Result<(mysql_async::Conn, Vec<mysql_async::Conn>, AccountPolicy)> {
     let largest = v.largest_statement;
-    let password = target_password(cli, cfg, target)?;
-    let mut conn = target::connect(target, password.as_ref()).await?;
+    let Early { mut conn, password } = early;
     let rows = target::connect_rows(target, password.as_ref(), cli.jobs).await?;
     drop(password);
     let existing: Vec<String> = conn
@@ -576,6 +643,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
         jobs: cli.jobs,
     };
     let chosen = drill::choose(Some(cfg), &args, &keys.trusted)?;
+    let early = preflight(cli, Some(cfg), &target, &chosen.file, &keys).await?;
     let (located, v) = verify_file(cli, &chosen.file, &keys)?;
     let (only, wanted) = selection(cli, &v)?;
     let summary = pitr::verify(&mut plan, &wanted, &keys.dpo, &keys.trusted)?;
@@ -606,7 +674,7 @@ async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> R
     for q in &summary.unattributed_skipped {
         eprintln!("restore: skipping a statement without a default database that names no restored database: {q}");
     }
-    let (mut conn, rows, policy) = prepare_target(cli, Some(cfg), &target, &wanted, &v).await?;
+    let (mut conn, rows, policy) = prepare_target(cli, early, &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     let n = replay_dump(
         &chosen.file,

@@ -49,6 +49,18 @@ pub fn statement_limit(manifest: Option<&Manifest>) -> usize {
     }
 }
 
+/// The signed manifest beside a backup's data file, if its name is a backup id's and a
+/// manifest is there (read again, and the data checked against it, by pass 0).
+pub fn manifest_of(data: &Path, trusted: &TrustedSigners) -> Result<Option<Manifest>> {
+    let Some(name) = data.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    match layout::backup_id_of(&name) {
+        Some(id) => read_manifest_beside(data, id, trusted),
+        None => Ok(None),
+    }
+}
+
 /// The manifest beside a backup's data file, if there is one: it counts only with a good
 /// signature by a trusted agent key beside it, and only if it is the manifest of backup
 /// `id` (the one the file's name says).

@@ -132,6 +132,8 @@ fn round_trip_every_type_and_object() {
         "{}",
         stderr(&o)
     );
+    // Refused before the passes over the backup (fail fast), from the signed manifest.
+    assert!(!stderr(&o).contains("checksum ok"), "{}", stderr(&o));
     assert_eq!(dst.sql_db(&db, "SELECT COUNT(*) FROM empty_t").trim(), "1");
     // With --force it is replaced.
     let mut forced = args.clone();
