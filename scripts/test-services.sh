@@ -141,6 +141,11 @@ case "${1:-up}" in
       ba_log "installing moto into the venv"
       "$BA_TEST_DIR/venv/bin/pip" install -q 'moto[s3,server]' flask flask-cors
     fi
+    # The offline Kubernetes schema validator (deploy/kubernetes), in the same venv.
+    if [ ! -x "$BA_TEST_DIR/venv/bin/kubernetes-validate" ]; then
+      ba_log "installing kubernetes-validate into the venv"
+      "$BA_TEST_DIR/venv/bin/pip" install -q kubernetes-validate
+    fi
     if ! curl -fsS -o /dev/null "http://127.0.0.1:$MOTO_PORT/" 2>/dev/null; then
       ba_log "starting moto on 127.0.0.1:$MOTO_PORT"
       setsid nohup "$BA_TEST_DIR/venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" \

@@ -28,3 +28,23 @@ fn every_example_config_parses() {
     }
     assert!(n >= 2, "expected the example configs in {}", dir.display());
 }
+
+/// The configuration inside the Kubernetes ConfigMap (deploy/kubernetes/config.yaml)
+/// parses and validates too.
+#[test]
+fn the_kubernetes_configmap_config_parses() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/config.yaml");
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let start =
+        yaml.find("  config.toml: |\n").expect("config.toml key") + "  config.toml: |\n".len();
+    let text: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(text.contains("[[source]]"), "{text}");
+    let cfg = backup_agent::config::parse(&p, &text, &NoEnv)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    cfg.require_backup_parts()
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+}
