@@ -74,14 +74,14 @@ struct Cli {
     /// List the complete backups in the configured stores.
     #[arg(long)]
     list: bool,
-    /// The backup: a .sql.gz.gpg file (its .sha256 file beside it), or with --verify,
-    /// --until and --config also a backup id or "latest".
+    /// The backup: a .sql.gz.gpg file (its .sha256 file beside it), or with --config
+    /// (--into, --verify, --until) also a backup id or "latest", from the stores.
     #[arg(long, value_name = "FILE|ID")]
     backup: Option<PathBuf>,
-    /// With --verify/--list: the source (from --config).
+    /// With --config (--into, --verify, --until, --list): the source.
     #[arg(long, value_name = "NAME")]
     source: Option<String>,
-    /// With --verify: only this store.
+    /// With --config (--into, --verify, --until): only this store.
     #[arg(long, value_name = "NAME")]
     store: Option<String>,
     /// With --verify: replay into this server instead of an ephemeral one; it must not hold
@@ -299,6 +299,34 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let keys = load_keys(&cli, cfg.as_ref())?;
     let t0 = Instant::now();
+
+    // --into --backup latest|ID with --config: the backup from the configured stores (an
+    // S3 copy is fetched, encrypted, into a private temp dir removed afterwards).
+    let mut _fetched = None;
+    let file = if cli.into.is_some() && !file.is_file() {
+        let Some(c) = cfg.as_ref() else {
+            return Err(usage(format!(
+                "{} is not a file; with --config, --backup also takes a backup id or \"latest\"",
+                file.display()
+            )));
+        };
+        let b = file.display().to_string();
+        let args = drill::DrillArgs {
+            source: cli.source.as_deref(),
+            backup: Some(&b),
+            store: cli.store.as_deref(),
+            scratch: None,
+            scratch_password: None,
+            jobs: cli.jobs,
+        };
+        let chosen = drill::choose(Some(c), &args, &keys.trusted)?;
+        eprintln!("restore: backup {b} is {}", chosen.file.display());
+        let f = chosen.file.clone();
+        _fetched = Some(chosen);
+        f
+    } else {
+        file
+    };
 
     // Fail fast: the target's password, connection, name clashes, max_allowed_packet and
     // account listing are checked against the signed manifest before the long passes.

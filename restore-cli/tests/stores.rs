@@ -155,6 +155,51 @@ fn every_store_gets_a_verified_copy_and_the_drill_fetches_from_s3() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+
+    // restore --into with --config: "latest" from moto, and the same backup by id from
+    // Garage; the download is gone afterwards.
+    let dst = target();
+    let id = name.trim_end_matches(".sql.gz.gpg").to_string();
+    std::fs::write(setup.path("target.password"), &dst.password).unwrap();
+    for (store, which) in [("moto", "latest"), ("garage", id.as_str())] {
+        dst.drop_db(&db);
+        let o = Command::new(restore_bin())
+            .args([
+                "--into",
+                &format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
+            ])
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--store",
+                store,
+                "--backup",
+                which,
+            ])
+            .arg("--password-file")
+            .arg(setup.path("target.password"))
+            .arg("--dpo-key")
+            .arg(testdata("dpo.sec.asc"))
+            .arg("--agent-cert")
+            .arg(testdata("agent.pub.asc"))
+            .env("TMPDIR", &tmp)
+            .output()
+            .unwrap();
+        ok(&o, &format!("restore --into --backup {which} from {store}"));
+        assert!(
+            stderr(&o).contains(&format!("restored {db}")),
+            "{}",
+            stderr(&o)
+        );
+        assert_same(&fingerprint(&src, &db), &fingerprint(&dst, &db));
+        let left: Vec<_> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    }
+    dst.drop_db(&db);
     src.drop_db(&db);
 }
 
