@@ -109,6 +109,31 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
     assert!(metric(&m, "backup_last_size_bytes{source=\"main\"}") > 0.0);
     assert_eq!(metric(&m, "backup_policy_compliant{source=\"main\"}"), 1.0);
     assert_eq!(metric(&m, "backup_health_status"), 0.0);
+    // build_info and the standard process metrics.
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "backup_agent_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    let rss = metric(&m, "process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss < 1e9, "{rss}");
+    let started = metric(&m, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now + 1.0,
+        "{started} vs {now}"
+    );
+    assert!(metric(&m, "process_open_fds") > 3.0);
+    assert!(metric(&m, "process_max_fds") >= metric(&m, "process_open_fds"));
+    assert!(metric(&m, "process_cpu_seconds_total") >= 0.0);
     // The MyISAM table is warned about once per agent start, and counted at every run.
     wait_for("a second backup", Duration::from_secs(20), || {
         backups(&setup) >= 2

@@ -304,6 +304,17 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         );
     }
     o.family(
+        "backup_agent_build_info",
+        "gauge",
+        "Always 1; the agent's version in a label.",
+    );
+    o.sample(
+        "backup_agent_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    process_metrics(&mut o);
+    o.family(
         "backup_health_status",
         "gauge",
         "The healthcheck verdict: 0 OK, 1 CRITICAL, 2 no backup.",
@@ -311,4 +322,79 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
     o.sample("backup_health_status", &[], f64::from(verdict_code));
     // Samples without labels print as name{} value; Prometheus accepts that, but strip it.
     o.0.replace("{} ", " ")
+}
+
+/// The standard process metrics (as the Prometheus client libraries export them), read
+/// from /proc/self; a value that cannot be read is left out.
+fn process_metrics(o: &mut Out) {
+    let page = rustix::param::page_size() as f64;
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), which ends with ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        o.family(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+        );
+        o.sample("process_cpu_seconds_total", &[], (utime + stime) / ticks);
+    }
+    if let Some(rss) = field(24) {
+        o.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        o.sample("process_resident_memory_bytes", &[], rss * page);
+    }
+    if let Some(vsize) = field(23) {
+        o.family(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+        );
+        o.sample("process_virtual_memory_bytes", &[], vsize);
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(start), Some(boot)) = (field(22), boot) {
+        o.family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+        );
+        o.sample("process_start_time_seconds", &[], boot + start / ticks);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        o.family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        o.sample("process_open_fds", &[], fds.count() as f64);
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|x| x.starts_with("Max open files"))
+                .and_then(|x| x.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+    if let Some(m) = max_fds {
+        o.family(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+        );
+        o.sample("process_max_fds", &[], m);
+    }
 }
