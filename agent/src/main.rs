@@ -175,7 +175,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    logging::init(matches!(cli.command, Command::Run { .. }));
+    logging::init();
     let cfg = match backup_agent::config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {

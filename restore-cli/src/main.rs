@@ -171,7 +171,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    backup_core::logging::init(false);
+    backup_core::logging::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -215,9 +215,10 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
     sigterm(&d);
     let status = d.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    let err = std::fs::read_to_string(setup.path("daemon.err")).unwrap();
+    let err = std::fs::read_to_string(setup.path("daemon.out")).unwrap();
 
-    // Logs are JSON lines with the stable fields; no canary anywhere.
+    // Logs are JSON lines on standard error with the stable fields (each says what
+    // happened in "event"), no ANSI escape; no canary anywhere.
     let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
     for l in log.lines() {
         let v: serde_json::Value =
@@ -226,7 +227,16 @@ fn schedule_health_metrics_and_alerts_end_to_end() {
             v.get("timestamp").is_some() && v.get("level").is_some(),
             "{l}"
         );
+        assert!(
+            v["event"].as_str().is_some_and(|e| !e.is_empty()),
+            "no event: {l}"
+        );
+        assert!(!l.contains('\u{1b}'), "ANSI escape in {l}");
     }
+    assert!(
+        err.is_empty(),
+        "the daemon's standard output carries no logs: {err}"
+    );
     assert!(
         log.contains("\"event\":\"backup_succeeded\"")
             && log.contains("\"event\":\"backup_failed\"")

@@ -218,8 +218,8 @@ fn the_daemon_archives_continuously_survives_sigkill_at_every_step_and_restores_
         let cfg = setup.config(&src);
         let mut c = std::process::Command::new(agent_bin());
         c.args(["--config", cfg.to_str().unwrap(), "run"])
-            .stdout(std::fs::File::create(setup.path("daemon.log")).unwrap())
-            .stderr(std::fs::File::create(setup.path("daemon.err")).unwrap());
+            .stderr(std::fs::File::create(setup.path("daemon.log")).unwrap())
+            .stdout(std::fs::File::create(setup.path("daemon.err")).unwrap());
         if let Some(k) = kill_at {
             c.env("BACKUP_AGENT_TEST_KILL_AT", k);
         }
@@ -273,7 +273,7 @@ fn the_daemon_archives_continuously_survives_sigkill_at_every_step_and_restores_
             status.and_then(|s| s.signal()),
             Some(9),
             "the agent was killed at {point:?}: {status:?}\n{}",
-            std::fs::read_to_string(setup.path("daemon.err")).unwrap_or_default()
+            std::fs::read_to_string(setup.path("daemon.log")).unwrap_or_default()
         );
         child = start(None);
     }

@@ -9,13 +9,14 @@ use super::*;
 
 pub fn start_daemon(setup: &Setup, src: &Server, args: &[&str]) -> Child {
     let cfg = setup.config(src);
+    // Logs go to standard error: daemon.log; standard output (nothing) to daemon.out.
     let log = std::fs::File::create(setup.path("daemon.log")).unwrap();
     Command::new(agent_bin())
         .args(["--config", cfg.to_str().unwrap(), "run"])
         .args(args)
         .env("BACKUP_AGENT_LOG_FORMAT", "json")
-        .stdout(log)
-        .stderr(std::fs::File::create(setup.path("daemon.err")).unwrap())
+        .stderr(log)
+        .stdout(std::fs::File::create(setup.path("daemon.out")).unwrap())
         .spawn()
         .unwrap()
 }
