@@ -182,7 +182,7 @@ def main():
     if args.pitr:
         return pitr_bench(args)
 
-    lib("ba_need_packages")
+    lib("ba_need_packages test")
     lib(f"ba_build {ROOT}")
     src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
@@ -390,7 +390,7 @@ def write_steady(sock, rate, seconds, start_id):
 
 
 def pitr_bench(args):
-    lib("ba_need_packages")
+    lib("ba_need_packages test")
     lib(f"ba_build {ROOT}")
     src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")

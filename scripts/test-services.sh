@@ -117,7 +117,7 @@ TOML
 
 case "${1:-up}" in
   up)
-    ba_need_packages
+    ba_need_packages test
     # promtool and a real Prometheus for the shipped alert rules (monitoring/prometheus).
     command -v promtool >/dev/null 2>&1 || {
       ba_log "installing prometheus (promtool, rules tests)"

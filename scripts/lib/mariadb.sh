@@ -3,7 +3,8 @@
 
 ba_log() { printf '[%s] %s\n' "${BA_LOG_TAG:-backup-agent}" "$*" >&2; }
 
-# Installs what the project needs from Debian, if missing.
+# ba_need_packages [test]: installs the Debian packages the demo needs (MariaDB, gpg,
+# what the build links), and with "test" also what the tests and the benchmark use.
 ba_need_packages() {
   local missing=()
   [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
@@ -13,13 +14,15 @@ ba_need_packages() {
   dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
   dpkg -s nettle-dev >/dev/null 2>&1 || missing+=(nettle-dev)
   dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-  command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
-  command -v curl >/dev/null 2>&1 || missing+=(curl)
-  [ -x /usr/bin/time ] || missing+=(time)
-  [ -x /usr/bin/kill ] || missing+=(procps)
-  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+  if [ "${1:-}" = test ]; then
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    [ -x /usr/bin/time ] || missing+=(time)
+    [ -x /usr/bin/kill ] || missing+=(procps)
+    command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -105,6 +108,10 @@ ba_stop_instance() {
 # Builds the release binaries once (cargo keeps target/ between runs).
 ba_build() {
   local root=$1
-  ba_log "building backup-agent and restore (release)"
-  (cd "$root" && cargo build --release --workspace --quiet)
+  if [ -x "$root/target/release/backup-agent" ] && [ -x "$root/target/release/restore" ]; then
+    ba_log "building backup-agent and restore (release; already built, checking for changes)"
+  else
+    ba_log "building backup-agent and restore (release): the first build compiles ~400 crates, about 15 minutes on 2 cores; cargo shows its progress"
+  fi
+  (cd "$root" && cargo build --release -p backup-agent -p restore-cli)
 }
