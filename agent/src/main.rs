@@ -56,6 +56,10 @@ enum Command {
         /// Default: a manual slot of its own.
         #[arg(long)]
         slot: Option<String>,
+        /// Print one JSON array on stdout (an object per source: status, backup, bytes,
+        /// stores, policy, error) instead of the text report.
+        #[arg(long)]
+        json: bool,
     },
     /// Point-in-time recovery (in progress): archive the binary log of every source (or
     /// one) from where the last pass ended to its current end, as sealed segments in every
@@ -116,7 +120,11 @@ enum Command {
         json: bool,
     },
     /// Validate the configuration: keys, secrets readable, certificates usable.
-    CheckConfig,
+    CheckConfig {
+        /// Print one JSON object (valid, notes, problems with key, file, line and column).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell.
@@ -187,7 +195,16 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(health::CRITICAL);
             }
-            eprintln!("backup-agent: {e}");
+            if matches!(cli.command, Command::CheckConfig { json: true }) {
+                let problems: Vec<serde_json::Value> =
+                    e.problems.iter().map(problem_json).collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "file": cli.config, "notes": [], "problems": problems})
+                );
+            } else {
+                eprintln!("backup-agent: {e}");
+            }
             return ExitCode::from(EXIT_INVALID);
         }
     };
@@ -198,7 +215,7 @@ fn main() -> ExitCode {
             .expect("tokio runtime")
     };
     match cli.command {
-        Command::CheckConfig => check_config(&cfg),
+        Command::CheckConfig { json } => check_config(&cfg, json),
         Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the configuration is loaded")
         }
@@ -216,8 +233,15 @@ fn main() -> ExitCode {
             }
             ExitCode::from(v.code)
         }
-        Command::Backup { source, now, slot } => match (parse_now(&now), parse_now(&slot)) {
-            (Ok(now), Ok(slot)) => rt().block_on(run_backups(&cfg, source.as_deref(), now, slot)),
+        Command::Backup {
+            source,
+            now,
+            slot,
+            json,
+        } => match (parse_now(&now), parse_now(&slot)) {
+            (Ok(now), Ok(slot)) => {
+                rt().block_on(run_backups(&cfg, source.as_deref(), now, slot, json))
+            }
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("backup-agent: {e}");
                 ExitCode::from(EXIT_INVALID)
@@ -255,7 +279,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(cfg: &Config) -> ExitCode {
+/// A configuration problem as JSON: the key, where in which file, and what is wrong.
+fn problem_json(p: &backup_core::config::ConfigProblem) -> serde_json::Value {
+    serde_json::json!({
+        "key": p.key,
+        "file": p.file,
+        "line": p.position.map(|x| x.0),
+        "column": p.position.map(|x| x.1),
+        "message": p.message,
+    })
+}
+
+fn check_config(cfg: &Config, json: bool) -> ExitCode {
     let mut r = check::check(cfg);
     let logins = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -263,6 +298,23 @@ fn check_config(cfg: &Config) -> ExitCode {
         .expect("tokio runtime")
         .block_on(check::check_sources(cfg));
     r.problems.extend(logins);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "valid": r.problems.is_empty(),
+                "file": cfg.file,
+                "notes": r.notes,
+                "problems": r.problems.iter().map(problem_json).collect::<Vec<_>>(),
+            }))
+            .expect("serializable")
+        );
+        return if r.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_INVALID)
+        };
+    }
     for n in &r.notes {
         println!("ok: {n}");
     }
@@ -647,6 +699,7 @@ async fn run_backups<'a>(
     only: Option<&str>,
     now: Option<chrono::DateTime<chrono::Utc>>,
     slot: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
 ) -> ExitCode {
     let enc = match cfg.require_backup_parts() {
         Ok(e) => e,
@@ -689,6 +742,7 @@ async fn run_backups<'a>(
         async move {
             let mut failed = false;
             let mut degraded = false;
+            let report;
             let slot_label = match slot {
                 Some(t) => slot::slot_name(t),
                 None => format!(
@@ -715,28 +769,56 @@ async fn run_backups<'a>(
                     backup_id,
                     here,
                 } => {
-                    println!(
-                        "slot {slot_label} of source {}: produced by agent {holder} (backup {}); nothing to do",
-                        src.name,
-                        backup_id.as_deref().unwrap_or("unknown")
-                    );
-                    match here {
-                        Some(v) => println!(
+                    if !json {
+                        println!(
+                            "slot {slot_label} of source {}: produced by agent {holder} (backup {}); nothing to do",
+                            src.name,
+                            backup_id.as_deref().unwrap_or("unknown")
+                        );
+                    }
+                    match &here {
+                        Some(v) if !json => println!(
                             "that backup in this agent's stores: {} verified copies, policy {}",
                             v.verified_copies,
                             if v.compliant { "compliant" } else { "not met" }
                         ),
+                        Some(_) => {}
                         None => eprintln!(
                             "backup-agent: that backup is in none of this agent's stores; give both agents the shared offsite stores (docs/operations.md, Two sites)"
                         ),
                     }
-                    return (false, false);
+                    let report = serde_json::json!({
+                        "source": src.name,
+                        "status": "elsewhere",
+                        "slot": slot_label,
+                        "holder": holder,
+                        "backup": backup_id,
+                        "verified_copies_here": here.as_ref().map(|v| v.verified_copies),
+                        "policy_compliant": here.as_ref().map(|v| v.compliant),
+                    });
+                    return (false, false, report);
                 }
             };
             match result {
                 Ok(r) => {
                     let b = &r.backup;
-                    println!(
+                    report = serde_json::json!({
+                        "source": src.name,
+                        "status": if r.verdict.compliant { "ok" } else { "degraded" },
+                        "backup": b.manifest.backup_id,
+                        "bytes": b.manifest.data.size,
+                        "sha256": b.manifest.data.sha256,
+                        "tables": b.manifest.tables,
+                        "rows": b.rows,
+                        "duration_seconds": b.duration_secs,
+                        "stores": b.stores,
+                        "failed_stores": b.failed_stores.iter().map(|(s, e)| serde_json::json!({"store": s, "error": e.to_string()})).collect::<Vec<_>>(),
+                        "repaired": r.repair.copied,
+                        "repair_failed": r.repair.failed,
+                        "policy": {"compliant": r.verdict.compliant, "reasons": r.verdict.reasons},
+                    });
+                    if !json {
+                        println!(
                         "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
                         b.manifest.backup_id,
                         src.name,
@@ -747,17 +829,20 @@ async fn run_backups<'a>(
                         b.duration_secs,
                         b.stores.join(", "),
                     );
+                    }
                     for (s, e) in &b.failed_stores {
                         eprintln!("backup-agent: store {s} failed: {e}");
                     }
-                    for c in &r.repair.copied {
+                    for c in r.repair.copied.iter().filter(|_| !json) {
                         println!("repaired {c}");
                     }
                     for f in &r.repair.failed {
                         eprintln!("backup-agent: repair failed: {f}");
                     }
                     if r.verdict.compliant {
-                        println!("policy: compliant");
+                        if !json {
+                            println!("policy: compliant");
+                        }
                     } else {
                         degraded = true;
                         eprintln!(
@@ -769,16 +854,28 @@ async fn run_backups<'a>(
                 Err(e) => {
                     failed = true;
                     eprintln!("backup-agent: backup failed: {e}");
+                    report = serde_json::json!({
+                        "source": src.name,
+                        "status": "failed",
+                        "error": e.to_string(),
+                    });
                 }
             }
-            (failed, degraded)
+            (failed, degraded, report)
         }
     };
-    let results: Vec<(bool, bool)> = futures_util::stream::iter(sources)
+    let results: Vec<(bool, bool, serde_json::Value)> = futures_util::stream::iter(sources)
         .map(one)
         .buffer_unordered(cfg.agent.max_concurrent_backups.max(1))
         .collect()
         .await;
+    if json {
+        let reports: Vec<&serde_json::Value> = results.iter().map(|r| &r.2).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("serializable")
+        );
+    }
     let failed = results.iter().any(|r| r.0);
     let degraded = results.iter().any(|r| r.1);
     if failed {

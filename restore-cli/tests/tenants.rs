@@ -283,6 +283,14 @@ fn a_tenant_certificate_opens_its_own_backups_and_nothing_else() {
             "[source.tenant_certificates]\n{d:?} = {:?}\n",
             setup.path("tenant.pub.asc")
         );
+        let o = setup.agent(&src, &["check-config", "--json"]);
+        ok(&o, "check-config --json");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            (v["valid"].as_bool(), v["problems"].as_array().map(Vec::len)),
+            (Some(true), Some(0)),
+            "{v}"
+        );
         let o = setup.agent(&src, &["check-config"]);
         ok(&o, "check-config");
         assert!(
@@ -361,6 +369,17 @@ fn a_tenant_certificate_opens_its_own_backups_and_nothing_else() {
         "[source.tenant_certificates]\n{t1:?} = {:?}\n",
         a.path("tenant.pub.asc")
     );
+    let o = wide.agent(&src, &["check-config", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false, "{v}");
+    let p = &v["problems"][0];
+    assert_eq!(
+        p["key"],
+        format!("source[0].tenant_certificates.{t1}"),
+        "{v}"
+    );
+    assert!(p["line"].as_u64().unwrap() > 1, "{v}");
     let o = wide.agent(&src, &["check-config"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
@@ -418,10 +437,25 @@ fn backup_runs_sources_at_once_up_to_the_daemon_limit() {
         at("backup_started", "main") < first_done && at("backup_started", "second") < first_done,
         "{log}"
     );
-    // With the default limit (1), one after the other.
+    // With the default limit (1), one after the other; --json reports each source.
     setup.agent_extra = String::new();
-    let o = setup.agent(&src, &["backup"]);
+    let o = setup.agent(&src, &["backup", "--json"]);
     ok(&o, "backup of two sources, one at a time");
+    let reports: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut names: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "ok", "{r}");
+            assert!(r["backup"].as_str().unwrap().starts_with("mariadb_"), "{r}");
+            assert_eq!(r["rows"], 3000, "{r}");
+            assert_eq!(r["policy"]["compliant"], true, "{r}");
+            r["source"].as_str().unwrap()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["main", "second"]);
     let log = stderr(&o);
     let lines: Vec<&str> = log.lines().collect();
     let pos = |what: &str| -> Vec<usize> {
