@@ -103,6 +103,10 @@ enum Command {
         /// Every copy now, not only the share due.
         #[arg(long)]
         all: bool,
+        /// Print one JSON array (an object per source: copies checked, failures, the
+        /// newest backup's policy verdict, the binary log segments) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy backups to stores that lack a verified copy, from a verified one.
     Repair {
@@ -264,7 +268,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
-        Command::Scrub { source, all } => scrub(&cfg, source.as_deref(), all),
+        Command::Scrub { source, all, json } => scrub(&cfg, source.as_deref(), all, json),
         Command::Repair { source } => repair(&cfg, source.as_deref()),
         Command::Run { shutdown_timeout } => {
             match rt().block_on(daemon::run(cfg, shutdown_timeout)) {
@@ -561,7 +565,7 @@ fn prune(
     }
 }
 
-fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
+fn scrub(cfg: &Config, only: Option<&str>, all: bool, json: bool) -> ExitCode {
     let sources = match sources_or_exit(cfg, only) {
         Ok(s) => s,
         Err(c) => return c,
@@ -577,25 +581,45 @@ fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
         )
     };
     let mut bad = false;
+    let mut reports = Vec::new();
     for src in sources {
         let r = maintain::scrub(cfg, src, &stores, &state, chrono::Utc::now(), share);
-        println!(
-            "source {}: {} cop{} checked, {} failed",
-            src.name,
-            r.checked,
-            if r.checked == 1 { "y" } else { "ies" },
-            r.failed.len()
-        );
-        for f in &r.failed {
-            println!("  FAILED: {f}");
+        if !json {
+            println!(
+                "source {}: {} cop{} checked, {} failed",
+                src.name,
+                r.checked,
+                if r.checked == 1 { "y" } else { "ies" },
+                r.failed.len()
+            );
+            for f in &r.failed {
+                println!("  FAILED: {f}");
+            }
         }
         bad |= !r.failed.is_empty();
         let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
-        if let Some(b) = inv.newest() {
-            println!("  newest backup {}: {}", b.id, verdict_text(&b.verdict));
+        let newest = inv.newest().map(|b| {
+            if !json {
+                println!("  newest backup {}: {}", b.id, verdict_text(&b.verdict));
+            }
             bad |= !b.verdict.compliant;
-        }
-        bad |= !scrub_segments(cfg, src, &stores);
+            serde_json::json!({"backup": b.id, "compliant": b.verdict.compliant, "reasons": b.verdict.reasons})
+        });
+        let segs = scrub_segments(cfg, src, &stores, json);
+        bad |= !segs.0;
+        reports.push(serde_json::json!({
+            "source": src.name,
+            "checked": r.checked,
+            "failed": r.failed,
+            "newest": newest,
+            "binlog": segs.1,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("serializable")
+        );
     }
     if bad {
         ExitCode::from(EXIT_DEGRADED)
@@ -605,15 +629,17 @@ fn scrub(cfg: &Config, only: Option<&str>, all: bool) -> ExitCode {
 }
 
 /// Hashes every copy of every archived binary log segment of `src`; prints the failed
-/// copies and the segments that do not meet the 3-2-1 policy. True when all is well.
+/// copies and the segments that do not meet the 3-2-1 policy (or, with `json`, returns
+/// them). True when all is well.
 fn scrub_segments(
     cfg: &Config,
     src: &backup_core::config::SourceConfig,
     stores: &[inventory::OpenStore],
-) -> bool {
+    json: bool,
+) -> (bool, Option<serde_json::Value>) {
     let (rows, problems) = segments::inventory(cfg, src, stores, true, chrono::Utc::now());
     if rows.is_empty() && problems.is_empty() {
-        return true;
+        return (true, None);
     }
     let copies: usize = rows.iter().map(|r| r.copies.len()).sum();
     let failed: Vec<String> = rows
@@ -631,6 +657,18 @@ fn scrub_segments(
         .chain(problems.iter().cloned())
         .collect();
     let degraded: Vec<&segments::SegRow> = rows.iter().filter(|r| !r.verdict.compliant).collect();
+    let ok = failed.is_empty() && degraded.is_empty();
+    if json {
+        return (
+            ok,
+            Some(serde_json::json!({
+                "segments": rows.len(),
+                "copies_checked": copies,
+                "failed": failed,
+                "not_compliant": degraded.iter().map(|r| serde_json::json!({"segment": r.id, "reasons": r.verdict.reasons})).collect::<Vec<_>>(),
+            })),
+        );
+    }
     println!(
         "  binary log: {} segment(s), {copies} cop{} checked, {} failed, {} not meeting the policy",
         rows.len(),
@@ -644,7 +682,7 @@ fn scrub_segments(
     for r in &degraded {
         println!("  segment {}: {}", r.id, verdict_text(&r.verdict));
     }
-    failed.is_empty() && degraded.is_empty()
+    (ok, None)
 }
 
 fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
@@ -674,7 +712,7 @@ fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
         }
         bad |= !failed.is_empty();
         if !rows.is_empty() {
-            bad |= !scrub_segments(cfg, src, &stores);
+            bad |= !scrub_segments(cfg, src, &stores, false).0;
         }
         let inv = maintain::refresh(cfg, src, &stores, &state, chrono::Utc::now());
         if let Some(b) = inv.newest() {

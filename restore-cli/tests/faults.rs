@@ -485,6 +485,15 @@ fn scrub_fails_a_resized_copy_and_an_unmet_policy() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(3), "{out}{}", stderr(&o));
     assert!(out.contains("FAILED") && out.contains("second"), "{out}");
+    // The same as JSON.
+    let o = setup.agent(&src, &["scrub", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["source"], "main", "{v}");
+    assert_eq!(v[0]["checked"], 2, "{v}");
+    let failed = v[0]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{v}");
+    assert!(failed[0].as_str().unwrap().contains("second"), "{v}");
     let o = setup.agent(&src, &["list", "--json"]);
     ok(&o, "list");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
