@@ -65,17 +65,7 @@ fn keyring_files_for_dpo_and_agent_certificates() {
     .unwrap();
     for key in [testdata("dpo.sec.asc"), second_sec] {
         let out = setup.path("out.sql");
-        let _ = std::fs::remove_file(&out);
-        let o = restore(&[
-            "--decrypt".to_string(),
-            data.display().to_string(),
-            "-o".into(),
-            out.display().to_string(),
-            "--dpo-key".into(),
-            key.display().to_string(),
-            "--agent-cert".into(),
-            agents.display().to_string(),
-        ]);
+        let o = restore_decrypt(&data, &key, &agents, &out);
         ok(&o, "restore --decrypt with a keyring of agent certificates");
         assert!(std::fs::read_to_string(&out)
             .unwrap()

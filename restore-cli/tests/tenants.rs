@@ -10,17 +10,12 @@ use std::path::Path;
 /// The SQL of a backup, verified and decrypted by `restore --decrypt`.
 fn plaintext(data: &Path, dir: &Path) -> String {
     let out = dir.join("plain.sql");
-    let _ = std::fs::remove_file(&out);
-    let o = restore(&[
-        "--decrypt".to_string(),
-        data.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--dpo-key".into(),
-        testdata("dpo.sec.asc").display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
-    ]);
+    let o = restore_decrypt(
+        data,
+        &testdata("dpo.sec.asc"),
+        &testdata("agent.pub.asc"),
+        &out,
+    );
     ok(&o, "restore --decrypt");
     std::fs::read_to_string(&out).unwrap()
 }
@@ -250,17 +245,7 @@ fn a_tenant_backup_holds_only_its_own_accounts_and_restores_them_on_request() {
 
 /// `restore --decrypt` of `data` with the secret key `key`.
 fn decrypt_with(data: &Path, key: &Path, out: &Path) -> std::process::Output {
-    let _ = std::fs::remove_file(out);
-    restore(&[
-        "--decrypt".to_string(),
-        data.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-        "--dpo-key".into(),
-        key.display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
-    ])
+    restore_decrypt(data, key, &testdata("agent.pub.asc"), out)
 }
 
 #[test]

@@ -522,6 +522,22 @@ pub fn restore<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
         .expect("run restore")
 }
 
+/// `restore --decrypt DATA -o OUT` with the secret key `key` and the agent certificate(s)
+/// in `agents` (OUT removed first).
+pub fn restore_decrypt(data: &Path, key: &Path, agents: &Path, out: &Path) -> Output {
+    let _ = std::fs::remove_file(out);
+    restore(&[
+        "--decrypt".to_string(),
+        data.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+        "--dpo-key".into(),
+        key.display().to_string(),
+        "--agent-cert".into(),
+        agents.display().to_string(),
+    ])
+}
+
 /// Arguments for `restore --into` the target server with the throwaway keys.
 pub fn into_args(dst: &Server, data: &Path, password_file: &Path) -> Vec<String> {
     std::fs::write(password_file, &dst.password).unwrap();
