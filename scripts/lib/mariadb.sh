@@ -22,6 +22,7 @@ ba_need_packages() {
     [ -x /usr/bin/time ] || missing+=(time)
     [ -x /usr/bin/kill ] || missing+=(procps)
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+    command -v groff >/dev/null 2>&1 || missing+=(groff-base)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
