@@ -440,7 +440,7 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
             println!(
                 "  {:<26} {:>12}  {}  {}",
                 b.id,
-                b.size,
+                backup_core::format::human_size(b.size),
                 cells.join(" "),
                 verdict_text(&b.verdict)
             );
@@ -857,9 +857,10 @@ async fn run_backups<'a>(
                     });
                     if !json {
                         println!(
-                        "backup {} of source {}: {} bytes, sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
+                        "backup {} of source {}: {} ({} bytes), sha256 {}, {} tables, {} rows, {:.1}s, verified copies on: {}",
                         b.manifest.backup_id,
                         src.name,
+                        backup_core::format::human_size(b.manifest.data.size),
                         b.manifest.data.size,
                         b.manifest.data.sha256,
                         b.manifest.tables,

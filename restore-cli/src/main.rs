@@ -340,7 +340,11 @@ async fn run(cli: Cli) -> Result<()> {
     if cli.decrypt.is_some() {
         let out = cli.output.clone().unwrap_or_else(|| PathBuf::from("-"));
         let n = restore::write_out(&file, &located.pins, &keys.dpo, &keys.trusted, &out)?;
-        eprintln!("restore: wrote {n} bytes to {}", out.display());
+        eprintln!(
+            "restore: wrote {} ({n} bytes) to {}",
+            backup_core::format::human_size(n),
+            out.display()
+        );
         return Ok(());
     }
 
@@ -753,8 +757,11 @@ fn verify_file(
             })?;
     }
     eprintln!(
-        "restore: checksum ok: {} ({} bytes, sha256 {})",
-        located.file_name, located.size, located.expected_sha256
+        "restore: checksum ok: {} ({}, {} bytes, sha256 {})",
+        located.file_name,
+        backup_core::format::human_size(located.size),
+        located.size,
+        located.expected_sha256
     );
     if let Some(m) = &located.manifest {
         eprintln!(
@@ -889,17 +896,20 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<14} {:<12} {:<28} {:<22} {:>14}  POINT-IN-TIME UNTIL",
-            "SOURCE", "STORE", "BACKUP", "FINISHED", "BYTES"
+            "{:<14} {:<12} {:<28} {:<22} {:>12}  POINT-IN-TIME UNTIL",
+            "SOURCE", "STORE", "BACKUP", "FINISHED", "SIZE"
         );
         for r in &rows {
             println!(
-                "{:<14} {:<12} {:<28} {:<22} {:>14}  {}",
+                "{:<14} {:<12} {:<28} {:<22} {:>12}  {}",
                 r["source"].as_str().unwrap_or(""),
                 r["store"].as_str().unwrap_or(""),
                 r["backup_id"].as_str().unwrap_or(""),
                 r["finished_at"].as_str().unwrap_or(""),
-                r["size"],
+                r["size"]
+                    .as_u64()
+                    .map(backup_core::format::human_size)
+                    .unwrap_or_default(),
                 r["recoverable_until"].as_str().unwrap_or("-")
             );
         }

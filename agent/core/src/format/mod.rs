@@ -55,6 +55,21 @@ impl Identity {
 /// Largest INSERT the dumper writes, unless a single row is larger.
 pub const MAX_INSERT_BYTES: usize = 1 << 20;
 
+/// A size for people: bytes in binary units with one decimal ("1.4 GiB", "512 B").
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Quotes an identifier with backticks.
 pub fn quote_ident(name: &str) -> String {
     let mut s = String::with_capacity(name.len() + 2);
@@ -552,6 +567,17 @@ pub fn database_trailer_line(db: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1024), "1.0 KiB");
+        assert_eq!(human_size(20586), "20.1 KiB");
+        assert_eq!(human_size(380_900_000), "363.3 MiB");
+        assert_eq!(human_size(1_256_000_000_000), "1.1 TiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+    }
 
     fn split(s: &str) -> Result<Vec<Item>, SplitError> {
         let mut sp = Splitter::new(s.as_bytes());
