@@ -435,15 +435,7 @@ async fn preflight(
     }
     if cli.accounts {
         // The account listing --accounts needs (its privilege), now rather than later.
-        target::existing_accounts(
-            &mut conn,
-            target,
-            &[Account {
-                user: "root".into(),
-                host: Some("localhost".into()),
-            }],
-        )
-        .await?;
+        target::accounts_on(&mut conn, target).await?;
     }
     Ok(Early { conn, password })
 }

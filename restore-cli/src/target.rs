@@ -103,25 +103,30 @@ pub async fn existing_accounts(
     t: &Target,
     dumped: &[Account],
 ) -> Result<HashSet<Account>> {
-    use mysql_async::prelude::Queryable;
     if dumped.is_empty() {
         return Ok(HashSet::new());
     }
+    let on_server = accounts_on(conn, t).await?;
+    Ok(dumped
+        .iter()
+        .filter(|a| on_server.contains(a))
+        .cloned()
+        .collect())
+}
+
+/// Every account and role of a server (needs SELECT on mysql.user).
+pub async fn accounts_on(conn: &mut Conn, t: &Target) -> Result<HashSet<Account>> {
+    use mysql_async::prelude::Queryable;
     let rows: Vec<(String, String, String)> = conn
         .query("SELECT User, Host, is_role FROM mysql.user")
         .await
         .map_err(|e| anyhow::anyhow!("cannot list the accounts of {t} ({e}); restoring the backup's accounts needs SELECT on mysql.user, or leave out --accounts"))?;
-    let on_server: HashSet<Account> = rows
+    Ok(rows
         .into_iter()
         .map(|(user, host, role)| Account {
             user,
             host: (role != "Y").then_some(host),
         })
-        .collect();
-    Ok(dumped
-        .iter()
-        .filter(|a| on_server.contains(a))
-        .cloned()
         .collect())
 }
 
