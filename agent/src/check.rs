@@ -293,7 +293,11 @@ async fn node_problems(
         Ok(d) => d,
         Err(e) => return vec![format!("cannot list databases: {e}")],
     };
-    for inc in &src.include {
+    for inc in src
+        .include
+        .iter()
+        .filter(|i| !backup_core::config::split::is_pattern(i))
+    {
         if !dbs.contains(inc) {
             v.push(format!(
                 "database {inc:?} (databases.include) does not exist or the dump user {:?} cannot see it; create it or fix the list",

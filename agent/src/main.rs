@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use backup_agent::backup::slot;
+use backup_agent::backup::{self, slot};
 use backup_agent::check;
 use backup_agent::copies::inventory;
 use backup_agent::copies::maintain;
@@ -212,6 +212,28 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // `--source <split source>/<database>` names a unit, whether the state knows it yet
+    // or not; commands that read the stores see every unit the state knows.
+    let mut cfg = cfg;
+    if let Some(name) = cli.command.source() {
+        if let Err(e) = cfg.add_unit(name) {
+            eprintln!("backup-agent: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    }
+    if matches!(
+        cli.command,
+        Command::List { .. }
+            | Command::Prune { .. }
+            | Command::Scrub { .. }
+            | Command::Repair { .. }
+    ) {
+        let known = StateStore::new(&cfg.agent.state_dir)
+            .load()
+            .map(|s| s.split)
+            .unwrap_or_default();
+        cfg = cfg.expanded(&known);
+    }
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -732,8 +754,8 @@ fn repair(cfg: &Config, only: Option<&str>) -> ExitCode {
     }
 }
 
-async fn run_backups<'a>(
-    cfg: &'a Config,
+async fn run_backups(
+    cfg: &Config,
     only: Option<&str>,
     now: Option<chrono::DateTime<chrono::Utc>>,
     slot: Option<chrono::DateTime<chrono::Utc>>,
@@ -772,12 +794,34 @@ async fn run_backups<'a>(
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    // Sources run at once up to the daemon's limit (max_concurrent_backups), each report
-    // printed as it finishes; the exit code is the worst of them.
+    // Split sources are listed on their servers now: one backup per database.
+    let expansion = backup::units::expand(
+        &sources,
+        &state,
+        &alerter,
+        now.unwrap_or_else(chrono::Utc::now),
+    )
+    .await;
+    let mut listing_failures = Vec::new();
+    for (src, e) in &expansion.failed {
+        eprintln!("backup-agent: backup failed: {e}");
+        listing_failures.push((
+            true,
+            false,
+            serde_json::json!({"source": src.name, "status": "failed", "error": e}),
+        ));
+    }
+    // Sources run at once up to the daemon's limit (max_concurrent_backups), and at most
+    // max_connections_per_server connections to one server; each report printed as it
+    // finishes; the exit code is the worst of them.
     use futures_util::StreamExt;
-    let one = |src: &'a backup_core::config::SourceConfig| {
-        let (keys, state, alerter) = (keys.clone(), &state, &alerter);
+    let budget = backup::units::Budget::new(cfg);
+    let one = |src: &backup_core::config::SourceConfig| {
+        let (keys, state, alerter, budget) = (keys.clone(), &state, &alerter, &budget);
+        let src = src.clone();
         async move {
+            let src = &src;
+            let _connections = budget.take(src).await;
             let mut failed = false;
             let mut degraded = false;
             let report;
@@ -903,11 +947,13 @@ async fn run_backups<'a>(
             (failed, degraded, report)
         }
     };
-    let results: Vec<(bool, bool, serde_json::Value)> = futures_util::stream::iter(sources)
-        .map(one)
-        .buffer_unordered(cfg.agent.max_concurrent_backups.max(1))
-        .collect()
-        .await;
+    let mut results: Vec<(bool, bool, serde_json::Value)> =
+        futures_util::stream::iter(expansion.units.iter())
+            .map(one)
+            .buffer_unordered(cfg.agent.max_concurrent_backups.max(1))
+            .collect()
+            .await;
+    results.append(&mut listing_failures);
     if json {
         let reports: Vec<&serde_json::Value> = results.iter().map(|r| &r.2).collect();
         println!(
@@ -969,6 +1015,21 @@ async fn archive_binlog(cfg: &Config, only: Option<&str>, segment_size: &str) ->
         }
     }
     code
+}
+
+impl Command {
+    /// The `--source` a command was given.
+    fn source(&self) -> Option<&str> {
+        match self {
+            Command::Backup { source, .. }
+            | Command::List { source, .. }
+            | Command::Prune { source, .. }
+            | Command::Scrub { source, .. }
+            | Command::Repair { source }
+            | Command::ArchiveBinlog { source, .. } => source.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -265,10 +265,14 @@ fn target_password(
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let cfg = match &cli.config {
+    let mut cfg = match &cli.config {
         Some(p) => Some(Config::load(p).map_err(|e| usage(e.to_string()))?),
         None => None,
     };
+    // `--source <split source>/<database>`: that database's backups, under its own prefix.
+    if let (Some(c), Some(name)) = (cfg.as_mut(), cli.source.as_deref()) {
+        c.add_unit(name).map_err(usage)?;
+    }
     if cli.list {
         return list(&cli, cfg.as_ref());
     }
@@ -831,6 +835,14 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
         .iter()
         .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
     {
+        if src.split.is_some() {
+            // Its backups are per database, under <prefix>/<database>.
+            eprintln!(
+                "restore: source {} keeps one backup per database: list one with --source {}/<database> (backup-agent list shows every database it has backed up)",
+                src.name, src.name
+            );
+            continue;
+        }
         // The archived binary log of the source, from every store: how far a
         // point-in-time restore from each backup reaches.
         let mut segs: std::collections::BTreeMap<String, backup_core::manifest::SegmentManifest> =

@@ -559,3 +559,69 @@ fn alertmanager_format_fires_and_resolves_per_condition() {
     );
     src.drop_db(&db);
 }
+
+/// The daemon runs a split source's schedule as one backup per database, found anew at
+/// each slot: a database created while it runs is backed up at the next slot, and each
+/// has its own freshness in /metrics.
+#[test]
+fn the_daemon_backs_up_each_database_of_a_split_source() {
+    let src = source();
+    let p = unique("dsp");
+    let (a, b) = (format!("{p}_a"), format!("{p}_b"));
+    for d in [&a, &b] {
+        src.drop_db(d);
+    }
+    src.sql(&format!("CREATE DATABASE `{a}`"));
+    src.sql_db(
+        &a,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
+    let mut setup = Setup::new(&src, &format!("{p}_*"));
+    let http = free_port();
+    setup.extra = "split = \"database\"\nschedule = \"*/2 * * * * *\"\nmax_age = \"1h\"\n".into();
+    setup.agent_extra = format!(
+        "http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\nmax_concurrent_backups = 2\n"
+    );
+    let mut d = start_daemon(&setup, &src, &["--shutdown-timeout", "30s"]);
+    let has_backup = |db: &str| {
+        setup
+            .store_files()
+            .iter()
+            .any(|f| f.starts_with(&format!("main/{db}/mariadb_")) && f.ends_with(".manifest.json"))
+    };
+    wait_for(
+        "a backup of the first database",
+        Duration::from_secs(20),
+        || has_backup(&a),
+    );
+    src.sql(&format!("CREATE DATABASE `{b}`"));
+    src.sql_db(
+        &b,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (2)",
+    );
+    wait_for(
+        "a backup of the new database",
+        Duration::from_secs(20),
+        || has_backup(&b),
+    );
+    let key = |db: &str| format!("backup_last_success_timestamp_seconds{{source=\"main/{db}\"}}");
+    wait_for(
+        "both databases in /metrics",
+        Duration::from_secs(10),
+        || {
+            let m = metrics(http);
+            m.iter().any(|(k, v)| *k == key(&a) && *v > 1.7e9)
+                && m.iter().any(|(k, v)| *k == key(&b) && *v > 1.7e9)
+        },
+    );
+    let (code, line) = healthcheck(&setup, &src);
+    assert_eq!(code, 0, "{line}");
+    sigterm(&d);
+    let status = d.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(setup.path("daemon.log")).unwrap();
+    assert!(log.contains("\"database_found\""), "{log}");
+    for db in [&a, &b] {
+        src.drop_db(db);
+    }
+}

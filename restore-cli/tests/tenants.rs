@@ -458,3 +458,249 @@ fn backup_runs_sources_at_once_up_to_the_daemon_limit() {
         src.drop_db(d);
     }
 }
+
+/// The `source` of each report of `backup --json`, sorted; every report must be "ok".
+fn ok_sources(o: &std::process::Output) -> Vec<String> {
+    let reports: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)));
+    let mut v: Vec<String> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "ok", "{r}");
+            r["source"].as_str().unwrap().to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_split_source_backs_up_each_database_on_its_own_found_anew_at_every_run() {
+    let src = source();
+    let p = unique("sp");
+    let (a, b, c) = (format!("{p}_a"), format!("{p}_b"), format!("{p}_c.x"));
+    let other = unique("spother");
+    let ua = unique("sua");
+    for d in [&a, &b, &c, &other] {
+        src.drop_db(d);
+    }
+    for d in [&a, &b, &other] {
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            &format!("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(40)); INSERT INTO t VALUES (1,'{d}')"),
+        );
+    }
+    src.sql(&format!(
+        "CREATE USER '{ua}'@'%' IDENTIFIED BY 'pw-a'; GRANT ALL ON `{a}`.* TO '{ua}'@'%'"
+    ));
+    let hook = receivers::Receiver::start(receivers::Mode::Ok);
+    let mut setup = Setup::new(&src, &format!("{p}_*"));
+    setup.extra = "split = \"database\"\n".into();
+    setup.webhook_to(&hook);
+
+    // First run: one backup per matching database, each under its own prefix.
+    let o = setup.agent(&src, &["backup", "--json"]);
+    ok(&o, "backup of a split source");
+    assert_eq!(ok_sources(&o), [format!("main/{a}"), format!("main/{b}")]);
+    let files = setup.store_files();
+    for d in [&a, &b] {
+        assert_eq!(
+            files
+                .iter()
+                .filter(
+                    |f| f.starts_with(&format!("main/{d}/mariadb_")) && f.ends_with(".sql.gz.gpg")
+                )
+                .count(),
+            1,
+            "{files:?}"
+        );
+    }
+    assert!(
+        !files.iter().any(|f| f.contains(&other))
+            && !files.iter().any(|f| f.starts_with("main/mariadb_")),
+        "{files:?}"
+    );
+    let data_of = |d: &str| {
+        let files = setup.store_files();
+        let f = files
+            .iter()
+            .rfind(|f| {
+                f.starts_with(&format!("{}/mariadb_", split_dir(d))) && f.ends_with(".sql.gz.gpg")
+            })
+            .unwrap_or_else(|| panic!("no backup of {d} in {files:?}"))
+            .clone();
+        setup.store().join(f)
+    };
+    let sql_a = plaintext(&data_of(&a), setup.dir.path());
+    assert!(
+        sql_a.contains(&format!("'{a}'")) && sql_a.contains(&ua),
+        "{sql_a}"
+    );
+    assert!(!sql_a.contains(&b) && !sql_a.contains(&other), "{sql_a}");
+    let sql_b = plaintext(&data_of(&b), setup.dir.path());
+    assert!(
+        sql_b.contains(&format!("'{b}'")) && !sql_b.contains(&ua),
+        "{sql_b}"
+    );
+
+    // Each database has its own freshness; list and restore find them by name.
+    let o = setup.agent(&src, &["healthcheck", "--json"]);
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h["status"], "OK", "{h}");
+    let names: Vec<&str> = h["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [format!("main/{a}"), format!("main/{b}")], "{h}");
+    let o = setup.agent(&src, &["list", "--source", "main", "--json"]);
+    ok(&o, "list of a split source");
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.contains(&format!("main/{a}")) && listed.contains(&format!("main/{b}")),
+        "{listed}"
+    );
+    let o = restore(&[
+        "--list".to_string(),
+        "--config".to_string(),
+        setup.path("config.toml").display().to_string(),
+        "--source".to_string(),
+        format!("main/{a}"),
+        "--agent-cert".to_string(),
+        testdata("agent.pub.asc").display().to_string(),
+    ]);
+    ok(&o, "restore --list of one database of a split source");
+    let id_a = data_of(&a)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".sql.gz.gpg")
+        .to_string();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&id_a),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // A database appears, one is dropped: the new one is backed up, the dropped one
+    // reported once and its backup kept; it no longer counts as stale.
+    src.sql(&format!("CREATE DATABASE `{c}`"));
+    src.sql_db(
+        &c,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (7)",
+    );
+    src.drop_db(&b);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let o = setup.agent(&src, &["backup", "--json"]);
+    ok(&o, "second backup of a split source");
+    assert_eq!(ok_sources(&o), [format!("main/{a}"), format!("main/{c}")]);
+    assert!(
+        setup
+            .store_files()
+            .iter()
+            .any(|f| f.starts_with(&format!("main/{p}_c%2Ex/mariadb_"))),
+        "{:?}",
+        setup.store_files()
+    );
+    assert!(data_of(&b).exists());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(
+        &setup.agent(&src, &["backup"]),
+        "third backup of a split source",
+    );
+    let dropped: Vec<serde_json::Value> = hook
+        .bodies()
+        .into_iter()
+        .filter(|x| x["event"] == "database_dropped")
+        .collect();
+    assert_eq!(dropped.len(), 1, "{:?}", hook.bodies());
+    assert_eq!(dropped[0]["source"], format!("main/{b}"));
+    let o = setup.agent(&src, &["healthcheck", "--verbose"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(&format!("main/{b}: database dropped")),
+        "{out}"
+    );
+    assert!(out.starts_with("OK: "), "{out}");
+    let o = setup.agent(&src, &["list", "--json"]);
+    ok(&o, "list after a drop");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("main/{b}")));
+    src.sql(&format!("DROP USER '{ua}'@'%'"));
+    for d in [&a, &c, &other] {
+        src.drop_db(d);
+    }
+}
+
+/// A database's directory under its split source's prefix (see `split::db_dir`).
+fn split_dir(db: &str) -> String {
+    format!("main/{}", backup_core::config::split::db_dir(db))
+}
+
+#[test]
+fn the_connection_budget_bounds_backups_against_one_server() {
+    let src = source();
+    let p = unique("bud");
+    let (a, b) = (format!("{p}_a"), format!("{p}_b"));
+    for d in [&a, &b] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 512) FROM seq_1_to_1500",
+        );
+    }
+    let mut setup = Setup::new(&src, &format!("{p}_*"));
+    // About 1.5 s each: one after the other would show.
+    setup.extra = "split = \"database\"\nrate_limit = \"128KiB\"\n".into();
+    // Two backups may run at once, but one connection to the server: one after the other.
+    let (started, done) = setup_run(
+        &mut setup,
+        &src,
+        "max_concurrent_backups = 2\nmax_connections_per_server = 1\n",
+    );
+    assert!(
+        done[0] < started[1],
+        "serial expected: {started:?} {done:?}"
+    );
+    // With two connections, both start before either finishes.
+    let (started, done) = setup_run(
+        &mut setup,
+        &src,
+        "max_concurrent_backups = 2\nmax_connections_per_server = 2\n",
+    );
+    assert!(
+        started[1] < done[0],
+        "concurrent expected: {started:?} {done:?}"
+    );
+    for d in [&a, &b] {
+        src.drop_db(d);
+    }
+}
+
+/// Runs `backup` with these [agent] lines; the log lines at which each backup started
+/// and finished.
+fn setup_run(setup: &mut Setup, src: &Server, agent_extra: &str) -> (Vec<usize>, Vec<usize>) {
+    setup.agent_extra = agent_extra.into();
+    let o = setup.agent(src, &["backup"]);
+    ok(&o, "backup");
+    let log = stderr(&o);
+    let lines: Vec<&str> = log.lines().collect();
+    let pos = |what: &str| -> Vec<usize> {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(what))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (started, done) = (pos("\"backup_started\""), pos("\"backup_succeeded\""));
+    assert_eq!((started.len(), done.len()), (2, 2), "{log}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    (started, done)
+}

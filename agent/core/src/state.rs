@@ -26,6 +26,73 @@ pub struct State {
     /// copy (after upload, by the scrub, by a repair).
     #[serde(default)]
     pub copies: BTreeMap<String, BTreeMap<String, CopyMark>>,
+    /// Per split source (`split = "database"`), the databases it has backed up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split: BTreeMap<String, SplitState>,
+}
+
+/// The databases a split source has found on its server, present and dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SplitState {
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseMark>,
+    /// When the server's databases were last listed.
+    pub listed_at: Option<DateTime<Utc>>,
+}
+
+/// One database of a split source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatabaseMark {
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// When it was found gone; cleared if it comes back. Its backups stay under retention.
+    #[serde(default)]
+    pub dropped_at: Option<DateTime<Utc>>,
+}
+
+/// What one listing of a split source's databases changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SplitChanges {
+    /// Databases seen for the first time (or back after being dropped).
+    pub found: Vec<String>,
+    /// Databases gone since the last listing (reported once).
+    pub dropped: Vec<String>,
+}
+
+impl SplitState {
+    /// Records the databases one listing found; returns what changed.
+    pub fn record(&mut self, present: &[String], now: DateTime<Utc>) -> SplitChanges {
+        let mut ch = SplitChanges::default();
+        for db in present {
+            match self.databases.get_mut(db) {
+                Some(m) => {
+                    if m.dropped_at.take().is_some() {
+                        ch.found.push(db.clone());
+                    }
+                    m.last_seen = now;
+                }
+                None => {
+                    self.databases.insert(
+                        db.clone(),
+                        DatabaseMark {
+                            first_seen: now,
+                            last_seen: now,
+                            dropped_at: None,
+                        },
+                    );
+                    ch.found.push(db.clone());
+                }
+            }
+        }
+        for (db, m) in self.databases.iter_mut() {
+            if m.dropped_at.is_none() && !present.contains(db) {
+                m.dropped_at = Some(now);
+                ch.dropped.push(db.clone());
+            }
+        }
+        self.listed_at = Some(now);
+        ch
+    }
 }
 
 /// The last verification of one stored copy.

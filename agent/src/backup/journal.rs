@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub fn path(state_dir: &Path, source: &str) -> PathBuf {
-    state_dir.join("locks").join(format!("{source}.run"))
+    let stem = backup_core::config::split::file_stem(source);
+    state_dir.join("locks").join(format!("{stem}.run"))
 }
 
 /// Notes that this run starts backup `id` (appended and synced before the first object).

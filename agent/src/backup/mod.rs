@@ -6,6 +6,7 @@
 
 pub mod journal;
 pub mod slot;
+pub mod units;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};

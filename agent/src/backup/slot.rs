@@ -411,7 +411,8 @@ impl SourceLock {
     fn take(state_dir: &std::path::Path, source: &str) -> Result<SourceLock, BackupError> {
         use std::io::{Read, Seek, Write};
         let dir = state_dir.join("locks");
-        let path = dir.join(format!("{source}.lock"));
+        let stem = backup_core::config::split::file_stem(source);
+        let path = dir.join(format!("{stem}.lock"));
         let lock_err = |err: std::io::Error| BackupError::Lock {
             source_name: source.to_string(),
             path: path.display().to_string(),

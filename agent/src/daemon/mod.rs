@@ -43,6 +43,8 @@ struct Daemon {
     state: StateStore,
     alerter: Arc<Alerter>,
     sem: Arc<Semaphore>,
+    /// Connections per server (`agent.max_connections_per_server`).
+    budget: Arc<crate::backup::units::Budget>,
     started: DateTime<Utc>,
     /// Per source, in the order of `cfg.sources`.
     schedules: Vec<Schedule>,
@@ -78,8 +80,10 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
             }
         }
     }
-    // A desync left on by a killed run is turned off before anything else.
-    for src in &cfg.sources {
+    // A desync left on by a killed run is turned off before anything else (the units of
+    // split sources included).
+    let known = state.load().map(|s| s.split).unwrap_or_default();
+    for src in &cfg.expanded(&known).sources {
         let (cleared, errors) = galera::clear_leftover_desync(&cfg.agent.state_dir, src).await;
         for n in cleared {
             tracing::warn!(event = "desync_cleared_at_start", source = %src.name, node = %n);
@@ -92,13 +96,14 @@ pub async fn run(cfg: Config, shutdown_timeout: Duration) -> anyhow::Result<()> 
     let d = Arc::new(Daemon {
         alerter: Arc::new(Alerter::new(cfg.alerts.clone(), state.clone())),
         sem: Arc::new(Semaphore::new(cfg.agent.max_concurrent_backups)),
+        budget: Arc::new(crate::backup::units::Budget::new(&cfg)),
         cfg: cfg.clone(),
         keys,
         state,
         started: Utc::now(),
         schedules,
     });
-    for src in &cfg.sources {
+    for src in &cfg.expanded(&known).sources {
         desync_condition(&cfg, src, &d.alerter).await;
     }
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
@@ -205,6 +210,22 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
                 next
             }
         };
+        if src.split.is_some() {
+            if *phase.borrow() != Phase::Running {
+                return;
+            }
+            let _ = d
+                .state
+                .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
+            let exp = crate::backup::units::expand(&[src], &d.state, &d.alerter, Utc::now()).await;
+            // Every unit of the slot, at once up to the limits; each takes its own permit.
+            let runs = exp
+                .units
+                .iter()
+                .map(|u| run_unit(&d, u, slot, phase.clone()));
+            futures_util::future::join_all(runs).await;
+            continue;
+        }
         let permit = tokio::select! {
             p = d.sem.clone().acquire_owned() => p.expect("semaphore open"),
             _ = reached(&mut phase, Phase::Draining) => return,
@@ -215,27 +236,52 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
         let _ = d
             .state
             .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
-        let mut waiting = phase.clone();
-        let slot_label = slot_name(slot);
-        let run = run_slot(
-            &d.cfg,
-            src,
-            d.keys.clone(),
-            &d.state,
-            &d.alerter,
-            &slot_label,
-            None,
-            true,
-            async move { reached(&mut waiting, Phase::Draining).await },
-        );
-        tokio::select! {
-            _ = run => {}
-            _ = reached(&mut phase, Phase::Abort) => {
-                tracing::warn!(event = "backup_cancelled", source = %src.name, "cancelled at shutdown; nothing partial was kept");
-            }
-        }
         drop(permit);
+        run_unit(&d, src, slot, phase.clone()).await;
     }
+}
+
+/// One backup of a source (or a split source's unit) for a slot: it waits for a permit
+/// (max_concurrent_backups) and for its connections (max_connections_per_server), and is
+/// cancelled at shutdown's deadline.
+async fn run_unit(
+    d: &Daemon,
+    src: &backup_core::config::SourceConfig,
+    slot: DateTime<Utc>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let permit = tokio::select! {
+        p = d.sem.clone().acquire_owned() => p.expect("semaphore open"),
+        _ = reached(&mut phase, Phase::Draining) => return,
+    };
+    let connections = tokio::select! {
+        c = d.budget.take(src) => c,
+        _ = reached(&mut phase, Phase::Draining) => return,
+    };
+    if *phase.borrow() != Phase::Running {
+        return;
+    }
+    let mut waiting = phase.clone();
+    let slot_label = slot_name(slot);
+    let run = run_slot(
+        &d.cfg,
+        src,
+        d.keys.clone(),
+        &d.state,
+        &d.alerter,
+        &slot_label,
+        None,
+        true,
+        async move { reached(&mut waiting, Phase::Draining).await },
+    );
+    tokio::select! {
+        _ = run => {}
+        _ = reached(&mut phase, Phase::Abort) => {
+            tracing::warn!(event = "backup_cancelled", source = %src.name, "cancelled at shutdown; nothing partial was kept");
+        }
+    }
+    drop(connections);
+    drop(permit);
 }
 
 /// Follows a source's binary log while the daemon runs; after a failure, alerts
@@ -401,7 +447,10 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
         if scrub_now {
             last_scrub = Some(std::time::Instant::now());
         }
-        let (cfg, state) = (d.cfg.clone(), d.state.clone());
+        // The units of split sources, as the state knows them now.
+        let known = d.state.load().map(|s| s.split).unwrap_or_default();
+        let expanded = Arc::new(d.cfg.expanded(&known));
+        let (cfg, state) = (expanded.clone(), d.state.clone());
         let verdicts = tokio::task::spawn_blocking(move || {
             let stores = inventory::open_all(&cfg);
             let share = maintain::scrub_share(SCRUB_INTERVAL, cfg.policy.scrub_period);
@@ -500,7 +549,7 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                 }
             }
         }
-        let cfg = d.cfg.clone();
+        let cfg = expanded.clone();
         let state = d.state.load().unwrap_or_default();
         let facts =
             tokio::task::spawn_blocking(move || health::gather(&cfg, &state, Utc::now())).await;

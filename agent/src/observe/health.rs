@@ -35,6 +35,9 @@ pub struct SourceFacts {
     pub desync_stuck: Option<usize>,
     /// This agent's last attempt failed (its error stands until a success).
     pub last_run_failed: bool,
+    /// A split source's unit whose database is gone: its backups are kept, it is not
+    /// expected to be fresh.
+    pub dropped: Option<DateTime<Utc>>,
 }
 
 /// Point-in-time recovery's state for one source.
@@ -121,6 +124,10 @@ pub struct Facts {
     pub drill_max_age: Option<Duration>,
     /// Why the state file could not be read, when it could not.
     pub state_error: Option<String>,
+    /// Split sources whose databases could not be listed at their last run, and why.
+    pub split_errors: Vec<String>,
+    /// Split sources with no database found yet.
+    pub split_empty: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +172,9 @@ fn human(d: Duration) -> String {
 
 /// Whether a source is stale: no complete backup, or the newest is older than max age.
 pub fn is_stale(s: &SourceFacts, now: DateTime<Utc>) -> bool {
+    if s.dropped.is_some() {
+        return false;
+    }
     match &s.newest {
         None => true,
         Some((_, t)) => age(now, *t) > s.max_age,
@@ -176,6 +186,18 @@ pub fn verdict(f: &Facts) -> Verdict {
     let mut none = Vec::new();
     let mut ok = Vec::new();
     for s in &f.sources {
+        if let Some(t) = s.dropped {
+            ok.push(format!(
+                "{}: database dropped {}, its backups kept{}",
+                s.name,
+                t.format("%Y-%m-%d %H:%M UTC"),
+                s.newest
+                    .as_ref()
+                    .map(|(id, _)| format!(" (newest {id})"))
+                    .unwrap_or_default()
+            ));
+            continue;
+        }
         match &s.newest {
             None => none.push(format!("no complete backup of source {}", s.name)),
             Some((id, t)) if age(f.now, *t) > s.max_age => critical.push(format!(
@@ -274,6 +296,12 @@ pub fn verdict(f: &Facts) -> Verdict {
     if let Some(e) = &f.state_error {
         critical.push(e.clone());
     }
+    critical.extend(f.split_errors.iter().cloned());
+    for s in &f.split_empty {
+        none.push(format!(
+            "no complete backup of source {s} (no database of it listed yet)"
+        ));
+    }
     let details: Vec<String> = critical
         .iter()
         .chain(none.iter())
@@ -333,6 +361,7 @@ pub fn to_json(v: &Verdict, f: &Facts) -> serde_json::Value {
                 "age_seconds": s.newest.as_ref().map(|(_, t)| age(f.now, *t).as_secs()),
                 "max_age_seconds": s.max_age.as_secs(),
                 "stale": is_stale(s, f.now),
+                "dropped_at": s.dropped.map(|t| t.to_rfc3339()),
                 "policy_compliant": s.policy.as_ref().filter(|p| s.newest.as_ref().is_some_and(|(id, _)| *id == p.backup_id)).map(|p| p.compliant),
                 "stores_with_newest": s.stores_with_newest,
             })
@@ -421,6 +450,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
                 .sources
                 .get(&src.name)
                 .is_some_and(|s| s.last_error.is_some()),
+            dropped: src.unit_of.as_ref().and_then(|u| u.dropped),
             name: src.name.clone(),
             max_age: src.max_age,
             newest,
@@ -475,6 +505,24 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
         pitr_drill,
         drill_max_age: cfg.agent.drill_max_age,
         state_error: None,
+        split_errors: cfg
+            .splits
+            .iter()
+            .filter_map(|p| {
+                let e = state.sources.get(&p.name)?.last_error.as_ref()?;
+                Some(format!("source {}: {e}", p.name))
+            })
+            .collect(),
+        split_empty: cfg
+            .splits
+            .iter()
+            .filter(|p| {
+                !cfg.sources
+                    .iter()
+                    .any(|u| u.unit_of.as_ref().is_some_and(|x| x.parent == p.name))
+            })
+            .map(|p| p.name.clone())
+            .collect(),
     }
 }
 
@@ -546,7 +594,8 @@ pub fn check(cfg: &Config) -> (Verdict, Facts, State) {
         Ok(s) => (s, None),
         Err(e) => (State::default(), Some(e.to_string())),
     };
-    let mut facts = gather(cfg, &state, Utc::now());
+    let cfg = cfg.expanded(&state.split);
+    let mut facts = gather(&cfg, &state, Utc::now());
     facts.state_error = state_error;
     (verdict(&facts), facts, state)
 }
@@ -572,6 +621,7 @@ mod tests {
                 binlog: None,
                 desync_stuck: None,
                 last_run_failed: false,
+                dropped: None,
             }],
             all_stores: vec![],
             dpo: vec![Ok(("FPR".into(), None))],
@@ -580,6 +630,8 @@ mod tests {
             pitr_drill: None,
             drill_max_age: None,
             state_error: None,
+            split_errors: vec![],
+            split_empty: vec![],
         }
     }
 

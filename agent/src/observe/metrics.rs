@@ -153,6 +153,19 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
             }
         },
     );
+    let dropped: Vec<SourceFacts> = facts
+        .sources
+        .iter()
+        .filter(|s| s.dropped.is_some())
+        .cloned()
+        .collect();
+    o.per_source(
+        "backup_database_dropped_timestamp_seconds",
+        "gauge",
+        "When the database of a split source's unit was found gone, Unix seconds (its backups are kept; it is no longer expected to be fresh).",
+        &dropped,
+        |s| ts(s.dropped),
+    );
     // Point-in-time recovery, for the sources that archive their binary log.
     let archived: Vec<SourceFacts> = facts
         .sources

@@ -279,8 +279,8 @@ impl SealingKeys {
         sources: &[backup_core::config::SourceConfig],
     ) -> Result<SealingKeys, CryptoError> {
         for src in sources {
-            for (_, cp) in &src.tenant_certificates {
-                let e = self.tenants.entry(src.name.clone()).or_default();
+            for (db, cp) in &src.tenant_certificates {
+                let e = self.tenants.entry(src.name_for(db)).or_default();
                 for (c, i) in check_dpo_certificates(cp)? {
                     e.0.push(c);
                     e.1.push(i);

@@ -4,3 +4,4 @@
 pub mod binlog;
 pub mod dump;
 pub mod galera;
+pub mod split;

@@ -67,6 +67,7 @@ impl fmt::Display for ConfigError {
 // Raw TOML shape.
 
 mod raw;
+pub mod split;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -103,7 +104,11 @@ pub struct Config {
     pub file: PathBuf,
     pub agent: AgentConfig,
     pub alerts: AlertsConfig,
+    /// The sources to back up. A split source (`split = "database"`) stands here for
+    /// its units until [`Config::expanded`] replaces it by them.
     pub sources: Vec<SourceConfig>,
+    /// The split sources of an expanded configuration (their units are in `sources`).
+    pub splits: Vec<SourceConfig>,
     pub encryption: Option<EncryptionConfig>,
     pub stores: Vec<StoreConfig>,
     pub policy: PolicyConfig,
@@ -118,6 +123,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub http_bind: String,
     pub max_concurrent_backups: usize,
+    /// Connections the agent may hold to one server at once, over all its backups (a
+    /// backup holds one, a Galera backup up to three: dump, lease, desync).
+    pub max_connections_per_server: usize,
     pub dpo_expiry_warning_days: u32,
     pub drill_max_age: Option<std::time::Duration>,
     pub check_interval: std::time::Duration,
@@ -184,6 +192,7 @@ pub const ALL_EVENTS: &[&str] = &[
     "binlog_gap",
     "binlog_lag",
     "binlog_failed",
+    "database_dropped",
     "recovered",
 ];
 
@@ -209,6 +218,10 @@ pub struct SourceConfig {
     pub max_age: std::time::Duration,
     /// Binary log archiving (point-in-time recovery), when enabled.
     pub binlog: Option<BinlogConfig>,
+    /// `split = "database"`: one backup per selected database (see [`split`]).
+    pub split: Option<split::Split>,
+    /// Set on the units of a split source.
+    pub unit_of: Option<split::UnitOf>,
 }
 
 /// `[source.binlog]`: the daemon streams the source's binary log into sealed segments.
@@ -432,10 +445,28 @@ impl SourceConfig {
         if self.never_dumped(db) {
             return false;
         }
-        if !self.include.is_empty() && !self.include.iter().any(|i| i == db) {
+        if !self.include.is_empty() && !self.include.iter().any(|i| split::glob_match(i, db)) {
             return false;
         }
-        !self.exclude.iter().any(|e| e == db)
+        !self.exclude.iter().any(|e| split::glob_match(e, db))
+    }
+
+    /// Connections a backup of this source may hold to its server at once: the dump's,
+    /// and for a Galera source the lease's and the desync's.
+    pub fn connections_per_backup(&self) -> usize {
+        1 + self
+            .galera
+            .as_ref()
+            .map_or(0, |g| usize::from(g.lease) + usize::from(g.desync))
+    }
+
+    /// The server a source's connections count against (its nodes, in order).
+    pub fn server_key(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.endpoint.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -574,23 +605,58 @@ impl Config {
         }
     }
 
+    /// The sources a command acts on: all of them, or the one named. On an expanded
+    /// configuration a split source's name selects its units; a unit the configuration
+    /// does not hold yet is added first with [`Config::add_unit`].
     pub fn source(&self, name: Option<&str>) -> Result<Vec<&SourceConfig>, String> {
-        match name {
-            None => Ok(self.sources.iter().collect()),
-            Some(n) => self
+        let Some(n) = name else {
+            return Ok(self.sources.iter().collect());
+        };
+        if let Some(s) = self.sources.iter().find(|s| s.name == n) {
+            return Ok(vec![s]);
+        }
+        if self.splits.iter().any(|s| s.name == n) {
+            return Ok(self
                 .sources
                 .iter()
-                .find(|s| s.name == n)
-                .map(|s| vec![s])
-                .ok_or_else(|| {
-                    let names: Vec<_> = self.sources.iter().map(|s| s.name.as_str()).collect();
-                    format!(
-                        "no source named {n:?} in {}; configured sources: {}",
-                        self.file.display(),
-                        names.join(", ")
-                    )
-                }),
+                .filter(|s| s.unit_of.as_ref().is_some_and(|u| u.parent == n))
+                .collect());
         }
+        let names: Vec<&str> = self
+            .splits
+            .iter()
+            .chain(self.sources.iter())
+            .map(|s| s.name.as_str())
+            .collect();
+        Err(format!(
+            "no source named {n:?} in {}; configured sources: {}",
+            self.file.display(),
+            names.join(", ")
+        ))
+    }
+
+    /// Adds the unit `<split source>/<database>` to the sources, known to the state or
+    /// not (a restore machine has no state), when `name` names one that is missing.
+    /// Errors when the split source exists but does not select that database.
+    pub fn add_unit(&mut self, name: &str) -> Result<(), String> {
+        if self.sources.iter().any(|s| s.name == name) {
+            return Ok(());
+        }
+        let Some((parent, db)) = name.split_once('/') else {
+            return Ok(());
+        };
+        let Some(p) = self.split_source(parent) else {
+            return Ok(());
+        };
+        if !p.selects(db) {
+            return Err(format!(
+                "database {db:?} is not selected by source {parent:?} (its databases.include and exclude in {})",
+                self.file.display()
+            ));
+        }
+        let unit = p.unit(db, None);
+        self.sources.push(unit);
+        Ok(())
     }
 }
 

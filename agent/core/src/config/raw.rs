@@ -30,6 +30,8 @@ pub(crate) struct RawAgent {
     pub(crate) http_bind: Option<String>,
     /// How many backups may run at once (over all sources).
     pub(crate) max_concurrent_backups: Option<usize>,
+    /// How many connections the agent may hold to one server at once (default 4).
+    pub(crate) max_connections_per_server: Option<usize>,
     /// The healthcheck turns CRITICAL when a DPO certificate expires within this many days.
     pub(crate) dpo_expiry_warning_days: Option<u32>,
     /// The healthcheck turns CRITICAL when the last restore drill is older than this.
@@ -75,6 +77,8 @@ pub(crate) struct RawSource {
     pub(crate) max_age: Option<Spanned<String>>,
     /// Point-in-time recovery: stream the binary log to the stores.
     pub(crate) binlog: Option<RawBinlog>,
+    /// "database": one backup per selected database, found anew at every run.
+    pub(crate) split: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -179,7 +179,11 @@ async fn selected_databases(
         .map(|r| text(&r[0]))
         .filter(|d| source.selects(d) || !source.never_dumped(d))
         .partition(|d| source.selects(d));
-    for inc in &source.include {
+    for inc in source
+        .include
+        .iter()
+        .filter(|i| !backup_core::config::split::is_pattern(i))
+    {
         if !databases.contains(inc) {
             return Err(DumpError::Invalid(format!(
                 "source {}: database {inc:?} is in databases.include but does not exist on the server (or the dump user cannot see it)",

@@ -37,6 +37,7 @@ fn marker_path(state_dir: &Path, source: &str, node: &str) -> PathBuf {
             }
         })
         .collect();
+    let source = backup_core::config::split::file_stem(source);
     marker_dir(state_dir).join(format!("{source}--{safe}.json"))
 }
 

@@ -39,6 +39,22 @@ pub fn lease_ddl(database: &str) -> String {
     )
 }
 
+/// A source's key in the lease table (`source VARCHAR(64)`): its name, or for a longer
+/// one (a split source's unit, `<source>/<database>`) its first 47 characters, `#` and 16
+/// hex digits of its SHA-256, so that two names never share a row.
+pub fn lease_key(name: &str) -> String {
+    if name.len() <= 64 {
+        return name.to_string();
+    }
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    let mut cut = 47;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}#{}", &name[..cut], &digest[..16])
+}
+
 /// What claiming a slot gave.
 #[derive(Debug)]
 pub enum Claim {
@@ -69,6 +85,8 @@ pub struct Lease {
 
 struct LeaseCtx {
     src: SourceConfig,
+    /// The source's key in the lease table (see [`lease_key`]).
+    key: String,
     db: String,
     ttl: Duration,
     holder: String,
@@ -154,7 +172,7 @@ impl LeaseCtx {
             self.ttl_us()
         );
         match c
-            .exec_drop(sql, (&self.src.name, &self.slot, &self.holder))
+            .exec_drop(sql, (&self.key, &self.slot, &self.holder))
             .await
         {
             Ok(()) => Ok(true),
@@ -170,7 +188,7 @@ impl LeaseCtx {
             self.table(),
             self.ttl_us()
         );
-        c.exec_drop(sql, (&self.src.name, &self.slot, &self.holder))
+        c.exec_drop(sql, (&self.key, &self.slot, &self.holder))
             .await?;
         Ok(c.affected_rows() == 1)
     }
@@ -218,6 +236,7 @@ pub async fn acquire(
     let g = src.galera.as_ref().expect("galera source");
     let pw = read_secret_file(&src.password_file.path, &src.password_file.key)?;
     let ctx = LeaseCtx {
+        key: lease_key(&src.name),
         src: src.clone(),
         db: g.lease_database.clone(),
         ttl: g.lease_ttl,
@@ -276,7 +295,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
                     "DELETE FROM {} WHERE source = ? AND claimed_at < UTC_TIMESTAMP() - INTERVAL 400 DAY",
                     ctx.table()
                 ),
-                (&ctx.src.name,),
+                (&ctx.key,),
             )
             .await;
         return Ok(Step::Claimed(None));
@@ -289,7 +308,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
                  FROM {} WHERE source = ? AND slot = ?",
                 ctx.table()
             ),
-            (&ctx.src.name, &ctx.slot),
+            (&ctx.key, &ctx.slot),
         )
         .await
         .map_err(|e| lease_error(e, &ctx.table(), &ctx.src.user))?;
@@ -340,7 +359,7 @@ async fn claim_on(ctx: &LeaseCtx, c: &mut Conn) -> Result<Step, GaleraError> {
             sql,
             (
                 &ctx.holder,
-                &ctx.src.name,
+                &ctx.key,
                 &ctx.slot,
                 &row.holder,
                 &row.state,
@@ -455,7 +474,7 @@ async fn finish(
                     &error,
                     state,
                     &error,
-                    &ctx.src.name,
+                    &ctx.key,
                     &ctx.slot,
                     &ctx.holder,
                 ),

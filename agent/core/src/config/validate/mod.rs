@@ -70,6 +70,7 @@ impl Validator<'_> {
             agent,
             alerts,
             sources,
+            splits: Vec::new(),
             encryption,
             stores,
             policy,
@@ -108,6 +109,18 @@ impl Validator<'_> {
             Some(n) => n,
             None => 1,
         };
+        let max_connections_per_server = match ra.max_connections_per_server {
+            Some(0) => {
+                self.problem(
+                    "agent.max_connections_per_server",
+                    None,
+                    "must be at least 1 (0 would never run a backup)",
+                );
+                1
+            }
+            Some(n) => n,
+            None => 4,
+        };
         let drill_max_age = ra
             .drill_max_age
             .and_then(|d| self.duration("agent.drill_max_age", d));
@@ -135,6 +148,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| PathBuf::from("/var/lib/backup-agent")),
             http_bind: ra.http_bind.unwrap_or_else(|| "127.0.0.1:9105".into()),
             max_concurrent_backups,
+            max_connections_per_server,
             dpo_expiry_warning_days: ra.dpo_expiry_warning_days.unwrap_or(30),
             drill_max_age,
             check_interval,

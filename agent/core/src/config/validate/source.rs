@@ -26,10 +26,28 @@ impl Validator<'_> {
             n_sources: raw.len(),
             env_password_file: self.env.var(ENV_DB_PASSWORD_FILE),
         };
-        raw.into_iter()
+        let out: Vec<SourceConfig> = raw
+            .into_iter()
             .enumerate()
             .map(|(i, s)| self.source(i, s, &mut seen))
-            .collect()
+            .collect();
+        // A split source's units live under `<prefix>/<database>`: no other source's
+        // prefix may lie there.
+        for (i, s) in out.iter().enumerate() {
+            for p in out.iter().filter(|p| p.split.is_some() && p.name != s.name) {
+                if s.prefix.starts_with(&format!("{}/", p.prefix)) {
+                    self.problem(
+                        format!("source[{i}].prefix"),
+                        None,
+                        format!(
+                            "prefix {:?} lies under {:?}, where split source {:?} keeps one directory per database; give it a prefix of its own",
+                            s.prefix, p.prefix, p.name
+                        ),
+                    );
+                }
+            }
+        }
+        out
     }
 
     fn source(&mut self, i: usize, s: RawSource, seen: &mut Seen) -> SourceConfig {
@@ -152,22 +170,53 @@ impl Validator<'_> {
                 );
             }
         }
+        let split = match &s.split {
+            None => None,
+            Some(v) if v.get_ref() == "database" => Some(split::Split::Database),
+            Some(v) => {
+                self.problem(
+                    k("split"),
+                    Some(v.span()),
+                    format!("{:?} is not a way to split a source; the one there is: split = \"database\" (one backup per database)", v.get_ref()),
+                );
+                None
+            }
+        };
         let mut tenant_certificates = Vec::new();
         for (db, path) in s.tenant_certificates {
             let key = k(&format!("tenant_certificates.{db}"));
             let span = path.span();
-            if include.len() != 1 || include[0] != db {
-                self.problem(
-                    key.clone(),
-                    Some(span),
-                    format!("a tenant's certificate applies only to a source that dumps that database alone: set databases = {{ include = [{db:?}] }} for this source (one source per tenant database), so that the tenant's key opens nothing but its own backups"),
-                );
+            let selected = |d: &str| {
+                let inc = include.is_empty() || include.iter().any(|i| split::glob_match(i, d));
+                inc && !exclude.iter().any(|e| split::glob_match(e, d))
+            };
+            let alone = match split {
+                // Each database is its own backup: the key opens that database's only.
+                Some(_) => selected(&db),
+                None => include.len() == 1 && include[0] == db,
+            };
+            if !alone {
+                let message = match split {
+                    Some(_) => format!("database {db:?} is not selected by this source's databases.include and exclude, so no backup of it would be encrypted to this certificate; fix the name or the selection"),
+                    None => format!("a tenant's certificate applies only to a source that dumps that database alone: set databases = {{ include = [{db:?}] }} for this source, or split = \"database\" (one backup per database), so that the tenant's key opens nothing but its own backups"),
+                };
+                self.problem(key.clone(), Some(span), message);
                 continue;
             }
             tenant_certificates.push((db, self.path(key, path)));
         }
+        let binlog_span = s.split.as_ref().map(|v| v.span());
         let binlog = s.binlog.and_then(|b| self.binlog(i, b));
+        if let (Some(_), Some(_)) = (&split, &binlog) {
+            self.problem(
+                k("binlog"),
+                binlog_span,
+                "binary log archiving is per server, and a split source backs up each database on its own: archive the binary log in a source without split (its backups start the point-in-time chain)",
+            );
+        }
         SourceConfig {
+            split,
+            unit_of: None,
             binlog,
             name,
             nodes,
