@@ -35,6 +35,15 @@ pub fn check(cfg: &Config) -> CheckReport {
                 r.problems.push(pf.problem(file, e.to_string()));
             }
         }
+        if s.split.is_some() {
+            r.notes.push(format!(
+                "source {}: one backup per database (split = \"database\"), listed at every run: {}; each under {}/<database>, named {}/<database> in health, metrics and alerts",
+                s.name,
+                if s.include.is_empty() { "every database".to_string() } else { format!("databases matching {}", s.include.join(", ")) },
+                s.prefix,
+                s.name
+            ));
+        }
         if let Some(g) = &s.galera {
             r.notes.push(format!(
                 "source {}: {} node(s); desync {}; cluster lease {} (agent name {:?})",

@@ -374,3 +374,96 @@ fn every_problem_of_a_file_is_reported_at_once() {
     // (the parser notices the unclosed array on the next line)
     assert_eq!(e.problems[0].position.map(|p| p.0), Some(9), "{e}");
 }
+
+fn with_source_lines(lines: &str) -> String {
+    GOOD.replace(
+        "databases = { exclude = [\"scratch\"] }",
+        &format!(
+            "databases = {{ include = [\"client_*\"], exclude = [\"client_test\"] }}\n{lines}"
+        ),
+    )
+}
+
+#[test]
+fn a_split_source_expands_into_one_unit_per_database() {
+    let text = with_source_lines(
+        "split = \"database\"\n[source.tenant_certificates]\n\"client_7\" = \"/etc/client7.asc\"\n",
+    );
+    let c = Config::parse(Path::new("c.toml"), &text, &env(&[])).unwrap();
+    let s = &c.sources[0];
+    assert_eq!(s.split, Some(split::Split::Database));
+    assert!(s.selects("client_1") && !s.selects("client_test") && !s.selects("other"));
+    let now = chrono::Utc::now();
+    let mut known = std::collections::BTreeMap::new();
+    let mut st = crate::state::SplitState::default();
+    let ch = st.record(&["client_1".into(), "client_7".into()], now);
+    assert_eq!(ch.found, ["client_1", "client_7"]);
+    let ch = st.record(&["client_7".into()], now);
+    assert_eq!(
+        (ch.found.len(), ch.dropped.clone()),
+        (0, vec!["client_1".to_string()])
+    );
+    // Reported once.
+    assert!(st.record(&["client_7".into()], now).dropped.is_empty());
+    known.insert("main".to_string(), st);
+    let e = c.expanded(&known);
+    let names: Vec<&str> = e.sources.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["main/client_1", "main/client_7"]);
+    let u7 = &e.sources[1];
+    assert_eq!(u7.prefix, "main/client_7");
+    assert_eq!(u7.include, ["client_7"]);
+    assert_eq!(u7.tenant_certificates.len(), 1);
+    assert!(e.sources[0].tenant_certificates.is_empty());
+    assert!(e.sources[0].unit_of.as_ref().unwrap().dropped.is_some());
+    // Expanding twice changes nothing; the split source's name selects its units.
+    assert_eq!(e.expanded(&known).sources.len(), 2);
+    assert_eq!(e.source(Some("main")).unwrap().len(), 2);
+    // A unit the state does not know is made from its name; an unselected one refused.
+    let mut c2 = c.clone();
+    c2.add_unit("main/client_9").unwrap();
+    assert_eq!(
+        c2.source(Some("main/client_9")).unwrap()[0].prefix,
+        "main/client_9"
+    );
+    assert!(c2.add_unit("main/client_test").is_err());
+}
+
+#[test]
+fn split_problems_are_named() {
+    let bad = |lines: &str, key: &str, says: &str| {
+        let e =
+            Config::parse(Path::new("c.toml"), &with_source_lines(lines), &env(&[])).unwrap_err();
+        assert!(
+            e.problems
+                .iter()
+                .any(|p| p.key == key && p.message.contains(says)),
+            "{e}"
+        );
+    };
+    bad(
+        "split = \"table\"\n",
+        "source[0].split",
+        "split = \"database\"",
+    );
+    bad(
+        "split = \"database\"\n[source.binlog]\n",
+        "source[0].binlog",
+        "source without split",
+    );
+    bad(
+        "split = \"database\"\n[source.tenant_certificates]\n\"other\" = \"/k.asc\"\n",
+        "source[0].tenant_certificates.other",
+        "not selected",
+    );
+    let two = format!(
+        "{}\n[[source]]\nname = \"b\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/p\"\nprefix = \"main/x\"\n",
+        with_source_lines("split = \"database\"\n")
+    );
+    let e = Config::parse(Path::new("c.toml"), &two, &env(&[])).unwrap_err();
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.key == "source[1].prefix" && p.message.contains("split source")),
+        "{e}"
+    );
+}
