@@ -176,11 +176,15 @@ def main():
                     help="point-in-time recovery: the archiver's cost on a busy source, and a restore of a dump plus the archived log")
     ap.add_argument("--pitr-seconds", type=int, default=180, help="how long the writer runs at --pitr-rate")
     ap.add_argument("--pitr-rate", type=int, default=50, help="transactions per second of the steady writer")
+    ap.add_argument("--tenants", type=int, default=0,
+                    help="many tenants: N ERP-like databases (~400 tables each) backed up one per database, against a shell loop")
     ap.add_argument("--pitr-hour", type=int, default=72000,
                     help="transactions written as fast as possible for the restore measurement (an hour at 20/s)")
     args = ap.parse_args()
     if args.pitr:
         return pitr_bench(args)
+    if args.tenants:
+        return tenants_bench(args)
 
     lib("ba_need_packages test")
     lib(f"ba_build {ROOT}")
@@ -463,6 +467,113 @@ def pitr_bench(args):
                f"| archived: {len(segs)} segments, binary log {binlog_bytes / (1 << 20):.1f} MiB, sealed {sealed / (1 << 20):.1f} MiB | |",
                f"| restore --until-gtid (dump of 100k rows + {n1 + n2} tx of log, verified first) | {r['wall']:.1f} s wall, {r['cpu']:.1f} CPU s, {r['rss_kib'] / 1024:.0f} MiB peak RSS |",
                "", f"The restored table equals the source ({rows_dst.split()[0]} rows, same checksum).", ""]
+    old = open(args.out).read()
+    with open(args.out, "w") as f:
+        f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
+    print("\n".join(section))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+TENANT_TABLES = 392
+TENANT_VERSION = "t1"
+
+
+def tenant_schema_sql():
+    """An ERP-like schema (Dolibarr's is GPL and too large to vendor): 392 tables, ~12k rows,
+    foreign keys, latin1 and utf8mb3 columns, one MyISAM table; table i references i // 2."""
+    out = ["SET foreign_key_checks = 0;"]
+    for i in range(TENANT_TABLES):
+        fk = f", fk_parent INT, KEY (fk_parent), CONSTRAINT fk_{i} FOREIGN KEY (fk_parent) REFERENCES llx_t{i // 2:03d} (rowid)" if i > 0 else ""
+        engine = "MyISAM" if i == TENANT_TABLES - 1 else "InnoDB"
+        if engine == "MyISAM":
+            fk = ""
+        out.append(f"CREATE TABLE llx_t{i:03d} (rowid INT PRIMARY KEY, ref VARCHAR(30) CHARACTER SET latin1, "
+                   f"label VARCHAR(255) CHARACTER SET utf8mb3, note TEXT CHARACTER SET latin1, amount DECIMAL(24,8), "
+                   f"datec DATETIME, tms TIMESTAMP NOT NULL DEFAULT '2024-01-01 00:00:00', status SMALLINT{fk}) ENGINE={engine} DEFAULT CHARSET=utf8mb3;")
+        rows = 60 if i % 8 == 0 else 25
+        parent = ", 1 + seq % 20" if fk else ""
+        out.append(f"INSERT INTO llx_t{i:03d} SELECT seq, CONCAT('REF', seq), CONCAT('Libellé ', seq, ' Müller & Söhne'), "
+                   f"CONCAT('Note ', SHA1(seq + {i})), seq * 1.5, '2024-01-01' + INTERVAL seq HOUR, '2024-02-01', seq % 3{parent} FROM seq_1_to_{rows};")
+    out.append("SET foreign_key_checks = 1;")
+    return "\n".join(out)
+
+
+def tenants_bench(args):
+    """N tenant databases on one server: backup-agent (one split source, a backup per
+    database, accounts scoped) against the shell loop of mariadb-dump | gzip | gpg."""
+    lib("ba_need_packages test")
+    lib(f"ba_build {ROOT}")
+    src_dir = f"{BENCH_DIR}/source"
+    lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
+    sock = f"{src_dir}/mysqld.sock"
+    sql(sock, "SET GLOBAL max_connections = 500")
+    for h in ("127.0.0.1", "localhost"):
+        sql(sock, f"CREATE OR REPLACE USER 'bench'@'{h}' IDENTIFIED BY 'bench'; GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES, RELOAD, BINLOG MONITOR ON *.* TO 'bench'@'{h}'")
+    n = args.tenants
+    dbs = [f"tenant_{i:03d}" for i in range(1, n + 1)]
+    schema = os.path.join(BENCH_DIR, f"tenant-{TENANT_VERSION}.sql")
+    with open(schema, "w") as f:
+        f.write(tenant_schema_sql())
+    for db in dbs:
+        ok = sql(sock, f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{db}'").strip() == str(TENANT_TABLES)
+        if ok:
+            continue
+        print(f"building {db} ...", flush=True)
+        sql(sock, f"DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db} CHARACTER SET utf8mb3")
+        sh(f"mariadb --socket={sock} -uroot {db} < {schema}")
+        sql(sock, f"CREATE OR REPLACE USER 'u_{db}'@'%' IDENTIFIED BY 'pw-{db}'; GRANT ALL ON {db}.* TO 'u_{db}'@'%'")
+    rows = sql(sock, f"SELECT SUM(TABLE_ROWS) FROM information_schema.TABLES WHERE TABLE_SCHEMA='{dbs[0]}'").strip()
+    work = tempfile.mkdtemp(prefix="bench-tenants-", dir=BENCH_DIR)
+    gnupg = os.path.join(work, "gnupg")
+    os.makedirs(gnupg, mode=0o700)
+    os.makedirs(f"{work}/shell")
+    env = dict(os.environ, GNUPGHOME=gnupg, BACKUP_AGENT_LOG_FORMAT="json")
+    sh(f"gpg --batch -q --import {ROOT}/testdata/dpo.pub.asc", env=env)
+    with open(f"{work}/pw", "w") as f:
+        f.write("bench\n")
+    jobs = os.cpu_count() or 2
+    write_config(work, sock, "tenant_*", agent=f"max_concurrent_backups = {jobs}\n",
+                 source='split = "database"\n')
+    # users_and_grants: the agent carries each tenant's own account, as the loop cannot.
+    cfgtext = open(f"{work}/config.toml").read().replace("users_and_grants = false", "users_and_grants = true")
+    open(f"{work}/config.toml", "w").write(cfgtext)
+    loop = ("for db in " + " ".join(dbs) + "; do "
+            f"mariadb-dump --socket={sock} -ubench -pbench --single-transaction --routines --triggers --events --databases $db"
+            f" | gzip | gpg --batch --trust-model always --encrypt -r dpo@backup-agent.invalid | tee {work}/shell/$db.sql.gz.gpg"
+            f" | sha256sum > {work}/shell/$db.sha256 || exit 1; done")
+    agent = f"{AGENT} --config {work}/config.toml backup 2> {work}/agent.log"
+    sh(f"mariadb-dump --socket={sock} -uroot --all-databases > /dev/null")
+    shell_runs, agent_runs = [], []
+    for i in range(args.runs):
+        print(f"run {i + 1}/{args.runs}: shell loop ...", flush=True)
+        shell_runs.append(measure(loop, env))
+        print(f"run {i + 1}/{args.runs}: backup-agent ...", flush=True)
+        agent_runs.append(measure(agent, env))
+        time.sleep(1)
+    per_db = [x for x in os.listdir(f"{work}/store/bench") if x.startswith("tenant_")]
+    if len(per_db) != n:
+        sys.exit(f"expected {n} database directories in the store, found {len(per_db)}")
+    shell_size = sum(os.path.getsize(f"{work}/shell/{x}") for x in os.listdir(f"{work}/shell") if x.endswith(".gpg"))
+    agent_size = 0
+    for db in dbs:
+        files = sorted(x for x in os.listdir(f"{work}/store/bench/{db}") if x.endswith(".sql.gz.gpg"))
+        agent_size += os.path.getsize(f"{work}/store/bench/{db}/{files[-1]}")
+    med = lambda runs, k: statistics.median(r[k] for r in runs)
+    walls = lambda runs: ", ".join(f"{r['wall']:.1f}" for r in runs)
+    sw, aw = med(shell_runs, "wall"), med(agent_runs, "wall")
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run("lscpu | sed -n 's/^Model name: *//p'", shell=True, capture_output=True, text=True).stdout.strip()
+    section = [f"## Many tenants: {n} databases, one backup each ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit})", "",
+               f"Machine: {os.cpu_count()} cores ({cpu}); MariaDB {sql(sock, 'SELECT VERSION()').strip()} on the same machine, over its socket. "
+               f"Each database: {TENANT_TABLES} tables (foreign keys, latin1 and utf8mb3 text, one MyISAM table), about {rows} rows, its own account. "
+               f"backup-agent: one `split = \"database\"` source, `max_concurrent_backups = {jobs}`, accounts scoped to each database; "
+               "the shell loop: `mariadb-dump --single-transaction --routines --triggers --events --databases $db | gzip | gpg -e | tee | sha256sum` per database. "
+               f"Median of {args.runs} runs, alternating.", "",
+               "| what | wall | CPU | peak RSS | sealed output |", "|---|---|---|---|---|",
+               f"| shell loop | {sw:.1f} s | {med(shell_runs, 'cpu'):.1f} s | {max(r['rss_kib'] for r in shell_runs) / 1024:.0f} MiB | {shell_size / (1 << 20):.1f} MiB |",
+               f"| backup-agent backup | {aw:.1f} s | {med(agent_runs, 'cpu'):.1f} s | {max(r['rss_kib'] for r in agent_runs) / 1024:.0f} MiB | {agent_size / (1 << 20):.1f} MiB |",
+               "", f"backup-agent / shell loop: wall {ratio(aw, sw):.2f}x ({ratio(sw, aw):.1f} times faster), "
+               f"{aw / n:.2f} s per database. Raw runs (wall s): shell {walls(shell_runs)}; agent {walls(agent_runs)}.", ""]
     old = open(args.out).read()
     with open(args.out, "w") as f:
         f.write(old.rstrip("\n") + "\n\n" + "\n".join(section))
