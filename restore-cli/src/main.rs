@@ -5,6 +5,7 @@ mod crypto;
 mod drill;
 mod pinned;
 mod pitr;
+mod rename;
 mod replay;
 mod restore;
 mod scratch;
@@ -97,6 +98,12 @@ struct Cli {
     /// Restore only this database (repeatable).
     #[arg(long = "database", value_name = "NAME")]
     databases: Vec<String>,
+    /// With --into and one --database: restore it under this name, beside the original.
+    /// Every reference of its views, routines, triggers, events and column defaults to
+    /// the database moves to the new name; what cannot be rewritten safely is refused
+    /// (naming the object) before anything is restored.
+    #[arg(long = "as", value_name = "NEW_NAME")]
+    as_name: Option<String>,
     /// Drop and replace databases that already exist on the target; with --accounts, also
     /// give existing accounts the backup's password, options and grants.
     #[arg(long)]
@@ -282,6 +289,27 @@ async fn run(cli: Cli) -> Result<()> {
         ));
     }
 
+    if let Some(new) = &cli.as_name {
+        if cli.into.is_none() || cli.verify || cli.decrypt.is_some() {
+            return Err(usage("--as restores one database under another name: use it with --into URL and --database NAME"));
+        }
+        if cli.databases.len() != 1 {
+            return Err(usage(
+                "--as renames one database: give exactly one --database NAME",
+            ));
+        }
+        if cli.until.is_some() || cli.until_gtid.is_some() {
+            return Err(usage("--as cannot be combined with --until or --until-gtid yet: the archived binary log names the original database; restore to the point in time into a scratch server, then copy"));
+        }
+        if new.is_empty() || new.chars().count() > 64 || new.ends_with(' ') {
+            return Err(usage(format!("--as {new:?}: a database name has 1 to 64 characters and does not end with a space")));
+        }
+        if *new == cli.databases[0] {
+            return Err(usage(
+                "--as names the database it restores to: give a name other than the --database one",
+            ));
+        }
+    }
     if cli.verify {
         return verify(&cli, cfg.as_ref()).await;
     }
@@ -354,11 +382,24 @@ async fn run(cli: Cli) -> Result<()> {
 
     let target = target.expect("--into given");
     let (only, wanted) = selection(&cli, &v)?;
+    if !v.rename_problems.is_empty() {
+        return Err(anyhow!(
+            "--as {}: {} object(s) cannot be renamed safely: {}; nothing was restored",
+            cli.as_name.as_deref().unwrap_or(""),
+            v.rename_problems.len(),
+            v.rename_problems.join("; ")
+        ));
+    }
+    // The names the restore creates on the target.
+    let wanted = match &cli.as_name {
+        Some(new) => vec![new.clone()],
+        None => wanted,
+    };
     let (mut conn, rows, policy) =
         prepare_target(&cli, early.expect("--into given"), &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
-    let sel = restore::Selection::new(only, policy);
+    let sel = restore::Selection::new(only, policy).with_rename(renaming(&cli));
     let n = replay_dump(
         &file, &located, &v, &keys, &mut conn, rows, sel, &target, &wanted,
     )
@@ -370,6 +411,12 @@ async fn run(cli: Cli) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `--as NEW` of the one `--database`.
+fn renaming(cli: &Cli) -> Option<rename::Rename> {
+    let new = cli.as_name.as_ref()?;
+    Some(rename::Rename::new(cli.databases.first()?, new))
 }
 
 /// The databases to restore: `--database` (each must be in the backup) or all of them.
@@ -413,10 +460,10 @@ async fn preflight(
     let password = target_password(cli, cfg, target)?;
     let mut conn = target::connect(target, password.as_ref()).await?;
     if let Some(m) = restore::manifest_of(file, &keys.trusted)? {
-        let wanted: Vec<String> = if cli.databases.is_empty() {
-            m.databases.clone()
-        } else {
-            cli.databases.clone()
+        let wanted: Vec<String> = match (&cli.as_name, cli.databases.is_empty()) {
+            (Some(new), _) => vec![new.clone()],
+            (None, true) => m.databases.clone(),
+            (None, false) => cli.databases.clone(),
         };
         if !cli.force {
             let existing: Vec<String> = conn
@@ -765,13 +812,14 @@ fn verify_file(
             m.backup_id, m.source, m.host, m.server_version, m.tables
         );
     }
-    // Pass 1: decrypt, signature, MDC, completeness.
+    // Pass 1: decrypt, signature, MDC, completeness (and with --as, what can be renamed).
     let v = restore::verify_pass(
         file,
         &located.pins,
         located.max_statement,
         &keys.dpo,
         &keys.trusted,
+        renaming(cli),
     )?;
     eprintln!(
         "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",

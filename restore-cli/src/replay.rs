@@ -251,6 +251,10 @@ pub async fn replay(
         };
         progress.update(&s, done);
         let Some(s) = sel.take(s) else {
+            if let Some(e) = sel.refusal() {
+                failure = Some(anyhow!("{e}"));
+                break;
+            }
             continue;
         };
         ordinal += 1;

@@ -226,6 +226,8 @@ pub struct Verified {
     pub accounts: Vec<Account>,
     /// The DEFINERs of its views, routines, triggers and events.
     pub definers: std::collections::BTreeSet<Account>,
+    /// With `--as`: the objects that cannot be renamed, and why.
+    pub rename_problems: Vec<String>,
 }
 
 /// The most accounts a dump may create: memory stays bounded on any input.
@@ -264,6 +266,7 @@ pub fn verify_pass(
     limit: usize,
     dpo: &DpoKey,
     trusted: &TrustedSigners,
+    mut rename: Option<crate::rename::Rename>,
 ) -> Result<Verified> {
     let fail = |e: &dyn std::fmt::Display| {
         anyhow!(
@@ -282,11 +285,19 @@ pub fn verify_pass(
     let mut accounts = Vec::new();
     let mut definers = std::collections::BTreeSet::new();
     let mut in_users = false;
+    let mut rename_problems = Vec::new();
     while let Some(item) = sp.next_item().map_err(|e| fail(&e))? {
         match item {
             Item::Statement(s) => {
                 if trailer.completed.is_some() {
                     return Err(fail(&"statements follow the completion line"));
+                }
+                if let Some(r) = rename.as_mut().filter(|_| !in_users) {
+                    if let Err(e) = r.rewrite(&s) {
+                        if rename_problems.len() < MAX_RENAME_PROBLEMS {
+                            rename_problems.push(e);
+                        }
+                    }
                 }
                 let head = if in_users || s.trim_ascii_start().starts_with(b"CREATE ") {
                     String::from_utf8_lossy(&s[..s.len().min(4096)])
@@ -339,8 +350,12 @@ pub fn verify_pass(
         sql_bytes,
         accounts,
         definers,
+        rename_problems,
     })
 }
+
+/// Objects `--as` cannot rename that are named at most (the count says the rest).
+const MAX_RENAME_PROBLEMS: usize = 20;
 
 /// Pass 2 for `--decrypt`: writes the gzip stream or the SQL to `out` ("-" is stdout).
 /// A file is written as a new temp file beside it (mode 0600, never through an existing
@@ -447,6 +462,10 @@ pub struct Selection {
     accounts: AccountPolicy,
     current: Option<String>,
     in_users: bool,
+    /// `--as`: the selected database under its new name.
+    rename: Option<crate::rename::Rename>,
+    /// Why a statement could not be renamed (pass 1 checked them all, so never expected).
+    refused: Option<String>,
 }
 
 /// Whether a comment line titles a section of the dump (true: an accounts section), or is
@@ -485,7 +504,20 @@ impl Selection {
             accounts,
             current: None,
             in_users: false,
+            rename: None,
+            refused: None,
         }
+    }
+
+    /// Replays the selected database under another name (`--as`).
+    pub fn with_rename(mut self, rename: Option<crate::rename::Rename>) -> Self {
+        self.rename = rename;
+        self
+    }
+
+    /// Why the last statement was refused, if it was.
+    pub fn refusal(&mut self) -> Option<String> {
+        self.refused.take()
     }
 
     /// Section titles (`-- Title` between `--` lines) switch the account sections on and off.
@@ -528,7 +560,17 @@ impl Selection {
                 };
             }
         }
-        self.wants(&stmt).then_some(stmt)
+        if !self.wants(&stmt) {
+            return None;
+        }
+        match self.rename.as_mut().map(|r| r.rewrite(&stmt)) {
+            None | Some(Ok(None)) => Some(stmt),
+            Some(Ok(Some(renamed))) => Some(renamed),
+            Some(Err(e)) => {
+                self.refused = Some(format!("--as: {e}"));
+                None
+            }
+        }
     }
 
     fn wants(&mut self, stmt: &[u8]) -> bool {

@@ -635,7 +635,14 @@ fn verify_chosen(
     if report.source.is_none() {
         report.source = located.manifest.as_ref().map(|m| m.source.clone());
     }
-    let v = match restore::verify_pass(file, &located.pins, located.max_statement, dpo, trusted) {
+    let v = match restore::verify_pass(
+        file,
+        &located.pins,
+        located.max_statement,
+        dpo,
+        trusted,
+        None,
+    ) {
         Ok(v) => v,
         Err(e) => {
             report.check(
