@@ -425,51 +425,52 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    for inv in &invs {
-        println!("source {}", inv.source);
-        for (s, e) in &inv.store_errors {
-            println!("  store {s}: UNREACHABLE: {e}");
-        }
-        if inv.backups.is_empty() {
-            println!("  no complete backup");
-        }
-        let names: Vec<&str> = stores.iter().map(|s| s.cfg.name.as_str()).collect();
-        println!(
-            "  {:<26} {:>12}  {}  verdict",
-            "backup",
-            "size",
-            names
-                .iter()
-                .map(|n| format!("{n:<22}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+    // The listing's one text format (restore --list prints the same table), then what
+    // each source has beyond its backups.
+    let mut table = Vec::new();
+    for (src, inv) in sources.iter().zip(&invs) {
+        let segs = match src.binlog {
+            Some(_) => segments::inventory(cfg, src, &stores, false, now).0,
+            None => Vec::new(),
+        };
+        let all: Vec<&backup_core::manifest::SegmentManifest> =
+            segs.iter().map(|r| &r.manifest).collect();
         for b in &inv.backups {
-            let cells: Vec<String> = names
-                .iter()
-                .map(|n| {
-                    let c = b.copies.iter().find(|c| c.store == *n);
-                    let cell = match c {
-                        None => "-".to_string(),
-                        Some(c) => match c.lock_until {
+            table.push(backup_core::listing::Row {
+                source: inv.source.clone(),
+                backup: b.id.clone(),
+                finished: b
+                    .finished_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                size: b.size,
+                copies: b
+                    .copies
+                    .iter()
+                    .map(|c| {
+                        let status = match c.lock_until {
                             Some(t) => format!("{} lock {}", c.status, t.format("%Y-%m-%d")),
                             None => c.status.clone(),
-                        },
-                    };
-                    format!("{cell:<22}")
-                })
-                .collect();
-            println!(
-                "  {:<26} {:>12}  {}  {}",
-                b.id,
-                backup_core::format::human_size(b.size),
-                cells.join(" "),
-                verdict_text(&b.verdict)
-            );
+                        };
+                        (c.store.clone(), status)
+                    })
+                    .collect(),
+                verdict: Some(verdict_text(&b.verdict)),
+                until: backup_core::listing::reach(&b.manifest, &all).map(|r| r.0),
+            });
+        }
+    }
+    print!("{}", backup_core::listing::render(&table));
+    for inv in &invs {
+        for (s, e) in &inv.store_errors {
+            println!("source {}: store {s}: UNREACHABLE: {e}", inv.source);
+        }
+        if inv.backups.is_empty() {
+            println!("source {}: no complete backup", inv.source);
         }
         if let Some(b) = &inv.binlog {
             println!(
-                "  binary log: {} segment(s), events {} .. {} (last GTID {})",
+                "source {}: binary log: {} segment(s), events {} .. {} (last GTID {})",
+                inv.source,
                 b["segments"],
                 b["first_event_at"].as_str().unwrap_or("-"),
                 b["last_event_at"].as_str().unwrap_or("-"),
@@ -477,7 +478,8 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
             );
             if let Some(g) = b["gap"].as_object() {
                 println!(
-                    "  binary log GAP after GTID {} (archiving resumed at {}, found {}): {}",
+                    "source {}: binary log GAP after GTID {} (archiving resumed at {}, found {}): {}",
+                    inv.source,
                     g["after_gtid"].as_str().unwrap_or("?"),
                     g["resumed_at_gtid"].as_str().unwrap_or("?"),
                     g["found_at"].as_str().unwrap_or("?"),
@@ -485,19 +487,27 @@ fn list(cfg: &Config, only: Option<&str>, json: bool) -> ExitCode {
                 );
             }
             for f in b["failed_copies"].as_array().into_iter().flatten() {
-                println!("  binary log copy FAILED: {}", f.as_str().unwrap_or(""));
+                println!(
+                    "source {}: binary log copy FAILED: {}",
+                    inv.source,
+                    f.as_str().unwrap_or("")
+                );
             }
             let below = b["below_policy"].as_array().map_or(0, Vec::len);
             if below > 0 {
-                println!("  binary log: {below} segment(s) below the 3-2-1 policy (run repair)");
+                println!(
+                    "source {}: binary log: {below} segment(s) below the 3-2-1 policy (run repair)",
+                    inv.source
+                );
             }
         }
         for n in &inv.notes {
-            println!("  note: {n}");
+            println!("source {}: note: {n}", inv.source);
         }
         for (s, names) in &inv.foreign {
             println!(
-                "  store {s}: {} object(s) not ours under the prefix (left alone)",
+                "source {}: store {s}: {} object(s) not ours under the prefix (left alone)",
+                inv.source,
                 names.len()
             );
         }

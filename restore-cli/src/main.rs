@@ -5,6 +5,7 @@ mod crypto;
 mod drill;
 mod pinned;
 mod pitr;
+mod progress;
 mod rename;
 mod replay;
 mod restore;
@@ -878,6 +879,7 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
     let cfg = cfg.ok_or_else(|| usage("--list needs --config (the stores and sources)"))?;
     let trust = load_trusted(cli, Some(cfg))?.trust();
     let mut rows = Vec::new();
+    let mut table: Vec<backup_core::listing::Row> = Vec::new();
     for src in cfg
         .sources
         .iter()
@@ -922,18 +924,26 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
             per_store.push((st, store, list.backups));
         }
         let all: Vec<&backup_core::manifest::SegmentManifest> = segs.values().collect();
+        let first_row = table.len();
         for (st, store, backups) in per_store {
             for m in backups {
-                let reach = m
-                    .binlog
-                    .as_ref()
-                    .and_then(|b| b.gtid.as_deref())
-                    .and_then(backup_core::binlog::GtidPos::parse)
-                    .and_then(|p| {
-                        pitr::chain_after(&all, &p)
-                            .last()
-                            .map(|l| (l.last_event_at.clone(), l.last_gtid.clone()))
-                    });
+                let reach = backup_core::listing::reach(&m, &all);
+                // One row per backup, its copies on every store.
+                match table[first_row..]
+                    .iter_mut()
+                    .find(|r| r.backup == m.backup_id)
+                {
+                    Some(r) => r.copies.push((st.name.clone(), "listed".into())),
+                    None => table.push(backup_core::listing::Row {
+                        source: src.name.clone(),
+                        backup: m.backup_id.clone(),
+                        finished: m.finished_at.clone(),
+                        size: m.data.size,
+                        copies: vec![(st.name.clone(), "listed".into())],
+                        verdict: None,
+                        until: reach.as_ref().map(|r| r.0.clone()),
+                    }),
+                }
                 rows.push(serde_json::json!({
                     "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
                     "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,
@@ -943,28 +953,17 @@ fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
                 }));
             }
         }
+        table[first_row..].sort_by(|a, b| a.backup.cmp(&b.backup));
     }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!(
-            "{:<14} {:<12} {:<28} {:<22} {:>12}  POINT-IN-TIME UNTIL",
-            "SOURCE", "STORE", "BACKUP", "FINISHED", "SIZE"
-        );
-        for r in &rows {
-            println!(
-                "{:<14} {:<12} {:<28} {:<22} {:>12}  {}",
-                r["source"].as_str().unwrap_or(""),
-                r["store"].as_str().unwrap_or(""),
-                r["backup_id"].as_str().unwrap_or(""),
-                r["finished_at"].as_str().unwrap_or(""),
-                r["size"]
-                    .as_u64()
-                    .map(backup_core::format::human_size)
-                    .unwrap_or_default(),
-                r["recoverable_until"].as_str().unwrap_or("-")
-            );
+        // The listing's one text format (backup-agent list prints the same table, with
+        // each copy's verification and the 3-2-1 verdict, which only the agent knows).
+        for r in &mut table {
+            r.copies.sort();
         }
+        print!("{}", backup_core::listing::render(&table));
     }
     Ok(())
 }

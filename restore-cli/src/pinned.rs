@@ -40,6 +40,7 @@ pub fn pin_file(path: &Path) -> io::Result<Pins> {
         whole.update(&buf[..n]);
         blocks.push(Sha256::digest(&buf[..n]).into());
         size += n as u64;
+        crate::progress::add(n as u64);
         if n < BLOCK {
             break;
         }
@@ -120,6 +121,7 @@ impl Read for Checker {
         let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        crate::progress::add(n as u64);
         Ok(n)
     }
 }

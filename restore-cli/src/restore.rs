@@ -182,7 +182,10 @@ pub fn check_checksums(data: &Path, trusted: &TrustedSigners) -> Result<Located>
         Some(id) => read_manifest_beside(data, id, trusted)?,
         None => None,
     };
+    let total = std::fs::metadata(data).map(|m| m.len()).unwrap_or(0);
+    let step = crate::progress::Step::start("checking the checksum", total);
     let got = pin_file(data).with_context(|| format!("cannot read backup {}", data.display()))?;
+    drop(step);
     if got.sha256 != expected {
         bail!(
             "checksum mismatch: {} has sha256 {}, but {} says {}; the file is corrupt or was changed: fetch another copy",
@@ -274,6 +277,7 @@ pub fn verify_pass(
             path.display()
         )
     };
+    let _step = crate::progress::Step::start("verifying", pins.size);
     let mut sp = Splitter::with_limit(
         open_sql(path, pins, dpo, trusted).map_err(|e| fail(&format!("{e:#}")))?,
         limit,

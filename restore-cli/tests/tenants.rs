@@ -581,11 +581,35 @@ fn a_split_source_backs_up_each_database_on_its_own_found_anew_at_every_run() {
         .unwrap()
         .trim_end_matches(".sql.gz.gpg")
         .to_string();
+    let from_restore = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(from_restore.contains(&id_a), "{from_restore}");
+    // One listing format: the same header, a row per backup that starts alike.
+    let o = setup.agent(&src, &["list", "--source", &format!("main/{a}")]);
+    ok(&o, "list of one database");
+    let from_agent = String::from_utf8_lossy(&o.stdout).into_owned();
+    let header = |t: &str| {
+        t.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(header(&from_agent), header(&from_restore));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains(&id_a),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
+        from_agent.lines().next().unwrap().starts_with("SOURCE"),
+        "{from_agent}"
     );
+    for (out, copy) in [
+        (&from_agent, "local: verified"),
+        (&from_restore, "local: listed"),
+    ] {
+        let row = out.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with(&format!("main/{a}  ")) && row.contains(&id_a) && row.contains(copy),
+            "{out}"
+        );
+    }
 
     // A database appears, one is dropped: the new one is backed up, the dropped one
     // reported once and its backup kept; it no longer counts as stale.

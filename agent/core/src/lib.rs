@@ -13,6 +13,7 @@ pub mod digest;
 pub mod format;
 pub mod gzip;
 pub mod layout;
+pub mod listing;
 pub mod logging;
 pub mod manifest;
 pub mod os;

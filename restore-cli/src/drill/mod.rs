@@ -125,7 +125,10 @@ fn fetch(
         layout::object_name(&m.backup_id, layout::MANIFEST_SUFFIX),
     ] {
         let key = layout::key(prefix, &name);
-        let mut r = store.open(&key).map_err(|e| anyhow!("{e}"))?;
+        let r = store.open(&key).map_err(|e| anyhow!("{e}"))?;
+        let _step = (name == m.data.name)
+            .then(|| crate::progress::Step::start(&format!("downloading {name}"), m.data.size));
+        let mut r = Counted(r);
         let path = dir.path().join(&name);
         let mut f =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -140,6 +143,17 @@ fn fetch(
     }
     let file = dir.path().join(&m.data.name);
     Ok((dir, file))
+}
+
+/// A reader that counts what it reads as the current step's progress.
+struct Counted<R>(R);
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        crate::progress::add(n as u64);
+        Ok(n)
+    }
 }
 
 pub(crate) fn choose(
