@@ -51,8 +51,7 @@ fn long_steps_show_progress_on_a_terminal_only() {
     for step in ["restore: checking the checksum: ", "restore: verifying: "] {
         let line = tty
             .split(['\r', '\n'])
-            .filter(|l| l.starts_with(step))
-            .last()
+            .rfind(|l| l.starts_with(step))
             .unwrap_or_else(|| panic!("no {step:?} line in:\n{tty}"));
         assert!(line.contains("(100%)"), "{line}");
     }
