@@ -171,8 +171,10 @@ fn a_real_prometheus_fires_stale_on_an_overdue_backup_and_resolves_it_after_one(
     );
     let mut setup = Setup::new(&src, &db);
     let http = free_port();
-    // Never due while the test runs; stale 6 s after a backup.
-    setup.extra = "schedule = \"0 3 1 1 *\"\nmax_age = \"6s\"\n".into();
+    // Never due while the test runs; stale 6 s after a backup. The binary log is archived
+    // (the dashboard's point-in-time panels).
+    setup.extra = "schedule = \"0 3 1 1 *\"\nmax_age = \"6s\"\n[source.binlog]\nsegment_max_age = \"1s\"\nmax_lag = \"1h\"\n".into();
+    common::pitr::grant_streaming(&src, &setup);
     setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
     ok(&setup.agent(&src, &["backup"]), "backup");
     let mut daemon = start_daemon(&setup, &src, &[]);
@@ -199,6 +201,12 @@ fn a_real_prometheus_fires_stale_on_an_overdue_backup_and_resolves_it_after_one(
         !prom.firing().contains(&stale)
     });
 
+    // A transaction archived, so that the log panels have an event to show.
+    src.sql_db(&db, "INSERT INTO t VALUES (2)");
+    wait_for("an archived binary log event", Duration::from_secs(30), || {
+        metric(&metrics(http), "backup_binlog_last_event_timestamp_seconds{source=\"main\"}") > 0.0
+    });
+    std::thread::sleep(Duration::from_secs(3)); // a scrape after it
     // Every query of the shipped Grafana dashboard returns data from this Prometheus (no
     // empty or misspelt panel), for the source and for "All".
     let exprs = dashboard_queries();
