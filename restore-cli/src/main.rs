@@ -484,6 +484,20 @@ async fn preflight(
             usize::try_from(m.largest_statement_bytes).unwrap_or(usize::MAX),
         )
         .await?;
+        // Every restore creates the databases and their tables and loads rows; --force
+        // drops what is there.
+        let mut needed = vec!["CREATE", "INSERT"];
+        if cli.force {
+            needed.push("DROP");
+        }
+        target::check_privileges(
+            &mut conn,
+            target,
+            &wanted,
+            &needed,
+            "nothing was read or restored",
+        )
+        .await?;
     }
     if cli.accounts {
         // The account listing --accounts needs (its privilege), now rather than later.
@@ -517,6 +531,28 @@ async fn prepare_target(
             );
     }
     check_target_fits(&mut conn, largest).await?;
+    // What the backup's objects need, now that pass 1 has read them all.
+    let restored = |db: &str| match &cli.as_name {
+        Some(_) => cli.databases.first().is_some_and(|d| d == db),
+        None => wanted.iter().any(|w| w == db),
+    };
+    let mut needed = vec!["CREATE", "INSERT"];
+    for o in v.trailer.objects.iter().filter(|o| restored(&o.db)) {
+        let p = match o.kind.as_str() {
+            "VIEW" => "CREATE VIEW",
+            "PROCEDURE" | "FUNCTION" | "PACKAGE" | "PACKAGE BODY" => "CREATE ROUTINE",
+            "TRIGGER" => "TRIGGER",
+            "EVENT" => "EVENT",
+            _ => continue,
+        };
+        if !needed.contains(&p) {
+            needed.push(p);
+        }
+    }
+    if cli.force && !clash.is_empty() {
+        needed.push("DROP");
+    }
+    target::check_privileges(&mut conn, target, wanted, &needed, "nothing was restored").await?;
     let policy = account_policy(cli, &mut conn, target, &v.accounts).await?;
     warn_missing_definers(cli, &mut conn, target, v).await;
     for d in &clash {

@@ -130,9 +130,172 @@ pub async fn accounts_on(conn: &mut Conn, t: &Target) -> Result<HashSet<Account>
         .collect())
 }
 
+/// The privileges each database lacks, of `needed`, by what `grants` (SHOW GRANTS of the
+/// restoring user) give: global grants and database grants (their `LIKE` patterns) count;
+/// None when it cannot be told (privileges through a role, an unreadable grant).
+pub fn lacking(
+    grants: &[String],
+    dbs: &[String],
+    needed: &[&str],
+) -> Option<Vec<(String, Vec<String>)>> {
+    use backup_core::format::grants::{db_pattern_matches, grant_object, GrantObject};
+    let mut global: Vec<String> = Vec::new();
+    let mut per_db: Vec<(String, Vec<String>)> = Vec::new();
+    for g in grants {
+        let Some(rest) = g.strip_prefix("GRANT ") else {
+            continue;
+        };
+        let object = grant_object(g);
+        if matches!(object, GrantObject::Role(_)) {
+            return None;
+        }
+        let privs: Vec<String> = match rest.find(" ON ") {
+            Some(i) => rest[..i]
+                .split(',')
+                .map(|p| {
+                    // `SELECT (a, b)` column grants: the privilege's name.
+                    p.split('(')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_uppercase()
+                })
+                .collect(),
+            None => continue,
+        };
+        match object {
+            GrantObject::Global => global.extend(privs),
+            GrantObject::Database(pattern) => per_db.push((pattern, privs)),
+            _ => {}
+        }
+    }
+    let has = |list: &[String], p: &str| {
+        list.iter()
+            .any(|x| x == p || x == "ALL PRIVILEGES" || x == "ALL")
+    };
+    let mut out = Vec::new();
+    for db in dbs {
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|p| {
+                !has(&global, p)
+                    && !per_db
+                        .iter()
+                        .any(|(pat, privs)| db_pattern_matches(pat, db) && has(privs, p))
+            })
+            .map(|p| p.to_string())
+            .collect();
+        if !missing.is_empty() {
+            out.push((db.clone(), missing));
+        }
+    }
+    Some(out)
+}
+
+/// Refuses a restoring user that lacks privileges the restore needs on the databases it
+/// creates: one line naming what is missing where, and the GRANT that fixes it.
+pub async fn check_privileges(
+    conn: &mut Conn,
+    t: &Target,
+    dbs: &[String],
+    needed: &[&str],
+    when: &str,
+) -> Result<()> {
+    use mysql_async::prelude::Queryable;
+    if needed.is_empty() || dbs.is_empty() {
+        return Ok(());
+    }
+    let grants: Vec<String> = match conn.query("SHOW GRANTS").await {
+        Ok(g) => g,
+        // Not ours to decide: the restore itself will tell.
+        Err(_) => return Ok(()),
+    };
+    let Some(lack) = lacking(&grants, dbs, needed) else {
+        return Ok(());
+    };
+    if lack.is_empty() {
+        return Ok(());
+    }
+    let what: Vec<String> = lack
+        .iter()
+        .map(|(db, p)| {
+            format!(
+                "{} on {}",
+                p.join(", "),
+                backup_core::format::quote_ident(db)
+            )
+        })
+        .collect();
+    let all: std::collections::BTreeSet<&String> = lack.iter().flat_map(|(_, p)| p).collect();
+    let fix = if lack.len() == 1 {
+        format!("{}.*", backup_core::format::quote_ident(&lack[0].0))
+    } else {
+        "each of them".to_string()
+    };
+    bail!(
+        "the restoring user {} on {t} lacks {}; grant them (GRANT {} ON {fix} TO ...) or restore as another user ({when})",
+        t.user,
+        what.join("; "),
+        all.into_iter().cloned().collect::<Vec<_>>().join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_grants_lack() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let dbs = vec!["shop".to_string(), "crm".to_string()];
+        let need = ["CREATE", "INSERT", "TRIGGER"];
+        assert_eq!(
+            lacking(
+                &g(&["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]),
+                &dbs,
+                &need
+            ),
+            Some(vec![])
+        );
+        assert_eq!(
+            lacking(
+                &g(&[
+                    "GRANT USAGE ON *.* TO `r`@`%` IDENTIFIED BY PASSWORD '*AB'",
+                    "GRANT SELECT, INSERT, CREATE ON `shop`.* TO `r`@`%`",
+                    "GRANT ALL PRIVILEGES ON `cr\\_%`.* TO `r`@`%`",
+                    "GRANT SELECT (`a`), INSERT (`a`) ON `shop`.`t` TO `r`@`%`",
+                ]),
+                &dbs,
+                &need
+            ),
+            Some(vec![
+                ("shop".to_string(), vec!["TRIGGER".to_string()]),
+                (
+                    "crm".to_string(),
+                    vec![
+                        "CREATE".to_string(),
+                        "INSERT".to_string(),
+                        "TRIGGER".to_string()
+                    ]
+                ),
+            ])
+        );
+        assert_eq!(
+            lacking(
+                &g(&[
+                    "GRANT INSERT, CREATE, TRIGGER ON *.* TO `r`@`%`",
+                    "GRANT SELECT ON `crm`.* TO `r`@`%`"
+                ]),
+                &dbs,
+                &need
+            ),
+            Some(vec![])
+        );
+        assert_eq!(
+            lacking(&g(&["GRANT `app_role` TO `r`@`%`"]), &dbs, &need),
+            None
+        );
+    }
 
     #[test]
     fn urls() {

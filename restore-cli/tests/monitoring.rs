@@ -203,12 +203,19 @@ fn a_real_prometheus_fires_stale_on_an_overdue_backup_and_resolves_it_after_one(
 
     // A transaction archived, so that the log panels have an event to show.
     src.sql_db(&db, "INSERT INTO t VALUES (2)");
-    wait_for("an archived binary log event", Duration::from_secs(30), || {
-        metric(&metrics(http), "backup_binlog_last_event_timestamp_seconds{source=\"main\"}") > 0.0
-    });
+    wait_for(
+        "an archived binary log event",
+        Duration::from_secs(30),
+        || {
+            metric(
+                &metrics(http),
+                "backup_binlog_last_event_timestamp_seconds{source=\"main\"}",
+            ) > 0.0
+        },
+    );
     std::thread::sleep(Duration::from_secs(3)); // a scrape after it
-    // Every query of the shipped Grafana dashboard returns data from this Prometheus (no
-    // empty or misspelt panel), for the source and for "All".
+                                                // Every query of the shipped Grafana dashboard returns data from this Prometheus (no
+                                                // empty or misspelt panel), for the source and for "All".
     let exprs = dashboard_queries();
     assert!(exprs.len() >= 12, "{exprs:?}");
     for source in ["main", ".*"] {
