@@ -195,3 +195,74 @@ fn stock_gpg_gunzip_mariadb_and_sha256sum_read_the_backup() {
     src.drop_db(&db);
     dst.drop_db(&db);
 }
+
+/// The awk filter docs/dpo-restore.md gives for a restore with stock tools that leaves
+/// the accounts out (as `restore` does without --accounts): the database loads, no
+/// account of the backup is created on the target.
+#[test]
+fn the_documented_stock_filter_leaves_the_accounts_out() {
+    let src = source();
+    let dst = target();
+    let db = unique("stockacc");
+    let user = unique("stocku");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    src.sql_db(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1),(2)",
+    );
+    src.sql(&format!(
+        "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON `{db}`.* TO '{user}'@'%'"
+    ));
+    let setup = Setup::new(&src, &db);
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    let sql = setup.path("dump.sql");
+    ok(
+        &restore_decrypt(
+            &setup.only_backup(),
+            &testdata("dpo.sec.asc"),
+            &testdata("agent.pub.asc"),
+            &sql,
+        ),
+        "restore --decrypt",
+    );
+    let text = std::fs::read(&sql).unwrap();
+    assert!(String::from_utf8_lossy(&text).contains(&format!("CREATE USER IF NOT EXISTS `{user}`")));
+    // The awk program exactly as the document gives it.
+    let doc = std::fs::read_to_string(repo_root().join("docs/dpo-restore.md")).unwrap();
+    let line = doc
+        .lines()
+        .find(|l| l.contains("| awk '"))
+        .expect("docs/dpo-restore.md gives the awk filter");
+    let program = line
+        .split("awk '")
+        .nth(1)
+        .unwrap()
+        .split("' |")
+        .next()
+        .unwrap();
+    let filtered = setup.path("filtered.sql");
+    let o = Command::new("awk")
+        .arg(program)
+        .arg(&sql)
+        .stdout(std::fs::File::create(&filtered).unwrap())
+        .output()
+        .unwrap();
+    ok(&o, "awk");
+    let f = String::from_utf8_lossy(&std::fs::read(&filtered).unwrap()).into_owned();
+    assert!(!f.contains("CREATE USER") && !f.contains("GRANT "), "{f}");
+    dst.drop_db(&db);
+    dst.sql(&format!("DROP USER IF EXISTS '{user}'@'%'"));
+    ok(&dst.load_file(None, &filtered), "mariadb < filtered");
+    assert_eq!(dst.sql_db(&db, "SELECT COUNT(*) FROM t").trim(), "2");
+    assert_eq!(
+        dst.sql(&format!(
+            "SELECT COUNT(*) FROM mysql.user WHERE User = '{user}'"
+        ))
+        .trim(),
+        "0"
+    );
+    src.sql(&format!("DROP USER '{user}'@'%'"));
+    src.drop_db(&db);
+    dst.drop_db(&db);
+}
