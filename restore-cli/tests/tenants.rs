@@ -728,3 +728,72 @@ fn setup_run(setup: &mut Setup, src: &Server, agent_extra: &str) -> (Vec<usize>,
     std::thread::sleep(std::time::Duration::from_millis(1100));
     (started, done)
 }
+
+/// On a split source, a tenant's certificate applies to that database's backups only:
+/// the tenant's key opens its own and is refused on its neighbour's.
+#[test]
+fn a_tenant_certificate_on_a_split_source_opens_that_database_only() {
+    let src = source();
+    let p = unique("spt");
+    let (a, b) = (format!("{p}_a"), format!("{p}_b"));
+    for d in [&a, &b] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+        );
+    }
+    let gpg = Gpg::new();
+    let email = "split-tenant@tenant.test";
+    gpg.gen_key(email, "ed25519", None, "1y");
+    let mut setup = Setup::new(&src, &format!("{p}_*"));
+    gpg.export_public(email, &setup.path("tenant.pub.asc"));
+    gpg.export_secret(email, None, &setup.path("tenant.sec.asc"));
+    setup.extra = format!(
+        "split = \"database\"\n[source.tenant_certificates]\n{a:?} = {:?}\n",
+        setup.path("tenant.pub.asc")
+    );
+    ok(&setup.agent(&src, &["backup"]), "backup");
+    let files = setup.store_files();
+    let data = |d: &str| {
+        setup.store().join(
+            files
+                .iter()
+                .find(|f| f.starts_with(&format!("main/{d}/")) && f.ends_with(".sql.gz.gpg"))
+                .unwrap(),
+        )
+    };
+    let manifest = |d: &str| -> serde_json::Value {
+        let m = data(d)
+            .to_string_lossy()
+            .replace(".sql.gz.gpg", ".manifest.json");
+        serde_json::from_str(&std::fs::read_to_string(m).unwrap()).unwrap()
+    };
+    assert_eq!(
+        manifest(&a)["tenant_recipients"].as_array().unwrap().len(),
+        1
+    );
+    assert!(manifest(&b)["tenant_recipients"]
+        .as_array()
+        .is_none_or(Vec::is_empty));
+    let key = setup.path("tenant.sec.asc");
+    let o = restore_decrypt(
+        &data(&a),
+        &key,
+        &testdata("agent.pub.asc"),
+        &setup.path("a.sql"),
+    );
+    ok(&o, "the tenant's key on its own database's backup");
+    let o = restore_decrypt(
+        &data(&b),
+        &key,
+        &testdata("agent.pub.asc"),
+        &setup.path("b.sql"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!setup.path("b.sql").exists());
+    for d in [&a, &b] {
+        src.drop_db(d);
+    }
+}
