@@ -442,16 +442,10 @@ fn backup_runs_sources_at_once_up_to_the_daemon_limit() {
     names.sort();
     assert_eq!(names, ["main", "second"]);
     let log = stderr(&o);
-    let lines: Vec<&str> = log.lines().collect();
-    let pos = |what: &str| -> Vec<usize> {
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains(what))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let (started, done) = (pos("backup_started"), pos("backup_succeeded"));
+    let (started, done) = (
+        log_lines(&log, "backup_started"),
+        log_lines(&log, "backup_succeeded"),
+    );
     assert_eq!((started.len(), done.len()), (2, 2), "{log}");
     assert!(done[0] < started[1], "{log}");
     for d in [&d1, &d2] {
@@ -714,16 +708,10 @@ fn setup_run(setup: &mut Setup, src: &Server, agent_extra: &str) -> (Vec<usize>,
     let o = setup.agent(src, &["backup"]);
     ok(&o, "backup");
     let log = stderr(&o);
-    let lines: Vec<&str> = log.lines().collect();
-    let pos = |what: &str| -> Vec<usize> {
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains(what))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let (started, done) = (pos("\"backup_started\""), pos("\"backup_succeeded\""));
+    let (started, done) = (
+        log_lines(&log, "\"backup_started\""),
+        log_lines(&log, "\"backup_succeeded\""),
+    );
     assert_eq!((started.len(), done.len()), (2, 2), "{log}");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     (started, done)
@@ -796,4 +784,13 @@ fn a_tenant_certificate_on_a_split_source_opens_that_database_only() {
     for d in [&a, &b] {
         src.drop_db(d);
     }
+}
+
+/// The numbers of the log lines that contain `what`.
+fn log_lines(log: &str, what: &str) -> Vec<usize> {
+    log.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(what))
+        .map(|(i, _)| i)
+        .collect()
 }
