@@ -315,3 +315,47 @@ fn text_in_every_charset_round_trips_byte_for_byte() {
     src.drop_db(&db);
     dst.drop_db(&db);
 }
+
+/// The table definitions are read a batch at a time (one round trip per batch): a
+/// database of more tables than a batch, with names that need quoting, comes back whole.
+#[test]
+fn a_database_of_many_tables_round_trips() {
+    let src = source();
+    let dst = target();
+    let db = unique("many");
+    src.drop_db(&db);
+    src.sql(&format!("CREATE DATABASE `{db}`"));
+    let mut sql = String::new();
+    for i in 0..230 {
+        let name = match i % 3 {
+            0 => format!("t{i:03}"),
+            1 => format!("t {i:03} `q`;"),
+            _ => format!("T{i:03}é"),
+        };
+        let q = format!("`{}`", name.replace('`', "``"));
+        sql.push_str(&format!(
+            "CREATE TABLE {q} (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE={}; INSERT INTO {q} VALUES ({i}, 'row {i}');\n",
+            if i == 7 { "MyISAM" } else { "InnoDB" }
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("{db}.sql"));
+    std::fs::write(&file, sql).unwrap();
+    ok(&src.load_file(Some(&db), &file), "creating 230 tables");
+    let _ = std::fs::remove_file(&file);
+    let setup = Setup::new(&src, &db);
+    let o = setup.agent(&src, &["backup", "--json"]);
+    ok(&o, "backup");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r[0]["tables"], 230, "{r}");
+    assert_eq!(r[0]["rows"], 230, "{r}");
+    dst.drop_db(&db);
+    let o = restore(&into_args(
+        &dst,
+        &setup.only_backup(),
+        &setup.path("target.password"),
+    ));
+    ok(&o, "restore");
+    assert_same(&fingerprint(&src, &db), &fingerprint(&dst, &db));
+    src.drop_db(&db);
+    dst.drop_db(&db);
+}

@@ -13,7 +13,7 @@ use backup_core::format::{self, qualified, quote_ident, TableTrailer};
 
 use super::output::SqlOutput;
 use super::schema::{Found, TableInfo, NON_DATA_ENGINES, TRANSACTIONAL_ENGINES};
-use super::session::{bytes, fetch};
+use super::session::bytes;
 use super::{server, DumpError, DumpSummary};
 
 /// The base tables of a database: definition, rows, digest.
@@ -26,49 +26,100 @@ pub(super) async fn dump_tables(
     summary: &mut DumpSummary,
     found: &mut Found,
 ) -> Result<(), DumpError> {
-    for t in tables
+    let base: Vec<&TableInfo> = tables
         .iter()
         .filter(|t| t.kind == "BASE TABLE" || t.kind == "SYSTEM VERSIONED")
-    {
-        let q = qualified(db, &t.name);
-        let c = fetch(
-            conn,
-            &format!("SHOW CREATE TABLE {q}"),
-            &format!("reading the definition of {db}.{}", t.name),
-        )
-        .await?;
-        let create = bytes(&c[0][1]);
-        out.write(format!("\n--\n-- Table {}\n--\n", quote_ident(&t.name)).as_bytes())
-            .await?;
-        let mut s = create.clone();
-        s.extend_from_slice(b";\n");
-        out.write(&s).await?;
-        if !TRANSACTIONAL_ENGINES
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(&t.engine))
-        {
-            summary.non_transactional.push(format!("{db}.{}", t.name));
+        .collect();
+    // The definitions, a batch of tables per round trip: a database of 400 small tables
+    // behind a link of 1 ms costs 0.4 s less.
+    for batch in base.chunks(DEFINITIONS_PER_QUERY) {
+        let creates = show_create_tables(conn, db, batch).await?;
+        for (t, create) in batch.iter().zip(creates) {
+            dump_table(conn, db, t, create, columns, out, summary, found).await?;
         }
-        let cols = columns.get(&t.name).map(|v| v.as_slice()).unwrap_or(&[]);
-        let digest = if NON_DATA_ENGINES
-            .iter()
-            .any(|e| e.eq_ignore_ascii_case(&t.engine))
-            || cols.is_empty()
-        {
-            TableDigest::new()
-        } else {
-            dump_rows(conn, db, &t.name, cols, out, summary).await?
-        };
-        summary.tables += 1;
-        summary.rows += digest.rows();
-        found.trailers.push(TableTrailer {
-            db: db.to_string(),
-            table: t.name.clone(),
-            rows: digest.rows(),
-            content: digest.hex(),
-            definition: definition_digest(&String::from_utf8_lossy(&create)),
-        });
     }
+    Ok(())
+}
+
+/// Tables whose `SHOW CREATE TABLE` goes in one query (one round trip).
+const DEFINITIONS_PER_QUERY: usize = 100;
+
+/// `SHOW CREATE TABLE` of each table, in one multi-statement query, in order.
+async fn show_create_tables(
+    conn: &mut Conn,
+    db: &str,
+    batch: &[&TableInfo],
+) -> Result<Vec<Vec<u8>>, DumpError> {
+    let sql: Vec<String> = batch
+        .iter()
+        .map(|t| format!("SHOW CREATE TABLE {}", qualified(db, &t.name)))
+        .collect();
+    let during = format!("reading the table definitions of {db}");
+    let mut result = conn
+        .query_iter(sql.join(";"))
+        .await
+        .map_err(server(during.clone()))?;
+    let mut out = Vec::with_capacity(batch.len());
+    while !result.is_empty() {
+        let rows: Vec<mysql_async::Row> = result.collect().await.map_err(server(during.clone()))?;
+        if let Some(row) = rows.into_iter().next() {
+            let v = raw(row);
+            out.push(bytes(&v[1]));
+        }
+    }
+    drop(result);
+    if out.len() != batch.len() {
+        return Err(DumpError::Invalid(format!(
+            "{during}: {} definitions for {} tables",
+            out.len(),
+            batch.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// One base table: its definition, rows and digest.
+#[allow(clippy::too_many_arguments)]
+async fn dump_table(
+    conn: &mut Conn,
+    db: &str,
+    t: &TableInfo,
+    create: Vec<u8>,
+    columns: &HashMap<String, Vec<Column>>,
+    out: &mut SqlOutput,
+    summary: &mut DumpSummary,
+    found: &mut Found,
+) -> Result<(), DumpError> {
+    out.write(format!("\n--\n-- Table {}\n--\n", quote_ident(&t.name)).as_bytes())
+        .await?;
+    let mut s = create.clone();
+    s.extend_from_slice(b";\n");
+    out.write(&s).await?;
+    if !TRANSACTIONAL_ENGINES
+        .iter()
+        .any(|e| e.eq_ignore_ascii_case(&t.engine))
+    {
+        summary.non_transactional.push(format!("{db}.{}", t.name));
+    }
+    let cols = columns.get(&t.name).map(|v| v.as_slice()).unwrap_or(&[]);
+    let digest = if NON_DATA_ENGINES
+        .iter()
+        .any(|e| e.eq_ignore_ascii_case(&t.engine))
+        || cols.is_empty()
+    {
+        TableDigest::new()
+    } else {
+        dump_rows(conn, db, &t.name, cols, out, summary).await?
+    };
+    summary.tables += 1;
+    summary.rows += digest.rows();
+    found.trailers.push(TableTrailer {
+        db: db.to_string(),
+        table: t.name.clone(),
+        rows: digest.rows(),
+        content: digest.hex(),
+        definition: definition_digest(&String::from_utf8_lossy(&create)),
+    });
     Ok(())
 }
 
