@@ -649,6 +649,51 @@ fn a_split_source_backs_up_each_database_on_its_own_found_anew_at_every_run() {
     let o = setup.agent(&src, &["list", "--json"]);
     ok(&o, "list after a drop");
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("main/{b}")));
+
+    // The databases cannot be listed: the run fails as a whole, said by the exit code,
+    // the report, the alert and the healthcheck; the next good run clears it.
+    let good = setup.dump_password.clone();
+    setup.dump_password = "wrong".into();
+    let o = setup.agent(&src, &["backup", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r[0]["source"].as_str(), r[0]["status"].as_str()),
+        (Some("main"), Some("failed")),
+        "{r}"
+    );
+    assert!(
+        r[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot list the databases"),
+        "{r}"
+    );
+    assert!(hook
+        .bodies()
+        .iter()
+        .any(|x| x["event"] == "backup_failed" && x["source"] == "main"));
+    setup.dump_password = good;
+    let o = setup.agent(&src, &["healthcheck"]);
+    let line = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{line}");
+    assert!(
+        line.starts_with("CRITICAL: source main: cannot list the databases"),
+        "{line}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&setup.agent(&src, &["backup"]), "backup after the fix");
+    let o = setup.agent(&src, &["healthcheck"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(hook
+        .bodies()
+        .iter()
+        .any(|x| x["event"] == "recovered" && x["source"] == "main"));
     src.sql(&format!("DROP USER '{ua}'@'%'"));
     for d in [&a, &c, &other] {
         src.drop_db(d);

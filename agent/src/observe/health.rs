@@ -125,7 +125,7 @@ pub struct Facts {
     /// Why the state file could not be read, when it could not.
     pub state_error: Option<String>,
     /// Split sources whose databases could not be listed at their last run, and why.
-    pub split_errors: Vec<String>,
+    pub split_errors: Vec<(String, String)>,
     /// Split sources with no database found yet.
     pub split_empty: Vec<String>,
 }
@@ -296,7 +296,8 @@ pub fn verdict(f: &Facts) -> Verdict {
     if let Some(e) = &f.state_error {
         critical.push(e.clone());
     }
-    critical.extend(f.split_errors.iter().cloned());
+    // The message names the source ("source erp: cannot list the databases ...").
+    critical.extend(f.split_errors.iter().map(|(_, e)| e.clone()));
     for s in &f.split_empty {
         none.push(format!(
             "no complete backup of source {s} (no database of it listed yet)"
@@ -510,7 +511,7 @@ pub fn gather(cfg: &Config, state: &State, now: DateTime<Utc>) -> Facts {
             .iter()
             .filter_map(|p| {
                 let e = state.sources.get(&p.name)?.last_error.as_ref()?;
-                Some(format!("source {}: {e}", p.name))
+                Some((p.name.clone(), e.clone()))
             })
             .collect(),
         split_empty: cfg

@@ -91,6 +91,10 @@ pub fn render(state: &State, facts: &Facts, verdict_code: u8) -> String {
         &facts.sources,
         |s| if s.last_run_failed { 1.0 } else { 0.0 },
     );
+    // A split source whose databases could not be listed: its run failed as a whole.
+    for (name, _) in &facts.split_errors {
+        o.sample("backup_last_run_failed", &[("source", name)], 1.0);
+    }
     let galera: Vec<SourceFacts> = facts
         .sources
         .iter()
