@@ -527,6 +527,7 @@ def tenants_bench(args):
     gnupg = os.path.join(work, "gnupg")
     os.makedirs(gnupg, mode=0o700)
     os.makedirs(f"{work}/shell")
+    os.makedirs(f"{work}/store")
     env = dict(os.environ, GNUPGHOME=gnupg, BACKUP_AGENT_LOG_FORMAT="json")
     sh(f"gpg --batch -q --import {ROOT}/testdata/dpo.pub.asc", env=env)
     with open(f"{work}/pw", "w") as f:
