@@ -625,3 +625,55 @@ fn the_daemon_backs_up_each_database_of_a_split_source() {
         src.drop_db(db);
     }
 }
+
+/// A dropped database of a split source has no more runs; the daemon prunes its backups
+/// under the store's retention, as a run would, and leaves the others to their runs.
+#[test]
+fn the_daemon_prunes_a_dropped_database_under_retention() {
+    let src = source();
+    let p = unique("dpr");
+    let (a, b) = (format!("{p}_a"), format!("{p}_b"));
+    for d in [&a, &b] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+        );
+    }
+    let mut setup = Setup::new(&src, &format!("{p}_*"));
+    let http = free_port();
+    setup.extra = "split = \"database\"\nschedule = \"0 3 1 1 *\"\nmax_age = \"1000d\"\n".into();
+    setup.stores = "[store.retention]\nkeep_last = 1\n".into();
+    setup.agent_extra = format!("http_bind = \"127.0.0.1:{http}\"\ncheck_interval = \"1s\"\n");
+    let count = |db: &str| {
+        setup
+            .store_files()
+            .iter()
+            .filter(|f| f.starts_with(&format!("main/{db}/")) && f.ends_with(".manifest.json"))
+            .count()
+    };
+    for at in ["2026-11-01T02:00:00Z", "2026-11-02T02:00:00Z"] {
+        ok(&setup.agent(&src, &["backup", "--now", at]), "backup");
+    }
+    src.drop_db(&b);
+    ok(
+        &setup.agent(&src, &["backup", "--now", "2026-11-03T02:00:00Z"]),
+        "backup after the drop",
+    );
+    assert_eq!((count(&a), count(&b)), (3, 2));
+    let mut d = start_daemon(&setup, &src, &["--shutdown-timeout", "5s"]);
+    wait_for(
+        "the dropped database pruned",
+        Duration::from_secs(30),
+        || count(&b) == 1,
+    );
+    sigterm(&d);
+    assert!(d.wait().unwrap().success());
+    assert_eq!(
+        count(&a),
+        3,
+        "a present database is pruned by its own runs only"
+    );
+    src.drop_db(&a);
+}

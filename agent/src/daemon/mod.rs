@@ -462,6 +462,17 @@ async fn freshness_loop(d: Arc<Daemon>, mut phase: watch::Receiver<Phase>) {
                     if r.checked > 0 {
                         tracing::info!(event = "scrubbed", source = %src.name, copies = r.checked, failed = r.failed.len());
                     }
+                    // A dropped database of a split source has no more runs: its backups
+                    // are pruned under retention here, as a run would.
+                    if src.unit_of.as_ref().is_some_and(|u| u.dropped.is_some()) {
+                        let rep = maintain::prune(&cfg, src, &stores, &state, Utc::now(), false);
+                        for e in &rep.errors {
+                            tracing::error!(event = "prune_failed", source = %src.name, error = %e);
+                        }
+                        for x in &rep.deleted {
+                            tracing::info!(event = "pruned", source = %src.name, object = %x);
+                        }
+                    }
                 }
                 let inv = maintain::refresh(&cfg, src, &stores, &state, Utc::now());
                 // The archived segments, once an hour: every copy present with its size,
