@@ -62,11 +62,20 @@ pub enum BackupError {
         path: String,
         err: std::io::Error,
     },
-    #[error("source {source_name}: no store holds a verified copy, so there is no backup: {}", failures.iter().map(|(s, e)| format!("store {s}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("source {source_name}: no store holds a verified copy, so there is no backup: {}", failures.iter().map(|(s, e)| named_store(s, e)).collect::<Vec<_>>().join("; "))]
     NoCopy {
         source_name: String,
         failures: Vec<(String, String)>,
     },
+}
+
+/// A store's failure, named once ("store s3: ..."), whether its message names it or not.
+fn named_store(store: &str, e: &str) -> String {
+    if e.starts_with(&format!("store {store}: ")) {
+        e.to_string()
+    } else {
+        format!("store {store}: {e}")
+    }
 }
 
 /// A finished backup.
