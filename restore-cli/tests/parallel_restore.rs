@@ -136,11 +136,15 @@ fn a_row_the_target_refuses_on_a_row_connection_fails_the_restore_naming_it() {
     let (src, dst) = (source(), target());
     let (db, other, setup, data) = backed_up(&src, "parf", false);
     // A restore user that may create the tables but not insert into them: every
-    // definition goes through, the first row fails on a row connection.
+    // definition goes through, the first row fails on a row connection. It also holds a
+    // role, so the early privilege check cannot tell (privileges through roles are left
+    // to the restore) and the row connection meets the refusal.
     let user = unique("noins");
+    let role = unique("noins_role");
     dst.sql(&format!(
         "CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{user}';
-         GRANT SELECT, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW, SHOW VIEW, TRIGGER ON `{db}`.* TO '{user}'@'%'"
+         GRANT SELECT, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW, SHOW VIEW, TRIGGER ON `{db}`.* TO '{user}'@'%';
+         CREATE ROLE '{role}'; GRANT '{role}' TO '{user}'@'%'"
     ));
     std::fs::write(setup.path("noins.password"), format!("pw-{user}")).unwrap();
     dst.drop_db(&db);
@@ -187,7 +191,7 @@ fn a_row_the_target_refuses_on_a_row_connection_fails_the_restore_naming_it() {
         .trim(),
         "0"
     );
-    dst.sql(&format!("DROP USER '{user}'@'%'"));
+    dst.sql(&format!("DROP USER '{user}'@'%'; DROP ROLE '{role}'"));
     src.drop_db(&db);
     src.drop_db(&other);
     dst.drop_db(&db);
