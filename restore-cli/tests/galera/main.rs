@@ -98,6 +98,19 @@ impl Cluster {
         }
     }
 
+    /// Drops `db` through n1 and waits until every node has applied it: a DDL returns on
+    /// the node that ran it while the others may apply it a moment later.
+    fn drop_everywhere(&self, db: &str) {
+        self.node(1).drop_db(db);
+        for i in 1..=self.nodes.len() {
+            wait_for(
+                &format!("n{i} to drop {db}"),
+                Duration::from_secs(30),
+                || !self.node(i).databases().iter().any(|d| d == db),
+            );
+        }
+    }
+
     fn pid(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("node{i}/mysqld.pid")))
             .unwrap()

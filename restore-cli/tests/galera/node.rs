@@ -248,7 +248,7 @@ fn a_backup_restores_into_the_galera_cluster_within_its_writeset_limit() {
     let m = manifests(&s.store()).pop().unwrap();
     let largest = m["largest_statement_bytes"].as_u64().unwrap();
     assert!(largest > 300_000, "{largest}");
-    c.node(1).drop_db(&db);
+    c.drop_everywhere(&db);
 
     // n2's writeset limit is below the largest statement: refused before anything is written.
     let n2 = c.node(2);
