@@ -186,7 +186,7 @@ def main():
     if args.tenants:
         return tenants_bench(args)
 
-    lib("ba_need_packages test")
+    lib("ba_need_packages bench")
     lib(f"ba_build {ROOT}")
     src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
@@ -394,7 +394,7 @@ def write_steady(sock, rate, seconds, start_id):
 
 
 def pitr_bench(args):
-    lib("ba_need_packages test")
+    lib("ba_need_packages bench")
     lib(f"ba_build {ROOT}")
     src_dir, dst_dir = f"{BENCH_DIR}/source", f"{BENCH_DIR}/scratch"
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")
@@ -501,7 +501,7 @@ def tenant_schema_sql():
 def tenants_bench(args):
     """N tenant databases on one server: backup-agent (one split source, a backup per
     database, accounts scoped) against the shell loop of mariadb-dump | gzip | gpg."""
-    lib("ba_need_packages test")
+    lib("ba_need_packages bench")
     lib(f"ba_build {ROOT}")
     src_dir = f"{BENCH_DIR}/source"
     lib(f"ba_start_instance {src_dir} {SRC_PORT} 1 1 bench-admin")

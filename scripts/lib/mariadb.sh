@@ -3,8 +3,9 @@
 
 ba_log() { printf '[%s] %s\n' "${BA_LOG_TAG:-backup-agent}" "$*" >&2; }
 
-# ba_need_packages [test]: installs the Debian packages the demo needs (MariaDB, gpg,
-# what the build links), and with "test" also what the tests and the benchmark use.
+# ba_need_packages [test|bench]: installs the Debian packages the demo needs (MariaDB,
+# gpg, what the build links), with "test" also what the tests use, and with "bench" also
+# the peers the benchmark measures (mydumper/myloader).
 ba_need_packages() {
   local missing=()
   [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
@@ -14,7 +15,7 @@ ba_need_packages() {
   dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
   dpkg -s nettle-dev >/dev/null 2>&1 || missing+=(nettle-dev)
   dpkg -s pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-  if [ "${1:-}" = test ]; then
+  if [ "${1:-}" = test ] || [ "${1:-}" = bench ]; then
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
@@ -23,6 +24,9 @@ ba_need_packages() {
     [ -x /usr/bin/kill ] || missing+=(procps)
     command -v ss >/dev/null 2>&1 || missing+=(iproute2)
     command -v groff >/dev/null 2>&1 || missing+=(groff-base)
+  fi
+  if [ "${1:-}" = bench ]; then
+    command -v mydumper >/dev/null 2>&1 || missing+=(mydumper)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     ba_log "installing ${missing[*]}"
