@@ -315,15 +315,13 @@ fn copy_segment(from: &dyn Store, to: &dyn Store, prefix: &str, r: &SegRow) -> R
 /// What `list` shows of a source's archived binary log: how many segments, the first and
 /// last archived events, the copies that are missing or broken (sizes only), the segments
 /// below the policy, and the gap the state records, if any. None without segments or a
-/// gap.
+/// gap. `rows` and `problems` are what [`inventory`] found (without hashing).
 pub fn summary(
-    cfg: &Config,
     src: &SourceConfig,
-    stores: &[OpenStore],
+    rows: &[SegRow],
+    problems: Vec<String>,
     state: &backup_core::state::State,
-    now: DateTime<Utc>,
 ) -> Option<serde_json::Value> {
-    let (rows, problems) = inventory(cfg, src, stores, false, now);
     let gap = state
         .sources
         .get(&src.name)
