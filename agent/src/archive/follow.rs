@@ -262,12 +262,7 @@ pub async fn follow(
             if !recovered {
                 recovered = true;
                 alerter
-                    .condition(
-                        &format!("{}/binlog", src.name),
-                        false,
-                        || cleared(src),
-                        &src.name,
-                    )
+                    .clear(&format!("{}/binlog", src.name), &src.name)
                     .await;
             }
         }
@@ -283,12 +278,6 @@ pub async fn follow(
     }
     stream.close().await;
     result
-}
-
-/// The alert of a condition being cleared is never sent itself (the alerter sends
-/// "recovered").
-fn cleared(src: &SourceConfig) -> Alert {
-    Alert::new("binlog_failed", &src.name, false, String::new())
 }
 
 /// The GTID position at the start of the oldest binary log the server still holds (its

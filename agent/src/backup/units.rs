@@ -100,9 +100,7 @@ pub async fn expand(
                         e.last_error = None;
                     }
                 });
-                alerter
-                    .condition(&cond, false, || unreachable_alert(src), &src.name)
-                    .await;
+                alerter.clear(&cond, &src.name).await;
                 for db in &changes.dropped {
                     let unit = src.unit(db, Some(now));
                     let a = Alert::new(
@@ -150,10 +148,4 @@ pub async fn expand(
         }
     }
     out
-}
-
-/// The alert of a condition being cleared is never built (`condition(.., false, ..)`
-/// sends "recovered" itself).
-fn unreachable_alert(src: &SourceConfig) -> Alert {
-    Alert::new("backup_failed", &src.name, false, String::new())
 }

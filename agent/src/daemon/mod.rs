@@ -222,33 +222,24 @@ async fn source_loop(d: Arc<Daemon>, i: usize, mut phase: watch::Receiver<Phase>
             let runs = exp
                 .units
                 .iter()
-                .map(|u| run_unit(&d, u, slot, phase.clone()));
+                .map(|u| run_unit(&d, u, slot, phase.clone(), false));
             futures_util::future::join_all(runs).await;
             continue;
         }
-        let permit = tokio::select! {
-            p = d.sem.clone().acquire_owned() => p.expect("semaphore open"),
-            _ = reached(&mut phase, Phase::Draining) => return,
-        };
-        if *phase.borrow() != Phase::Running {
-            return;
-        }
-        let _ = d
-            .state
-            .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
-        drop(permit);
-        run_unit(&d, src, slot, phase.clone()).await;
+        run_unit(&d, src, slot, phase.clone(), true).await;
     }
 }
 
 /// One backup of a source (or a split source's unit) for a slot: it waits for a permit
 /// (max_concurrent_backups) and for its connections (max_connections_per_server), and is
-/// cancelled at shutdown's deadline.
+/// cancelled at shutdown's deadline. With `record_slot`, the slot counts as taken (no
+/// catch-up after a restart) once the run starts, not while it waits.
 async fn run_unit(
     d: &Daemon,
     src: &backup_core::config::SourceConfig,
     slot: DateTime<Utc>,
     mut phase: watch::Receiver<Phase>,
+    record_slot: bool,
 ) {
     let permit = tokio::select! {
         p = d.sem.clone().acquire_owned() => p.expect("semaphore open"),
@@ -260,6 +251,11 @@ async fn run_unit(
     };
     if *phase.borrow() != Phase::Running {
         return;
+    }
+    if record_slot {
+        let _ = d
+            .state
+            .update(|s| s.sources.entry(src.name.clone()).or_default().last_slot = Some(slot));
     }
     let mut waiting = phase.clone();
     let slot_label = slot_name(slot);
