@@ -51,7 +51,10 @@ async fn dump_from_best_node(
         source_name: src.name.clone(),
         message,
     };
-    let (own_desync, leftover) = galera::clear_leftover_desync(&cfg.agent.state_dir, src).await;
+    let (mut own_desync, leftover) = galera::clear_leftover_desync(&cfg.agent.state_dir, src).await;
+    // A node another backup of this agent holds desynced (units of one split source)
+    // is no one else's desync.
+    own_desync.extend(galera::desynced_here(src).await);
     for e in &leftover {
         tracing::error!(event = "desync_leftover", source = %src.name, error = %e);
     }

@@ -249,3 +249,100 @@ fn a_desync_that_cannot_be_turned_off_alerts_until_a_later_run_clears_it() {
     );
     c.node(1).drop_db(&db);
 }
+
+/// The databases of a split source dumped from n1 at once, both desynced: n1 stays
+/// eligible for the second (that desync is this agent's own, not someone else's) and
+/// stays desynced until the last of them is done; the budget per server counts each
+/// backup's dump and desync connections.
+#[test]
+fn units_of_a_split_source_share_their_nodes_desync_and_count_its_connection() {
+    let c = cluster();
+    let p = unique("gsp");
+    let (a, b) = (format!("{p}_a"), format!("{p}_b"));
+    c.node(1).fresh_dbs(
+        &[&a, &b],
+        "CREATE TABLE filler (id INT PRIMARY KEY, pad VARCHAR(600)); \
+         INSERT INTO filler SELECT seq, REPEAT(SHA2(seq, 256), 8) FROM seq_1_to_1500",
+    );
+    let (mut s, _) = n1_desync_setup(
+        &c,
+        &format!("{p}_*"),
+        "split = \"database\"\nrate_limit = \"256KiB\"",
+    );
+    let base = s.agent_extra.clone();
+    let run = |s: &mut Setup, agent: &str| -> String {
+        s.agent_extra = format!("{base}max_concurrent_backups = 2\n{agent}");
+        std::thread::sleep(Duration::from_millis(1100));
+        let o = s.agent(c.node(1), &["backup"]);
+        assert!(o.status.success(), "{}", text(&o));
+        stderr(&o)
+    };
+    let lines = |log: &str, what: &str| -> Vec<usize> {
+        log.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(what))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    // Two connections a backup (dump, desync): a budget of 3 runs them one after the other.
+    let log = run(&mut s, "max_connections_per_server = 3\n");
+    let (started, done) = (
+        lines(&log, "\"backup_started\""),
+        lines(&log, "\"backup_succeeded\""),
+    );
+    assert_eq!((started.len(), done.len()), (2, 2), "{log}");
+    assert!(done[0] < started[1], "serial expected:\n{log}");
+    assert_eq!(c.desync_flag(1), "0");
+
+    // A budget of 4: both at once, both from n1; the first done keeps the desync for the
+    // other, which turns it off.
+    let log = run(&mut s, "max_connections_per_server = 4\n");
+    let (started, done) = (
+        lines(&log, "\"backup_started\""),
+        lines(&log, "\"backup_succeeded\""),
+    );
+    assert_eq!((started.len(), done.len()), (2, 2), "{log}");
+    assert!(started[1] < done[0], "concurrent expected:\n{log}");
+    let (kept, off) = (
+        lines(&log, "\"desync_kept\""),
+        lines(&log, "\"desync_off\""),
+    );
+    assert_eq!((kept.len(), off.len()), (1, 1), "{log}");
+    assert!(kept[0] < off[0], "{log}");
+    assert_eq!(c.desync_flag(1), "0", "desync left on");
+    assert!(markers(&s).is_empty(), "{:?}", markers(&s));
+    for db in [&a, &b] {
+        let dir = s
+            .store()
+            .join("main")
+            .join(backup_core::config::split::db_dir(db));
+        let mut nodes: Vec<(String, bool)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".manifest.json"))
+            .map(|p| {
+                let m: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                (
+                    m["galera"]["node"].as_str().unwrap_or("").to_string(),
+                    m["galera"]["desynced"] == true,
+                )
+            })
+            .collect();
+        nodes.sort();
+        assert_eq!(
+            nodes,
+            vec![("n1".to_string(), true), ("n1".to_string(), true)],
+            "{db}: every backup from n1, desynced\n{log}"
+        );
+    }
+    c.wait_status(
+        1,
+        "wsrep_local_state_comment",
+        "Synced",
+        Duration::from_secs(10),
+    );
+    c.drop_everywhere(&a);
+    c.drop_everywhere(&b);
+}

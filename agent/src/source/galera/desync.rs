@@ -1,6 +1,7 @@
 //! Desyncing the dumped node: a marker file first, `wsrep_desync=ON`, and OFF on every
 //! exit path (and at the next start for markers a killed agent left behind).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,25 @@ pub struct DesyncMarker {
     pub endpoint: String,
     pub since: chrono::DateTime<chrono::Utc>,
     pub pid: u32,
+}
+
+/// The nodes this process holds desynced, by endpoint, with how many of its running
+/// backups dump from each: the units of a split source may dump from one node at once,
+/// and the node goes back into flow control only when the last of them is done. The
+/// lock is held across the `SET GLOBAL wsrep_desync` itself, so that an ON and an OFF
+/// for one node never cross.
+static HELD: std::sync::LazyLock<tokio::sync::Mutex<HashMap<String, usize>>> =
+    std::sync::LazyLock::new(|| tokio::sync::Mutex::new(HashMap::new()));
+
+/// The nodes of `src` that a running backup of this process holds desynced: they stay
+/// eligible for another backup here (that desync is not someone else's).
+pub async fn desynced_here(src: &SourceConfig) -> Vec<String> {
+    let held = HELD.lock().await;
+    src.nodes
+        .iter()
+        .filter(|n| held.get(&n.endpoint.to_string()).is_some_and(|c| *c > 0))
+        .map(|n| n.name.clone())
+        .collect()
 }
 
 fn marker_dir(state_dir: &Path) -> PathBuf {
@@ -140,10 +160,18 @@ pub async fn clear_leftover_desync(
             ));
             continue;
         };
-        let r = match admin_secret(src, g) {
-            Ok((user, pw)) => set_desync(src, node, &user, &pw, false).await,
-            Err(e) => Err(e),
+        let held = HELD.lock().await;
+        let r = if held.get(&node.endpoint.to_string()).is_some_and(|c| *c > 0) {
+            // Another backup of this process dumps from that node now, desynced: it turns
+            // the desync off when it is done.
+            Ok(())
+        } else {
+            match admin_secret(src, g) {
+                Ok((user, pw)) => set_desync(src, node, &user, &pw, false).await,
+                Err(e) => Err(e),
+            }
         };
+        drop(held);
         match r {
             Ok(()) => {
                 let _ = std::fs::remove_file(&p);
@@ -191,10 +219,16 @@ impl DesyncGuard {
                 path: marker.display().to_string(),
                 source,
             })?;
-        if let Err(e) = set_desync(src, node, &user, &pw, true).await {
-            let _ = std::fs::remove_file(&marker);
-            return Err(e);
+        let mut held = HELD.lock().await;
+        let count = held.entry(node.endpoint.to_string()).or_insert(0);
+        if *count == 0 {
+            if let Err(e) = set_desync(src, node, &user, &pw, true).await {
+                let _ = std::fs::remove_file(&marker);
+                return Err(e);
+            }
         }
+        *count += 1;
+        drop(held);
         tracing::info!(event = "desync_on", source = %src.name, node = %node.name);
         Ok(DesyncGuard {
             src: src.clone(),
@@ -208,16 +242,18 @@ impl DesyncGuard {
     /// Turns the desync off and removes the marker (kept if that fails).
     pub async fn release(mut self) -> Result<(), GaleraError> {
         let pw = self.pw.take().expect("not yet released");
-        let r = set_desync(&self.src, &self.node, &self.user, &pw, false).await;
+        let r = release_held(&self.src, &self.node, &self.user, &pw).await;
         self.finish(&r);
-        r
+        r.map(|_| ())
     }
 
-    fn finish(&self, r: &Result<(), GaleraError>) {
+    fn finish(&self, r: &Result<bool, GaleraError>) {
         match r {
-            Ok(()) => {
+            Ok(off) => {
                 let _ = std::fs::remove_file(&self.marker);
-                tracing::info!(event = "desync_off", source = %self.src.name, node = %self.node.name);
+                if *off {
+                    tracing::info!(event = "desync_off", source = %self.src.name, node = %self.node.name);
+                }
             }
             Err(e) => {
                 tracing::error!(event = "desync_off_failed", source = %self.src.name, node = %self.node.name, error = %e, "the marker stays; the next run turns it off")
@@ -240,7 +276,7 @@ impl Drop for DesyncGuard {
             rt.block_on(async {
                 tokio::time::timeout(
                     Duration::from_secs(src.connect_timeout_secs.max(1) + 5),
-                    set_desync(&src, &node, &user, &pw, false),
+                    release_held(&src, &node, &user, &pw),
                 )
                 .await
                 .unwrap_or(Err(GaleraError::Cleanup("timed out")))
@@ -251,4 +287,29 @@ impl Drop for DesyncGuard {
             .unwrap_or(Err(GaleraError::Cleanup("the helper thread panicked")));
         self.finish(&r);
     }
+}
+
+/// One backup of this process is done with its desync of `node`: the node goes back into
+/// flow control (true) when no other backup here still dumps from it.
+async fn release_held(
+    src: &SourceConfig,
+    node: &NodeConfig,
+    user: &str,
+    pw: &Secret,
+) -> Result<bool, GaleraError> {
+    let mut held = HELD.lock().await;
+    let key = node.endpoint.to_string();
+    let left = match held.get_mut(&key) {
+        Some(c) => {
+            *c = c.saturating_sub(1);
+            *c
+        }
+        None => 0,
+    };
+    if left > 0 {
+        tracing::info!(event = "desync_kept", source = %src.name, node = %node.name, backups = left, "another backup of this agent still dumps from this node");
+        return Ok(false);
+    }
+    held.remove(&key);
+    set_desync(src, node, user, pw, false).await.map(|()| true)
 }

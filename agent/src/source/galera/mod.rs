@@ -29,7 +29,7 @@ mod desync;
 mod lease;
 mod node;
 
-pub use desync::{clear_leftover_desync, stuck_desyncs, DesyncGuard, DesyncMarker};
+pub use desync::{clear_leftover_desync, desynced_here, stuck_desyncs, DesyncGuard, DesyncMarker};
 pub use lease::{acquire, lease_ddl, Claim, Lease, ARCHIVER_SLOT, MAX_ATTEMPTS};
 pub use node::{
     choose, eligibility, probe, probe_all, Ineligible, NoEligibleNode, NodeStatus, Probe,
