@@ -3,6 +3,8 @@
 
 mod crypto;
 mod drill;
+mod into;
+mod list;
 mod pinned;
 mod pitr;
 mod progress;
@@ -17,14 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use clap::{ArgGroup, Parser};
-use mysql_async::prelude::*;
 
 use backup_core::config::Config;
-use backup_core::format::grants::Account;
 use backup_core::secret::{read_secret_file, Secret};
-use restore::AccountPolicy;
 
 /// Row connections of a replay when `--jobs` is not given: measured best on 2 cores
 /// against the test server (docs/benchmarks.md).
@@ -282,7 +281,7 @@ async fn run(cli: Cli) -> Result<()> {
         c.add_unit(name).map_err(usage)?;
     }
     if cli.list {
-        return list(&cli, cfg.as_ref());
+        return list::list(&cli, cfg.as_ref());
     }
     if cli.accounts && !cli.databases.is_empty() {
         return Err(usage(
@@ -312,12 +311,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     if cli.verify {
-        return verify(&cli, cfg.as_ref()).await;
+        return drill::command::verify(&cli, cfg.as_ref()).await;
     }
     let until =
         pitr::parse_until(cli.until.as_deref(), cli.until_gtid.as_deref()).map_err(usage)?;
     if let Some(until) = until {
-        return restore_until(&cli, cfg.as_ref(), until).await;
+        return into::restore_until(&cli, cfg.as_ref(), until).await;
     }
     let file = cli
         .decrypt
@@ -364,7 +363,7 @@ async fn run(cli: Cli) -> Result<()> {
     // Fail fast: the target's password, connection, name clashes, max_allowed_packet and
     // account listing are checked against the signed manifest before the long passes.
     let early = match &target {
-        Some(t) => Some(preflight(&cli, cfg.as_ref(), t, &file, &keys).await?),
+        Some(t) => Some(into::preflight(&cli, cfg.as_ref(), t, &file, &keys).await?),
         None => None,
     };
 
@@ -382,7 +381,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 
     let target = target.expect("--into given");
-    let (only, wanted) = selection(&cli, &v)?;
+    let (only, wanted) = into::selection(&cli, &v)?;
     if !v.rename_problems.is_empty() {
         return Err(anyhow!(
             "--as {}: {} object(s) cannot be renamed safely: {}; nothing was restored",
@@ -397,11 +396,11 @@ async fn run(cli: Cli) -> Result<()> {
         None => wanted,
     };
     let (mut conn, rows, policy) =
-        prepare_target(&cli, early.expect("--into given"), &target, &wanted, &v).await?;
+        into::prepare_target(&cli, early.expect("--into given"), &target, &wanted, &v).await?;
     test_pause_before_pass_2();
     // Pass 2: replay.
-    let sel = restore::Selection::new(only, policy).with_rename(renaming(&cli));
-    let n = replay_dump(
+    let sel = restore::Selection::new(only, policy).with_rename(into::renaming(&cli));
+    let n = into::replay_dump(
         &file, &located, &v, &keys, &mut conn, rows, sel, &target, &wanted,
     )
     .await?;
@@ -409,410 +408,6 @@ async fn run(cli: Cli) -> Result<()> {
     eprintln!(
         "restore: restored {} into {target}: {n} statements in {:.1}s",
         wanted.join(", "),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-/// `--as NEW` of the one `--database`.
-fn renaming(cli: &Cli) -> Option<rename::Rename> {
-    let new = cli.as_name.as_ref()?;
-    Some(rename::Rename::new(cli.databases.first()?, new))
-}
-
-/// The databases to restore: `--database` (each must be in the backup) or all of them.
-fn selection(cli: &Cli, v: &restore::Verified) -> Result<(Option<Vec<String>>, Vec<String>)> {
-    let dumped: Vec<String> = v.trailer.databases.clone();
-    let only = if cli.databases.is_empty() {
-        None
-    } else {
-        for d in &cli.databases {
-            if !dumped.contains(d) {
-                return Err(usage(format!(
-                    "database {d:?} is not in this backup; it has: {}",
-                    dumped.join(", ")
-                )));
-            }
-        }
-        Some(cli.databases.clone())
-    };
-    let wanted = only.clone().unwrap_or(dumped);
-    Ok((only, wanted))
-}
-
-/// What the early checks of the target leave for the replay.
-struct Early {
-    conn: mysql_async::Conn,
-    password: Option<Secret>,
-}
-
-/// Before the passes over the backup (which take as long as the restore itself on a large
-/// one): the target's password and connection, and what the signed manifest beside the
-/// backup tells about it: the databases that would clash, the largest statement against
-/// max_allowed_packet, and with --accounts the target's account list. Everything is
-/// checked again after the verification pass, against the dump itself.
-async fn preflight(
-    cli: &Cli,
-    cfg: Option<&Config>,
-    target: &target::Target,
-    file: &Path,
-    keys: &Keys,
-) -> Result<Early> {
-    let password = target_password(cli, cfg, target)?;
-    let mut conn = target::connect(target, password.as_ref()).await?;
-    if let Some(m) = restore::manifest_of(file, &keys.trusted)? {
-        let wanted: Vec<String> = match (&cli.as_name, cli.databases.is_empty()) {
-            (Some(new), _) => vec![new.clone()],
-            (None, true) => m.databases.clone(),
-            (None, false) => cli.databases.clone(),
-        };
-        if !cli.force {
-            let existing: Vec<String> = conn
-                .query("SHOW DATABASES")
-                .await
-                .context("listing databases on the target")?;
-            let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
-            if !clash.is_empty() {
-                bail!(
-                    "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them (nothing was read or restored)",
-                    clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
-        check_target_fits(
-            &mut conn,
-            usize::try_from(m.largest_statement_bytes).unwrap_or(usize::MAX),
-        )
-        .await?;
-        // Every restore creates the databases and their tables and loads rows; --force
-        // drops what is there.
-        let mut needed = vec!["CREATE", "INSERT"];
-        if cli.force {
-            needed.push("DROP");
-        }
-        target::check_privileges(
-            &mut conn,
-            target,
-            &wanted,
-            &needed,
-            "nothing was read or restored",
-        )
-        .await?;
-    }
-    if cli.accounts {
-        // The account listing --accounts needs (its privilege), now rather than later.
-        target::accounts_on(&mut conn, target).await?;
-    }
-    Ok(Early { conn, password })
-}
-
-/// Refuses to overwrite databases without --force (drops them with it), checks that the
-/// largest statement fits, and decides what happens to the backup's accounts.
-async fn prepare_target(
-    cli: &Cli,
-    early: Early,
-    target: &target::Target,
-    wanted: &[String],
-    v: &restore::Verified,
-) -> Result<(mysql_async::Conn, Vec<mysql_async::Conn>, AccountPolicy)> {
-    let largest = v.largest_statement;
-    let Early { mut conn, password } = early;
-    let rows = target::connect_rows(target, password.as_ref(), cli.jobs).await?;
-    drop(password);
-    let existing: Vec<String> = conn
-        .query("SHOW DATABASES")
-        .await
-        .context("listing databases on the target")?;
-    let clash: Vec<&String> = wanted.iter().filter(|d| existing.contains(d)).collect();
-    if !clash.is_empty() && !cli.force {
-        bail!(
-                "refusing to overwrite existing database(s) on {target}: {}; restore into another server, drop them, or pass --force to replace them",
-                clash.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            );
-    }
-    check_target_fits(&mut conn, largest).await?;
-    // What the backup's objects need, now that pass 1 has read them all.
-    let restored = |db: &str| match &cli.as_name {
-        Some(_) => cli.databases.first().is_some_and(|d| d == db),
-        None => wanted.iter().any(|w| w == db),
-    };
-    let mut needed = vec!["CREATE", "INSERT"];
-    for o in v.trailer.objects.iter().filter(|o| restored(&o.db)) {
-        let p = match o.kind.as_str() {
-            "VIEW" => "CREATE VIEW",
-            "PROCEDURE" | "FUNCTION" | "PACKAGE" | "PACKAGE BODY" => "CREATE ROUTINE",
-            "TRIGGER" => "TRIGGER",
-            "EVENT" => "EVENT",
-            _ => continue,
-        };
-        if !needed.contains(&p) {
-            needed.push(p);
-        }
-    }
-    if cli.force && !clash.is_empty() {
-        needed.push("DROP");
-    }
-    target::check_privileges(&mut conn, target, wanted, &needed, "nothing was restored").await?;
-    let policy = account_policy(cli, &mut conn, target, &v.accounts).await?;
-    warn_missing_definers(cli, &mut conn, target, v).await;
-    for d in &clash {
-        eprintln!("restore: --force: dropping database {d} on {target}");
-        conn.query_drop(format!(
-            "DROP DATABASE {}",
-            backup_core::format::quote_ident(d)
-        ))
-        .await?;
-    }
-    Ok((conn, rows, policy))
-}
-
-/// Says which DEFINERs of the backup's views, routines, triggers and events the target
-/// lacks (and the restore does not create): a view or routine that runs as a missing
-/// account fails to load or to run. A backup of some databases holds only the accounts
-/// with privileges on them, so a DBA who defined its objects is not in it.
-async fn warn_missing_definers(
-    cli: &Cli,
-    conn: &mut mysql_async::Conn,
-    target: &target::Target,
-    v: &restore::Verified,
-) {
-    let created: std::collections::BTreeSet<&Account> = if cli.accounts {
-        v.accounts.iter().collect()
-    } else {
-        Default::default()
-    };
-    let wanted: Vec<Account> = v
-        .definers
-        .iter()
-        .filter(|d| !created.contains(d))
-        .cloned()
-        .collect();
-    if wanted.is_empty() {
-        return;
-    }
-    let missing: Vec<String> = match target::existing_accounts(conn, target, &wanted).await {
-        Ok(e) => wanted
-            .iter()
-            .filter(|d| !e.contains(d))
-            .map(|d| d.to_string())
-            .collect(),
-        Err(_) => {
-            eprintln!("restore: cannot check that the definers of the backup's objects exist on {target} (no SELECT on mysql.user); a view or routine whose definer is missing fails");
-            return;
-        }
-    };
-    if !missing.is_empty() {
-        let hint = if !cli.accounts
-            && missing
-                .iter()
-                .any(|m| v.accounts.iter().any(|a| a.to_string() == *m))
-        {
-            "restore with --accounts, or create them first"
-        } else {
-            "create them first (e.g. CREATE USER ... ACCOUNT LOCK, with the privileges the objects need)"
-        };
-        eprintln!(
-            "restore: warning: the backup's views, routines, triggers or events are defined by {} account(s) that {target} lacks: {}; those that run as them fail to load or to run: {hint}",
-            missing.len(),
-            some_names(&missing)
-        );
-    }
-}
-
-/// A few names of a list, for a message.
-fn some_names(names: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut s = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SHOWN {
-        s.push_str(&format!(" and {} more", names.len() - SHOWN));
-    }
-    s
-}
-
-/// What the restore does with the backup's accounts, said on standard error: nothing
-/// without --accounts; with it, creates the missing ones and leaves the existing ones
-/// alone (or, with --force, gives them the backup's definition and grants).
-async fn account_policy(
-    cli: &Cli,
-    conn: &mut mysql_async::Conn,
-    target: &target::Target,
-    dumped: &[Account],
-) -> Result<AccountPolicy> {
-    let names = |a: &mut dyn Iterator<Item = &Account>| -> String {
-        some_names(&a.map(|a| a.to_string()).collect::<Vec<_>>())
-    };
-    if !cli.accounts {
-        if !dumped.is_empty() {
-            eprintln!(
-                "restore: not restoring the backup's {} account(s) and role(s) nor their grants ({}); pass --accounts to create them",
-                dumped.len(),
-                names(&mut dumped.iter())
-            );
-        }
-        return Ok(AccountPolicy::Skip);
-    }
-    let existing = target::existing_accounts(conn, target, dumped).await?;
-    let new = dumped.len() - existing.len();
-    if !existing.is_empty() {
-        let mut e: Vec<&Account> = existing.iter().collect();
-        e.sort();
-        if cli.force {
-            eprintln!(
-                "restore: --accounts --force: giving {} existing account(s) on {target} the backup's password, options and grants: {}",
-                e.len(),
-                names(&mut e.into_iter())
-            );
-        } else {
-            eprintln!(
-                "restore: --accounts: leaving {} existing account(s) on {target} as they are, with their grants: {}; pass --force to give them the backup's password and grants",
-                e.len(),
-                names(&mut e.into_iter())
-            );
-        }
-    }
-    if new > 0 {
-        eprintln!("restore: --accounts: creating {new} account(s) and role(s) with their grants");
-    }
-    Ok(AccountPolicy::Create {
-        existing,
-        replace: cli.force,
-    })
-}
-
-/// Pass 2 of a dump: replays the verified file (through its pins) on `conn`.
-#[allow(clippy::too_many_arguments)]
-async fn replay_dump(
-    file: &Path,
-    located: &restore::Located,
-    v: &restore::Verified,
-    keys: &Keys,
-    conn: &mut mysql_async::Conn,
-    rows: Vec<mysql_async::Conn>,
-    sel: restore::Selection,
-    target: &target::Target,
-    wanted: &[String],
-) -> Result<u64> {
-    replay::replay(
-        file,
-        &located.pins,
-        located.max_statement,
-        &keys.dpo,
-        &keys.trusted,
-        conn,
-        rows,
-        sel,
-        v.sql_bytes,
-    )
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "restore into {target} failed: {e:#}; the target may hold a partial restore of: {}",
-            wanted.join(", ")
-        )
-    })
-}
-
-/// `--into URL --until TIME|--until-gtid GTID`: a backup and the archived binary log up
-/// to the target, everything verified before anything is replayed.
-async fn restore_until(cli: &Cli, cfg: Option<&Config>, until: pitr::Until) -> Result<()> {
-    let cfg = cfg.ok_or_else(|| {
-        usage("--until and --until-gtid need --config (the stores that hold the backups and the archived binary log)")
-    })?;
-    let source = match &cli.source {
-        Some(s) => s.clone(),
-        None if cfg.sources.len() == 1 => cfg.sources[0].name.clone(),
-        None => {
-            return Err(usage(
-                "several sources are configured; choose one with --source NAME",
-            ))
-        }
-    };
-    let target = target::parse(cli.into.as_deref().expect("clap requires --into"))
-        .map_err(|e| usage(format!("{e:#}")))?;
-    let keys = load_keys(cli, Some(cfg))?;
-    let t0 = Instant::now();
-    let backup = cli.backup.as_ref().map(|b| b.display().to_string());
-    let mut plan = pitr::plan(
-        cfg,
-        &source,
-        cli.store.as_deref(),
-        backup.as_deref(),
-        &until,
-        &keys.trusted,
-    )?;
-    eprintln!("restore: to {until}: {}", pitr::describe(&plan));
-    let args = drill::DrillArgs {
-        source: Some(&source),
-        backup: Some(&plan.backup.backup_id),
-        store: cli.store.as_deref(),
-        scratch: None,
-        scratch_password: None,
-        jobs: cli.jobs,
-    };
-    let chosen = drill::choose(Some(cfg), &args, &keys.trusted)?;
-    let early = preflight(cli, Some(cfg), &target, &chosen.file, &keys).await?;
-    let (located, v) = verify_file(cli, &chosen.file, &keys)?;
-    let (only, wanted) = selection(cli, &v)?;
-    let summary = pitr::verify(&mut plan, &wanted, &keys.dpo, &keys.trusted)?;
-    eprintln!(
-        "restore: binary log verified: {} segment(s), checksums, decryption, MDC, trusted signatures and every event; {} transaction(s) to apply{}{}",
-        plan.segments.len(),
-        summary.applied,
-        match &summary.last_applied {
-            Some((g, t)) => format!(" (the last {g} at {})", chrono::DateTime::from_timestamp(i64::from(*t), 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            None => String::new(),
-        },
-        match &summary.stopped_before {
-            Some((g, t)) => format!(", stopping before {g} at {}", chrono::DateTime::from_timestamp(i64::from(*t), 0).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-            None => String::new(),
-        }
-    );
-    if !summary.other.is_empty() {
-        eprintln!(
-            "restore: skipping transactions of databases not restored: {}",
-            summary
-                .other
-                .iter()
-                .map(|(d, n)| format!("{d} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    for q in &summary.unattributed_skipped {
-        eprintln!("restore: skipping a statement without a default database that names no restored database: {q}");
-    }
-    let (mut conn, rows, policy) = prepare_target(cli, early, &target, &wanted, &v).await?;
-    test_pause_before_pass_2();
-    let n = replay_dump(
-        &chosen.file,
-        &located,
-        &v,
-        &keys,
-        &mut conn,
-        rows,
-        restore::Selection::new(only, policy),
-        &target,
-        &wanted,
-    )
-    .await?;
-    eprintln!(
-        "restore: backup {} replayed: {n} statements",
-        plan.backup.backup_id
-    );
-    let m = pitr::apply(&plan, &wanted, &keys.dpo, &keys.trusted, &mut conn)
-        .await
-        .map_err(|e| anyhow!("applying the binary log on {target} failed: {e:#}; the target holds the backup and part of the log: drop {} and restore again", wanted.join(", ")))?;
-    let _ = conn.disconnect().await;
-    eprintln!(
-        "restore: restored {} into {target} as of {until}: backup {} and {} transaction(s) of the binary log ({m} statements) in {:.1}s",
-        wanted.join(", "),
-        plan.backup.backup_id,
-        summary.applied,
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -856,7 +451,7 @@ fn verify_file(
         located.max_statement,
         &keys.dpo,
         &keys.trusted,
-        renaming(cli),
+        into::renaming(cli),
     )?;
     eprintln!(
         "restore: verified: decrypted with DPO key {} (subkey {}), {} {}, signed by trusted agent key {}, dump complete ({} statements, {} tables, {} SQL bytes, completed {})",
@@ -878,268 +473,6 @@ fn verify_file(
         id.databases.join(", ")
     );
     Ok((located, v))
-}
-
-/// Refuses a target that cannot take this backup's largest statement: max_allowed_packet,
-/// and on a Galera node wsrep_max_ws_size (each statement is one writeset).
-async fn check_target_fits(conn: &mut mysql_async::Conn, largest: usize) -> Result<()> {
-    // On a Galera target each statement is one writeset (autocommit, at most 1 MiB unless a
-    // single row is larger): it must fit wsrep_max_ws_size, or the cluster refuses it midway.
-    let wsrep: Option<(String, u64)> = conn
-        .query_first("SELECT @@GLOBAL.wsrep_on, @@GLOBAL.wsrep_max_ws_size")
-        .await
-        .unwrap_or(None);
-    if let Some((on, ws)) = wsrep {
-        if on == "1" && (ws as usize) < largest {
-            bail!(
-                "the target is a Galera node whose wsrep_max_ws_size is {ws} bytes, but the largest statement in this backup is {} bytes; raise wsrep_max_ws_size and retry",
-                largest
-            );
-        }
-    }
-    let map: u64 = conn
-        .query_first("SELECT @@max_allowed_packet")
-        .await?
-        .unwrap_or(0);
-    if (map as usize) < largest + 1024 {
-        bail!(
-            "the target's max_allowed_packet is {map} bytes but the largest statement in this backup is {} bytes; raise it (SET GLOBAL max_allowed_packet={}) and retry",
-            largest,
-            (largest + 1024).next_power_of_two()
-        );
-    }
-    Ok(())
-}
-
-fn list(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
-    let cfg = cfg.ok_or_else(|| usage("--list needs --config (the stores and sources)"))?;
-    let trust = load_trusted(cli, Some(cfg))?.trust();
-    let mut rows = Vec::new();
-    let mut table: Vec<backup_core::listing::Row> = Vec::new();
-    for src in cfg
-        .sources
-        .iter()
-        .filter(|s| cli.source.as_ref().is_none_or(|n| &s.name == n))
-    {
-        if src.split.is_some() {
-            // Its backups are per database, under <prefix>/<database>.
-            eprintln!(
-                "restore: source {} keeps one backup per database: list one with --source {}/<database> (backup-agent list shows every database it has backed up)",
-                src.name, src.name
-            );
-            continue;
-        }
-        // The archived binary log of the source, from every store: how far a
-        // point-in-time restore from each backup reaches.
-        let mut segs: std::collections::BTreeMap<String, backup_core::manifest::SegmentManifest> =
-            std::collections::BTreeMap::new();
-        let mut per_store = Vec::new();
-        for st in &cfg.stores {
-            let store = backup_core::store::open_store(st).map_err(|e| anyhow!("{e}"))?;
-            let list = backup_core::catalog::complete_backups(store.as_ref(), &src.prefix, &trust)
-                .map_err(|e| anyhow!("{e}"))?;
-            for (id, problem) in &list.problems {
-                eprintln!(
-                    "restore: store {}: backup {id} is not listed: {problem}",
-                    st.name
-                );
-            }
-            if let Ok(l) =
-                backup_core::catalog::complete_segments(store.as_ref(), &src.prefix, &trust)
-            {
-                for (id, problem) in &l.problems {
-                    eprintln!(
-                        "restore: store {}: segment {id} is not used: {problem}",
-                        st.name
-                    );
-                }
-                for m in l.segments {
-                    segs.entry(m.segment_id.clone()).or_insert(m);
-                }
-            }
-            per_store.push((st, store, list.backups));
-        }
-        let all: Vec<&backup_core::manifest::SegmentManifest> = segs.values().collect();
-        let first_row = table.len();
-        for (st, store, backups) in per_store {
-            for m in backups {
-                let reach = backup_core::listing::reach(&m, &all);
-                // One row per backup, its copies on every store.
-                match table[first_row..]
-                    .iter_mut()
-                    .find(|r| r.backup == m.backup_id)
-                {
-                    Some(r) => r.copies.push((st.name.clone(), "listed".into())),
-                    None => table.push(backup_core::listing::Row {
-                        source: src.name.clone(),
-                        backup: m.backup_id.clone(),
-                        finished: m.finished_at.clone(),
-                        size: m.data.size,
-                        copies: vec![(st.name.clone(), "listed".into())],
-                        verdict: None,
-                        until: reach.as_ref().map(|r| r.0.clone()),
-                    }),
-                }
-                rows.push(serde_json::json!({
-                    "source": src.name, "store": st.name, "backup_id": m.backup_id, "finished_at": m.finished_at,
-                    "size": m.data.size, "sha256": m.data.sha256, "databases": m.databases,
-                    "file": store.describe(&backup_core::layout::key(&src.prefix, &m.data.name)),
-                    "recoverable_until": reach.as_ref().map(|r| r.0.clone()),
-                    "recoverable_until_gtid": reach.as_ref().map(|r| r.1.clone()),
-                }));
-            }
-        }
-        table[first_row..].sort_by(|a, b| a.backup.cmp(&b.backup));
-    }
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        // The listing's one text format (backup-agent list prints the same table, with
-        // each copy's verification and the 3-2-1 verdict, which only the agent knows).
-        for r in &mut table {
-            r.copies.sort();
-        }
-        print!("{}", backup_core::listing::render(&table));
-    }
-    Ok(())
-}
-
-async fn verify(cli: &Cli, cfg: Option<&Config>) -> Result<()> {
-    let started = chrono::Utc::now();
-    let mut report = drill::DrillReport {
-        started_at: started.to_rfc3339(),
-        ..Default::default()
-    };
-    let keys = load_keys(cli, cfg)?;
-    let scratch_password = match &cli.scratch_password_file {
-        Some(f) => Some(read_secret_file(f, "--scratch-password-file")?),
-        None => None,
-    };
-    let backup = cli.backup.as_ref().map(|b| b.display().to_string());
-    let args = drill::DrillArgs {
-        source: cli.source.as_deref(),
-        backup: backup.as_deref(),
-        store: cli.store.as_deref(),
-        scratch: cli.scratch.as_deref(),
-        scratch_password,
-        jobs: cli.jobs,
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let outcome = tokio::select! {
-        r = async {
-            if cli.pitr {
-                drill::run_pitr(cfg, &args, &keys.dpo, &keys.trusted, &mut report).await
-            } else {
-                drill::run(cfg, &args, &keys.dpo, &keys.trusted, &mut report).await
-            }
-        } => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the scratch server was removed")),
-        _ = term.recv() => Err(anyhow!("terminated; the scratch server was removed")),
-    };
-    if let Err(e) = &outcome {
-        report.error = Some(format!("{e:#}"));
-    }
-    report.success =
-        outcome.is_ok() && report.mismatches.is_empty() && report.checks.iter().all(|c| c.ok);
-    report.finished_at = Some(chrono::Utc::now().to_rfc3339());
-    let notes = drill::record(cfg, &report);
-    if let Some(cfg) = cfg {
-        let alerter = backup_core::alert::Alerter::new(
-            cfg.alerts.clone(),
-            backup_core::state::StateStore::new(&cfg.agent.state_dir),
-        );
-        let src = report.source.clone().unwrap_or_else(|| "-".into());
-        let (event, msg) = if report.success {
-            (
-                "drill_succeeded",
-                format!(
-                    "{} passed: {} tables identical",
-                    drill_name(&report),
-                    report.tables_compared
-                ),
-            )
-        } else {
-            (
-                "drill_failed",
-                format!(
-                    "{} FAILED: {}",
-                    drill_name(&report),
-                    report
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| report.mismatches.join("; "))
-                ),
-            )
-        };
-        let mut a = backup_core::alert::Alert::new(event, &src, report.success, msg);
-        a.backup = report.backup_id.clone();
-        a.details = serde_json::json!({"pitr": report.pitr, "base_backup_id": report.base_backup_id, "tables_compared": report.tables_compared, "restore_seconds": report.restore_seconds, "mismatches": report.mismatches});
-        alerter.send(&a).await;
-    }
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{} (source {}, store {})",
-            drill_name(&report),
-            report.source.as_deref().unwrap_or("?"),
-            report.store.as_deref().unwrap_or("-")
-        );
-        if let Some(age) = report.backup_age_seconds {
-            println!(
-                "  backup finished {} ({}h old), {} bytes",
-                report.backup_finished_at.as_deref().unwrap_or("?"),
-                age / 3600,
-                report.data_bytes.unwrap_or(0)
-            );
-        }
-        println!("  scratch: {}", report.scratch);
-        for c in &report.checks {
-            println!(
-                "  [{}] {}: {}",
-                if c.ok { "ok" } else { "FAILED" },
-                c.name,
-                c.detail
-            );
-        }
-        if let Some(t) = report.restore_seconds {
-            println!("  time to restore (RTO for this size): {t:.1}s");
-        }
-        for n in &notes {
-            println!("  {n}");
-        }
-        println!(
-            "{}",
-            if report.success {
-                "DRILL PASSED"
-            } else {
-                "DRILL FAILED"
-            }
-        );
-    }
-    if report.success {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "the drill failed: {}",
-            report
-                .error
-                .clone()
-                .unwrap_or_else(|| report.mismatches.join("; "))
-        ))
-    }
-}
-
-/// "restore drill of ID", or for the log drill "log drill (PITR): OLD + archived log = NEW".
-fn drill_name(r: &drill::DrillReport) -> String {
-    let id = r.backup_id.as_deref().unwrap_or("?");
-    match (&r.base_backup_id, r.pitr) {
-        (Some(base), true) => {
-            format!("log drill (PITR): backup {base} + archived binary log = backup {id}")
-        }
-        (None, true) => format!("log drill (PITR) to backup {id}"),
-        _ => format!("restore drill of {id}"),
-    }
 }
 
 /// A seam for the fault tests: with `BACKUP_RESTORE_TEST_PAUSE=PATH`, restore creates
