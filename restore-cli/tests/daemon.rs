@@ -633,14 +633,10 @@ fn the_daemon_prunes_a_dropped_database_under_retention() {
     let src = source();
     let p = unique("dpr");
     let (a, b) = (format!("{p}_a"), format!("{p}_b"));
-    for d in [&a, &b] {
-        src.drop_db(d);
-        src.sql(&format!("CREATE DATABASE `{d}`"));
-        src.sql_db(
-            d,
-            "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
-        );
-    }
+    src.fresh_dbs(
+        &[&a, &b],
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
     let mut setup = Setup::new(&src, &format!("{p}_*"));
     let http = free_port();
     setup.extra = "split = \"database\"\nschedule = \"0 3 1 1 *\"\nmax_age = \"1000d\"\n".into();

@@ -710,14 +710,7 @@ fn the_connection_budget_bounds_backups_against_one_server() {
     let src = source();
     let p = unique("bud");
     let (a, b) = (format!("{p}_a"), format!("{p}_b"));
-    for d in [&a, &b] {
-        src.drop_db(d);
-        src.sql(&format!("CREATE DATABASE `{d}`"));
-        src.sql_db(
-            d,
-            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 512) FROM seq_1_to_1500",
-        );
-    }
+    src.fresh_dbs(&[&a, &b], "CREATE TABLE t (id INT PRIMARY KEY, v TEXT); INSERT INTO t SELECT seq, SHA2(seq, 512) FROM seq_1_to_1500");
     let mut setup = Setup::new(&src, &format!("{p}_*"));
     // About 1.5 s each: one after the other would show.
     setup.extra = "split = \"database\"\nrate_limit = \"128KiB\"\n".into();
@@ -769,14 +762,10 @@ fn a_tenant_certificate_on_a_split_source_opens_that_database_only() {
     let src = source();
     let p = unique("spt");
     let (a, b) = (format!("{p}_a"), format!("{p}_b"));
-    for d in [&a, &b] {
-        src.drop_db(d);
-        src.sql(&format!("CREATE DATABASE `{d}`"));
-        src.sql_db(
-            d,
-            "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
-        );
-    }
+    src.fresh_dbs(
+        &[&a, &b],
+        "CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1)",
+    );
     let gpg = Gpg::new();
     let email = "split-tenant@tenant.test";
     gpg.gen_key(email, "ed25519", None, "1y");

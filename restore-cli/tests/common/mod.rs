@@ -129,6 +129,15 @@ impl Server {
         self.sql(&format!("DROP DATABASE IF EXISTS `{db}`"));
     }
 
+    /// Creates each database anew (dropped first), with `sql` run in it.
+    pub fn fresh_dbs(&self, dbs: &[&String], sql: &str) {
+        for d in dbs {
+            self.drop_db(d);
+            self.sql(&format!("CREATE DATABASE `{d}`"));
+            self.sql_db(d, sql);
+        }
+    }
+
     /// A least-privilege dump account (as documented) with the given password.
     pub fn dump_user(&self, user: &str, password: &str) {
         for host in ["127.0.0.1", "localhost"] {
