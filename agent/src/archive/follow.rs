@@ -86,7 +86,12 @@ pub async fn follow(
             });
         }
     };
-    let level = cfg.encryption.as_ref().map_or(6, |e| e.compression_level);
+    let level = cfg
+        .encryption
+        .as_ref()
+        .map_or(backup_core::config::DEFAULT_COMPRESSION_LEVEL, |e| {
+            e.compression_level
+        });
     let from = SegmentFrom {
         source: src,
         node,

@@ -632,7 +632,11 @@ pub async fn archive_until_now(
             archive_segment(
                 &stores,
                 keys,
-                cfg.encryption.as_ref().map_or(6, |e| e.compression_level),
+                cfg.encryption
+                    .as_ref()
+                    .map_or(backup_core::config::DEFAULT_COMPRESSION_LEVEL, |e| {
+                        e.compression_level
+                    }),
                 &from,
                 &seg,
             )

@@ -178,10 +178,10 @@ impl Validator<'_> {
                     Some(l.span()),
                     "must be between 1 and 9",
                 );
-                6
+                DEFAULT_COMPRESSION_LEVEL
             }
             Some(l) => l.into_inner(),
-            None => 6,
+            None => DEFAULT_COMPRESSION_LEVEL,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let threads = match e.compression_threads {
