@@ -5,7 +5,9 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
 
 use super::TableDigest;
-use crate::format::columns::{data_column, raw, select_rows_sql, Column, COLUMNS_QUERY};
+use crate::format::columns::{
+    bytes_of, data_column, raw, select_rows_sql, values, Column, COLUMNS_QUERY,
+};
 use crate::format::quote_str;
 
 /// Reading a table for its digest failed.
@@ -53,8 +55,8 @@ pub async fn table_digest(
         .await
         .map_err(server(during.clone()))?;
     while let Some(row) = result.next().await.map_err(server(during.clone()))? {
-        let v = raw(row);
-        d.add_row(v.iter().map(|x| x.as_deref()));
+        let v = values(row);
+        d.add_row(v.iter().map(bytes_of));
     }
     Ok(d)
 }

@@ -9,6 +9,28 @@ use super::{push_hex, push_quoted, qualified, quote_ident};
 /// A row in the text protocol: each value as the bytes the server sent, NULL as None.
 pub type RawRow = Vec<Option<Vec<u8>>>;
 
+/// A row's values as the server sent them, kept where they are (no copy, no second
+/// vector): read each with [`bytes_of`]. In the text protocol every value is bytes or
+/// NULL; any other kind is replaced by its SQL text, as [`raw`] does.
+pub fn values(row: Row) -> Vec<Option<Value>> {
+    let mut v = row.unwrap_raw();
+    for x in v.iter_mut() {
+        match x {
+            None | Some(Value::NULL) | Some(Value::Bytes(_)) => {}
+            Some(other) => *x = Some(Value::Bytes(other.as_sql(true).into_bytes())),
+        }
+    }
+    v
+}
+
+/// A value of [`values`]: its bytes, or None for NULL.
+pub fn bytes_of(v: &Option<Value>) -> Option<&[u8]> {
+    match v {
+        Some(Value::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
 pub fn raw(row: Row) -> RawRow {
     row.unwrap_raw()
         .into_iter()

@@ -8,7 +8,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 
 use backup_core::digest::{definition_digest, TableDigest};
-use backup_core::format::columns::{push_value, raw, select_rows_sql, Column};
+use backup_core::format::columns::{bytes_of, push_value, raw, select_rows_sql, values, Column};
 use backup_core::format::{self, qualified, quote_ident, TableTrailer};
 
 use super::output::SqlOutput;
@@ -138,35 +138,40 @@ async fn dump_rows(
     let during = format!("reading rows of {db}.{table}");
     let mut digest = TableDigest::new();
     let mut stmt: Vec<u8> = Vec::with_capacity(format::MAX_INSERT_BYTES + 64 * 1024);
-    let mut rowbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut result = conn.query_iter(sql).await.map_err(server(during.clone()))?;
     while let Some(row) = result.next().await.map_err(server(during.clone()))? {
-        let values = raw(row);
-        digest.add_row(values.iter().map(|v| v.as_deref()));
-        rowbuf.clear();
-        rowbuf.push(b'(');
-        for (i, (v, c)) in values.iter().zip(cols).enumerate() {
-            if i > 0 {
-                rowbuf.push(b',');
-            }
-            match v {
-                None => rowbuf.extend_from_slice(b"NULL"),
-                Some(b) => push_value(&mut rowbuf, &c.kind, b),
-            }
-        }
-        rowbuf.push(b')');
-        if !stmt.is_empty() && stmt.len() + 1 + rowbuf.len() + 2 > format::MAX_INSERT_BYTES {
-            stmt.extend_from_slice(b";\n");
-            summary.largest_statement = summary.largest_statement.max(stmt.len() - 1);
-            out.write(&stmt).await?;
-            stmt.clear();
-        }
-        if stmt.is_empty() {
+        let values = values(row);
+        digest.add_row(values.iter().map(bytes_of));
+        // The row is written in place, after the statement so far; if that makes the
+        // statement too long, the row moves to the next one (once per statement).
+        let before = stmt.len();
+        if before == 0 {
             stmt.extend_from_slice(&prefix);
         } else {
             stmt.push(b',');
         }
-        stmt.extend_from_slice(&rowbuf);
+        let row_at = stmt.len();
+        stmt.push(b'(');
+        for (i, (v, c)) in values.iter().zip(cols).enumerate() {
+            if i > 0 {
+                stmt.push(b',');
+            }
+            match bytes_of(v) {
+                None => stmt.extend_from_slice(b"NULL"),
+                Some(b) => push_value(&mut stmt, &c.kind, b),
+            }
+        }
+        stmt.push(b')');
+        if before > 0 && stmt.len() + 2 > format::MAX_INSERT_BYTES {
+            let row = stmt[row_at..].to_vec();
+            stmt.truncate(before);
+            stmt.extend_from_slice(b";\n");
+            summary.largest_statement = summary.largest_statement.max(stmt.len() - 1);
+            out.write(&stmt).await?;
+            stmt.clear();
+            stmt.extend_from_slice(&prefix);
+            stmt.extend_from_slice(&row);
+        }
     }
     if !stmt.is_empty() {
         stmt.extend_from_slice(b";\n");
