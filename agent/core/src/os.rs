@@ -61,6 +61,21 @@ pub fn test_kill_point(point: &str) {
     }
 }
 
+/// The suite's seam for a race: when `BACKUP_AGENT_TEST_PAUSE_AT` is `<point>:<ms>` and
+/// names this point, the calling thread sleeps that long here. Unset, it does nothing.
+pub fn test_pause_point(point: &str) {
+    let Some(v) = std::env::var_os("BACKUP_AGENT_TEST_PAUSE_AT") else {
+        return;
+    };
+    let v = v.to_string_lossy();
+    if let Some((p, ms)) = v.split_once(':') {
+        if p == point {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

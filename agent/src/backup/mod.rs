@@ -320,7 +320,13 @@ pub async fn run_backup(
             source_name: sname.clone(),
             err: Box::new(err),
         })?;
-    drop(password);
+    // Helpers that read large tables open their connections during the dump; the
+    // password goes when it ends.
+    let connector = dump::Connector {
+        source: source.clone(),
+        endpoint: from.node.endpoint.clone(),
+        password: Arc::new(password),
+    };
 
     // Open the data object on every store that can take it.
     let (slots, descriptions, mut failures) = open_targets(targets, &source.prefix, &id);
@@ -359,7 +365,16 @@ pub async fn run_backup(
         source.name,
         started.format("%Y-%m-%dT%H:%M:%SZ")
     );
-    let dumped = dump::dump(&mut conn, source, &id, &description, &mut out).await;
+    let dumped = dump::dump(
+        &mut conn,
+        source,
+        &id,
+        &description,
+        &mut out,
+        Some(&connector),
+    )
+    .await;
+    drop(connector);
     let (summary, sealed) = match dumped {
         Ok(s) => {
             backup_core::os::test_kill_point("dumped");

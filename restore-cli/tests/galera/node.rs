@@ -125,7 +125,14 @@ fn a_dump_under_load_restores_to_a_consistent_state() {
          CREATE TABLE transfers (id BIGINT AUTO_INCREMENT PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount INT NOT NULL)",
     );
     // Only n1 is in the agent's site: the dump comes from n1 while n2 and n3 take writes.
-    let s = n1_setup(&c, &db, "rate_limit = \"256KiB\"", "lease = false");
+    // Every table read over two connections, in one snapshot held across them by the
+    // commit lock on a Galera node.
+    let s = n1_setup(
+        &c,
+        &db,
+        "rate_limit = \"256KiB\"\nparallel_table_size = \"0\"",
+        "lease = false",
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = [2usize, 3]
@@ -155,6 +162,11 @@ fn a_dump_under_load_restores_to_a_consistent_state() {
     }
     ok(&o, "backup under load");
     assert_eq!(node.as_deref(), Some("n1"));
+    assert!(
+        stderr(&o).contains(&format!("\"table\":\"{db}.transfers\",\"ranges\"")),
+        "transfers was not read in ranges: {}",
+        stderr(&o)
+    );
     assert!(
         during >= 20,
         "the writers committed only {during} transfers during the {took:?} dump"

@@ -204,6 +204,10 @@ pub struct SourceConfig {
     pub galera: Option<GaleraConfig>,
     /// Bytes of SQL per second the dump may read at most.
     pub rate_limit: Option<u64>,
+    /// Connections that read one large table at once, in key ranges, in one snapshot.
+    pub dump_connections: usize,
+    /// Tables whose estimated size is at least this are read over `dump_connections`.
+    pub parallel_table_size: u64,
     pub user: String,
     pub password_file: ConfigPath,
     pub include: Vec<String>,
@@ -307,6 +311,15 @@ impl fmt::Display for Endpoint {
 /// backup's wall time on 2 cores against 6 for 0.15% more output (docs/benchmarks.md);
 /// below 5 the output grows by 8% for no speed (the server's share bounds the wall time).
 pub const DEFAULT_COMPRESSION_LEVEL: u32 = 5;
+
+/// Connections that read a large table at once. Two: on 2 cores the server's thread and
+/// the dumper's thread are the backup's serial chain, and a second connection gives each a
+/// second thread (measured in docs/benchmarks.md).
+pub const DEFAULT_DUMP_CONNECTIONS: usize = 2;
+
+/// Tables at least this large (the server's estimate) are read over several connections;
+/// smaller ones cost more in round trips than they gain.
+pub const DEFAULT_PARALLEL_TABLE_SIZE: u64 = 64 << 20;
 
 #[derive(Debug, Clone)]
 pub struct EncryptionConfig {
@@ -459,11 +472,26 @@ impl SourceConfig {
 
     /// Connections a backup of this source may hold to its server at once: the dump's,
     /// and for a Galera source the lease's and the desync's.
+    /// Fewer readers when `max_connections_per_server` leaves no room for them (and the
+    /// lock connection) beside the backup's other connections.
+    pub fn fit_dump_connections(&mut self, per_server: usize) {
+        let readers = self.dump_connections.max(1);
+        let others = self.connections_per_backup() - readers - usize::from(readers > 1);
+        // n readers take n connections, and one more (the lock's) when n > 1.
+        let most = per_server.saturating_sub(others).saturating_sub(1).max(1);
+        self.dump_connections = readers.min(most);
+    }
+
     pub fn connections_per_backup(&self) -> usize {
-        1 + self
-            .galera
-            .as_ref()
-            .map_or(0, |g| usize::from(g.lease) + usize::from(g.desync))
+        // The readers, and for more than one the connection that holds the commit lock
+        // for the instant their snapshots start.
+        let readers = self.dump_connections.max(1);
+        readers
+            + usize::from(readers > 1)
+            + self
+                .galera
+                .as_ref()
+                .map_or(0, |g| usize::from(g.lease) + usize::from(g.desync))
     }
 
     /// The server a source's connections count against (its nodes, in order).

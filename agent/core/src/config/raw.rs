@@ -53,6 +53,10 @@ pub(crate) struct RawSource {
     pub(crate) galera: Option<RawGalera>,
     /// Upper bound on the dump's read rate, in bytes of SQL per second (e.g. "50MiB").
     pub(crate) rate_limit: Option<Spanned<String>>,
+    /// Connections reading a large table at once (1: one connection for everything).
+    pub(crate) dump_connections: Option<Spanned<i64>>,
+    /// Tables at least this large (estimated, e.g. "64MiB") are read over several connections.
+    pub(crate) parallel_table_size: Option<Spanned<String>>,
     pub(crate) user: Spanned<String>,
     pub(crate) password_file: Option<Spanned<PathBuf>>,
     /// Present only so that a plain password gets a helpful error instead of "unknown key".

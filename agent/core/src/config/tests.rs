@@ -39,6 +39,36 @@ kind = "local"
 path = "/var/backups"
 "#;
 
+/// The dump's readers fit in `max_connections_per_server` beside the backup's other
+/// connections, counting the lock connection that more than one reader needs.
+#[test]
+fn dump_connections_fit_the_connection_budget() {
+    let fit = |text: &str| {
+        let c = Config::parse(Path::new("c.toml"), text, &env(&[])).unwrap();
+        (
+            c.sources[0].dump_connections,
+            c.sources[0].connections_per_backup(),
+        )
+    };
+    assert_eq!(fit(GOOD), (2, 3), "default: two readers and the lock");
+    let with = |agent: &str, source: &str| {
+        GOOD.replace("site = \"dc1\"", &format!("site = \"dc1\"\n{agent}"))
+            .replace("port = 3306", &format!("port = 3306\n{source}"))
+    };
+    assert_eq!(fit(&with("max_connections_per_server = 2", "")), (1, 1));
+    assert_eq!(fit(&with("max_connections_per_server = 3", "")), (2, 3));
+    assert_eq!(fit(&with("", "dump_connections = 3")), (3, 4));
+    assert_eq!(fit(&with("", "dump_connections = 8")), (3, 4));
+    assert_eq!(fit(&with("", "dump_connections = 1")), (1, 1));
+    let galera = cluster("[source.galera]\n");
+    let c = Config::parse(Path::new("c.toml"), &galera, &env(&[])).unwrap();
+    assert!(
+        c.sources[0].connections_per_backup() <= 4,
+        "{:?}",
+        c.sources[0].connections_per_backup()
+    );
+}
+
 #[test]
 fn good_config_parses() {
     let c = Config::parse(Path::new("c.toml"), GOOD, &env(&[])).unwrap();
@@ -128,6 +158,16 @@ fn galera_mistakes_are_named() {
             GOOD.replace("port = 3306", "port = 3306\nrate_limit = \"1k\""),
             "source[0].rate_limit",
             "64KiB",
+        ),
+        (
+            GOOD.replace("port = 3306", "port = 3306\ndump_connections = 0"),
+            "source[0].dump_connections",
+            "from 1 to 16",
+        ),
+        (
+            GOOD.replace("port = 3306", "port = 3306\nparallel_table_size = \"big\""),
+            "source[0].parallel_table_size",
+            "not a size",
         ),
     ];
     for (text, key, says) in cases {

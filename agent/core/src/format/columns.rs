@@ -155,6 +155,7 @@ pub fn push_value(out: &mut Vec<u8>, kind: &ColKind, v: &[u8]) {
     }
 }
 
+#[derive(Debug, Clone)]
 pub struct Column {
     pub name: String,
     pub kind: ColKind,

@@ -1,10 +1,13 @@
-//! The dumper: a consistent logical dump of a MariaDB server over one connection
-//! (mysql_async, text protocol), written as SQL that the stock `mariadb` client loads.
+//! The dumper: a consistent logical dump of a MariaDB server (mysql_async, text
+//! protocol), written as SQL that the stock `mariadb` client loads.
 //!
 //! Consistency: REPEATABLE READ and START TRANSACTION WITH CONSISTENT SNAPSHOT give one
 //! snapshot for every InnoDB table of every selected database, and MariaDB reports the
 //! binlog position of exactly that snapshot (binlog_snapshot_file/position), so no FLUSH
-//! TABLES WITH READ LOCK is ever needed. Non-transactional tables are read in the same
+//! TABLES WITH READ LOCK is ever needed. Large tables are read over more connections in
+//! primary-key ranges (`dump_connections`); their snapshots start while commits are held
+//! back (BACKUP STAGE BLOCK_COMMIT, for an instant), so every reader sees the same
+//! transactions, and their binlog positions are compared to make sure. Non-transactional tables are read in the same
 //! session but are not snapshot-consistent; the manifest says how many there were.
 //!
 //! Exactness: values are read with character_set_results=binary, i.e. as the bytes the
@@ -34,9 +37,9 @@ mod output;
 mod schema;
 mod session;
 
-pub use output::SqlOutput;
+pub use output::{SqlOutput, CHUNK};
 pub(crate) use session::name_values;
-pub use session::{connect, connect_as};
+pub use session::{connect, connect_as, Connector};
 
 use accounts::{read_accounts, write_accounts, write_grants, Accounts, GrantObject, Scope};
 use schema::{order_views, write_object, Found};
@@ -114,10 +117,47 @@ pub async fn dump(
     backup_id: &str,
     description: &str,
     out: &mut SqlOutput,
+    connector: Option<&Connector>,
 ) -> Result<DumpSummary, DumpError> {
     let mut summary = DumpSummary::default();
-    session::open_snapshot(conn, &mut summary).await?;
+    let log_bin = session::set_up(conn, &mut summary).await?;
     let (databases, others) = selected_databases(conn, source).await?;
+    let mut helpers = match connector {
+        Some(c) => session::open_helpers(conn, c, &databases).await?,
+        None => session::Helpers::default(),
+    };
+    let dumped = dump_in_snapshot(
+        conn,
+        &mut helpers,
+        log_bin,
+        source,
+        backup_id,
+        description,
+        out,
+        &mut summary,
+        databases,
+        others,
+    )
+    .await;
+    helpers.close().await;
+    dumped.map(|()| summary)
+}
+
+/// The dump proper, from the snapshot's start.
+#[allow(clippy::too_many_arguments)]
+async fn dump_in_snapshot(
+    conn: &mut Conn,
+    helpers: &mut session::Helpers,
+    log_bin: bool,
+    source: &SourceConfig,
+    backup_id: &str,
+    description: &str,
+    out: &mut SqlOutput,
+    summary: &mut DumpSummary,
+    databases: Vec<String>,
+    others: Vec<String>,
+) -> Result<(), DumpError> {
+    session::open_snapshot(conn, helpers, log_bin, summary).await?;
     summary.databases = databases.clone();
 
     let accounts = if source.users_and_grants {
@@ -146,9 +186,9 @@ pub async fn dump(
 
     let mut found = Found::default();
     for db in &databases {
-        dump_database(conn, db, out, &mut summary, &mut found).await?;
+        dump_database(conn, helpers, source, db, out, summary, &mut found).await?;
     }
-    write_after_tables(out, accounts.as_ref(), &mut summary, &mut found).await?;
+    write_after_tables(out, accounts.as_ref(), summary, &mut found).await?;
 
     // The snapshot ends here; nothing after this reads data.
     conn.query_drop("COMMIT")
@@ -163,7 +203,7 @@ pub async fn dump(
     }
 
     write_trailer(out, &databases, found).await?;
-    Ok(summary)
+    Ok(())
 }
 
 /// The databases the source selects, every included one present, and the server's other
@@ -198,6 +238,8 @@ async fn selected_databases(
 /// triggers and events are collected into `found` for later.
 async fn dump_database(
     conn: &mut Conn,
+    helpers: &mut session::Helpers,
+    source: &SourceConfig,
     db: &str,
     out: &mut SqlOutput,
     summary: &mut DumpSummary,
@@ -217,7 +259,11 @@ async fn dump_database(
         columns.entry(table).or_default().push(col);
     }
     schema::write_sequences(conn, db, &tables, out, found).await?;
-    data::dump_tables(conn, db, &tables, &columns, out, summary, found).await?;
+    let readers = data::Readers {
+        helpers: &mut helpers.readers,
+        min_size: source.parallel_table_size,
+    };
+    data::dump_tables(conn, readers, db, &tables, &columns, out, summary, found).await?;
     schema::collect_routines(conn, db, summary, found).await?;
     schema::collect_views_triggers_events(conn, db, found).await?;
     Ok(())

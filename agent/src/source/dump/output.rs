@@ -14,13 +14,14 @@ pub struct SqlOutput {
     rate: Option<(u64, tokio::time::Instant)>,
 }
 
-const CHUNK: usize = 256 * 1024;
+/// The most bytes one message on the channel carries.
+pub const CHUNK: usize = 256 * 1024;
 
 impl SqlOutput {
     pub fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
         SqlOutput {
             tx,
-            buf: Vec::with_capacity(CHUNK * 2),
+            buf: Vec::with_capacity(CHUNK),
             rate: None,
         }
     }
@@ -38,18 +39,26 @@ impl SqlOutput {
         }
     }
 
-    pub async fn write(&mut self, b: &[u8]) -> Result<(), DumpError> {
-        if self.buf.is_empty() && b.len() >= CHUNK {
-            self.pace(b.len()).await;
-            return self
-                .tx
-                .send(b.to_vec())
-                .await
-                .map_err(|_| DumpError::OutputClosed);
-        }
-        self.buf.extend_from_slice(b);
-        if self.buf.len() >= CHUNK {
-            self.flush().await?;
+    pub async fn write(&mut self, mut b: &[u8]) -> Result<(), DumpError> {
+        // Chunks of CHUNK bytes at most (a long INSERT goes in pieces): the channel then
+        // holds a bounded number of bytes, not as many whole statements.
+        while !b.is_empty() {
+            if self.buf.is_empty() && b.len() >= CHUNK {
+                let (chunk, rest) = b.split_at(CHUNK);
+                self.pace(CHUNK).await;
+                self.tx
+                    .send(chunk.to_vec())
+                    .await
+                    .map_err(|_| DumpError::OutputClosed)?;
+                b = rest;
+                continue;
+            }
+            let n = (CHUNK - self.buf.len()).min(b.len());
+            self.buf.extend_from_slice(&b[..n]);
+            b = &b[n..];
+            if self.buf.len() >= CHUNK {
+                self.flush().await?;
+            }
         }
         Ok(())
     }
@@ -57,7 +66,7 @@ impl SqlOutput {
     pub async fn flush(&mut self) -> Result<(), DumpError> {
         if !self.buf.is_empty() {
             self.pace(self.buf.len()).await;
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK * 2));
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
             self.tx
                 .send(chunk)
                 .await

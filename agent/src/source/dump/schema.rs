@@ -16,6 +16,8 @@ pub(super) struct TableInfo {
     pub(super) name: String,
     pub(super) kind: String,
     pub(super) engine: String,
+    /// The server's estimate of its data's size (DATA_LENGTH).
+    pub(super) size: u64,
 }
 
 /// One SHOW CREATE result for a stored object, with the session settings it was made in.
@@ -80,7 +82,7 @@ pub(super) async fn list_tables(
     let lit = quote_str(db);
     let tables = fetch(
         conn,
-        &format!("SELECT TABLE_NAME, TABLE_TYPE, ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
+        &format!("SELECT TABLE_NAME, TABLE_TYPE, ENGINE, COALESCE(DATA_LENGTH, 0) FROM information_schema.TABLES WHERE TABLE_SCHEMA={lit} ORDER BY TABLE_NAME"),
         &format!("listing tables of {db}"),
     )
     .await?;
@@ -90,6 +92,7 @@ pub(super) async fn list_tables(
             name: text(&r[0]),
             kind: text(&r[1]),
             engine: text(&r[2]),
+            size: text(&r[3]).parse().unwrap_or(0),
         })
         .filter(|t| t.kind != "TEMPORARY")
         .collect();

@@ -115,21 +115,51 @@ async fn galera_position(conn: &mut Conn) -> Result<Option<GaleraPosition>, Dump
     }))
 }
 
-/// Sets up the session (exact values, UTC, no timeouts under back-pressure), starts the
-/// consistent snapshot, and records the server, its Galera position and the snapshot's
-/// binlog and GTID position in `summary`.
-pub(super) async fn open_snapshot(
-    conn: &mut Conn,
-    summary: &mut DumpSummary,
-) -> Result<(), DumpError> {
-    // Session: exact values, full SHOW CREATE output, time in UTC, no timeouts while the
-    // pipeline applies back-pressure.
+/// Opens more connections to a source's server as the dump's user: the helpers that read
+/// large tables beside the dump's own connection.
+pub struct Connector {
+    pub source: SourceConfig,
+    pub endpoint: Endpoint,
+    pub password: std::sync::Arc<Secret>,
+}
+
+impl Connector {
+    async fn open(&self) -> Result<Conn, DumpError> {
+        connect(&self.source, &self.endpoint, &self.password).await
+    }
+}
+
+/// Connections that read large tables beside the dump's own, in its snapshot.
+#[derive(Default)]
+pub struct Helpers {
+    source: String,
+    pub readers: Vec<Conn>,
+    /// Holds the commit lock (BACKUP STAGE BLOCK_COMMIT) while the snapshots start.
+    lock: Option<Conn>,
+}
+
+/// How long the commit lock may be waited for (a running DDL or commit holds it up);
+/// past that the dump reads over its own connection alone.
+const LOCK_WAIT_SECS: u32 = 10;
+
+/// Session: exact values, full SHOW CREATE output, time in UTC, no timeouts while the
+/// pipeline applies back-pressure, REPEATABLE READ.
+async fn prepare(conn: &mut Conn) -> Result<(), DumpError> {
     conn.query_drop(
         "SET SESSION sql_mode='', time_zone='+00:00', net_write_timeout=3600, net_read_timeout=3600, \
          character_set_client=utf8mb4, collation_connection=utf8mb4_general_ci, character_set_results=binary",
     )
     .await
     .map_err(server("setting up the dump session"))?;
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(server("setting REPEATABLE READ"))
+}
+
+/// Sets up the dump's session and records the server in `summary`; returns whether the
+/// binary log is on.
+pub(super) async fn set_up(conn: &mut Conn, summary: &mut DumpSummary) -> Result<bool, DumpError> {
+    prepare(conn).await?;
     let info = fetch(
         conn,
         "SELECT VERSION(), @@hostname, @@log_bin",
@@ -138,30 +168,124 @@ pub(super) async fn open_snapshot(
     .await?;
     summary.server_version = text(&info[0][0]);
     summary.host = text(&info[0][1]);
-    let log_bin = text(&info[0][2]) == "1";
+    Ok(text(&info[0][2]) == "1")
+}
 
-    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .await
-        .map_err(server("setting REPEATABLE READ"))?;
+/// The helpers for a dump of `databases`, when it has a table worth reading over several
+/// connections (InnoDB, at least `parallel_table_size`). A helper or the lock connection
+/// that cannot be opened leaves the dump with fewer readers (logged), never fails it.
+pub(super) async fn open_helpers(
+    conn: &mut Conn,
+    connector: &Connector,
+    databases: &[String],
+) -> Result<Helpers, DumpError> {
+    let src = &connector.source;
+    if src.dump_connections < 2 || databases.is_empty() {
+        return Ok(Helpers::default());
+    }
+    let list: Vec<String> = databases.iter().map(|d| quote_str(d)).collect();
+    let large = fetch(
+        conn,
+        &format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({}) \
+             AND TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') AND ENGINE='InnoDB' AND DATA_LENGTH >= {}",
+            list.join(","),
+            src.parallel_table_size
+        ),
+        "looking for large tables",
+    )
+    .await?;
+    if large.first().map(|r| text(&r[0])).as_deref().unwrap_or("0") == "0" {
+        return Ok(Helpers::default());
+    }
+    let mut h = Helpers {
+        source: src.name.clone(),
+        ..Helpers::default()
+    };
+    let opened = async {
+        for _ in 1..src.dump_connections {
+            let mut c = connector.open().await?;
+            prepare(&mut c).await?;
+            h.readers.push(c);
+        }
+        let mut lock = connector.open().await?;
+        lock.query_drop(format!("SET SESSION lock_wait_timeout={LOCK_WAIT_SECS}"))
+            .await
+            .map_err(server("setting up the lock connection"))?;
+        h.lock = Some(lock);
+        Ok::<(), DumpError>(())
+    }
+    .await;
+    if let Err(e) = opened {
+        tracing::warn!(event = "dump_single_connection", source = %src.name, error = %e, "could not open the dump's extra connections; reading over one connection");
+        h.close().await;
+    }
+    Ok(h)
+}
+
+impl Helpers {
+    pub(super) async fn close(&mut self) {
+        for c in self.readers.drain(..).chain(self.lock.take()) {
+            let _ = c.disconnect().await;
+        }
+    }
+}
+
+/// Starts the consistent snapshot on `conn` and, in the very same snapshot, on every
+/// helper: commits are held back (BACKUP STAGE BLOCK_COMMIT, on the lock connection) from
+/// before the first snapshot starts until the last one has, so each sees exactly the same
+/// transactions. If the lock cannot be had (no RELOAD privilege, a DDL holding it up past
+/// the wait, a server before 10.4) the helpers go and the dump reads over `conn` alone.
+/// Records the Galera position and the snapshot's binlog and GTID position in `summary`.
+pub(super) async fn open_snapshot(
+    conn: &mut Conn,
+    helpers: &mut Helpers,
+    log_bin: bool,
+    summary: &mut DumpSummary,
+) -> Result<(), DumpError> {
+    let mut locked = None;
+    if let Some(mut lock) = helpers.lock.take() {
+        let got = async {
+            lock.query_drop("BACKUP STAGE START").await?;
+            lock.query_drop("BACKUP STAGE BLOCK_COMMIT").await
+        }
+        .await;
+        match got {
+            Ok(()) => locked = Some(lock),
+            Err(e) => {
+                tracing::warn!(event = "dump_single_connection", source = %helpers.source, error = %e, "could not hold commits for the instant the readers' snapshots start (the dump user needs RELOAD; a DDL may hold the lock up); reading over one connection");
+                let _ = lock.disconnect().await;
+                helpers.close().await;
+            }
+        }
+    }
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(server("starting the consistent snapshot"))?;
+    backup_core::os::test_pause_point("snapshot-started");
+    for h in &mut helpers.readers {
+        h.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(server(
+                "starting the consistent snapshot on a helper connection",
+            ))?;
+    }
+    if let Some(mut lock) = locked {
+        lock.query_drop("BACKUP STAGE END")
+            .await
+            .map_err(server("releasing the commit lock"))?;
+        let _ = lock.disconnect().await;
+    }
     summary.galera = galera_position(conn).await?;
 
     if log_bin {
-        let st = fetch(
-            conn,
-            "SHOW STATUS LIKE 'binlog_snapshot_%'",
-            "reading the snapshot's binlog position",
-        )
-        .await?;
-        let mut file = String::new();
-        let mut pos = 0u64;
-        for r in &st {
-            match text(&r[0]).as_str() {
-                "Binlog_snapshot_file" => file = text(&r[1]),
-                "Binlog_snapshot_position" => pos = text(&r[1]).parse().unwrap_or(0),
-                _ => {}
+        let (file, pos) = snapshot_position(conn).await?;
+        // With the lock held they cannot differ; if they do, the helpers are not trusted.
+        for h in &mut helpers.readers {
+            if snapshot_position(h).await? != (file.clone(), pos) {
+                tracing::warn!(event = "dump_single_connection", source = %helpers.source, "a helper connection's snapshot is not the dump's; reading over one connection");
+                helpers.close().await;
+                break;
             }
         }
         if !file.is_empty() {
@@ -183,4 +307,24 @@ pub(super) async fn open_snapshot(
         }
     }
     Ok(())
+}
+
+/// The binlog file and position of the connection's snapshot.
+async fn snapshot_position(conn: &mut Conn) -> Result<(String, u64), DumpError> {
+    let st = fetch(
+        conn,
+        "SHOW STATUS LIKE 'binlog_snapshot_%'",
+        "reading the snapshot's binlog position",
+    )
+    .await?;
+    let mut file = String::new();
+    let mut pos = 0u64;
+    for r in &st {
+        match text(&r[0]).as_str() {
+            "Binlog_snapshot_file" => file = text(&r[1]),
+            "Binlog_snapshot_position" => pos = text(&r[1]).parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((file, pos))
 }

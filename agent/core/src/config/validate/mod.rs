@@ -53,7 +53,10 @@ impl Validator<'_> {
     pub(super) fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
         self.refused_env();
         let agent = self.agent(raw.agent.unwrap_or_default());
-        let sources = self.sources(raw.source);
+        let mut sources = self.sources(raw.source);
+        for s in &mut sources {
+            s.fit_dump_connections(agent.max_connections_per_server);
+        }
         let encryption = raw.encryption.map(|e| self.encryption(e));
         let stores = self.stores(raw.store, &agent);
         let policy = self.policy(raw.policy.unwrap_or_default());

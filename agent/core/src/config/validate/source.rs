@@ -97,6 +97,35 @@ impl Validator<'_> {
                 }
             }
         });
+        let dump_connections = match s.dump_connections {
+            None => DEFAULT_DUMP_CONNECTIONS,
+            Some(n) if (1..=16).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.problem(
+                    k("dump_connections"),
+                    Some(n.span()),
+                    format!(
+                        "{} is not a number of connections from 1 to 16; 2 suits a server with 2 cores",
+                        n.get_ref()
+                    ),
+                );
+                DEFAULT_DUMP_CONNECTIONS
+            }
+        };
+        let parallel_table_size = match s.parallel_table_size {
+            None => DEFAULT_PARALLEL_TABLE_SIZE,
+            Some(r) => match parse_size(r.get_ref()) {
+                Some(x) => x,
+                None => {
+                    self.problem(
+                        k("parallel_table_size"),
+                        Some(r.span()),
+                        format!("{:?} is not a size; write e.g. \"64MiB\"", r.get_ref()),
+                    );
+                    DEFAULT_PARALLEL_TABLE_SIZE
+                }
+            },
+        };
         let password_file = match (s.password_file, &seen.env_password_file) {
             (Some(p), _) => self.path(k("password_file"), p),
             (None, Some(envp)) if seen.n_sources == 1 => ConfigPath {
@@ -222,6 +251,8 @@ impl Validator<'_> {
             nodes,
             galera,
             rate_limit,
+            dump_connections,
+            parallel_table_size,
             user,
             password_file,
             include,
