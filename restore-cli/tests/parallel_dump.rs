@@ -97,6 +97,14 @@ fn tables_read_in_key_ranges_restore_exactly_and_pass_the_drill() {
     assert_eq!(d.status.code(), Some(0), "{v:#}\n{}", stderr(&d));
     assert_eq!(v["tables_compared"], 9, "{v:#}");
     dst.drop_db(&db);
+
+    // A budget of two connections to the server has no room for a helper and the lock:
+    // one connection reads everything.
+    setup.agent_extra = "max_connections_per_server = 2\n".into();
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = setup.agent(&src, &["backup"]);
+    ok(&o, "backup within a budget of 2");
+    assert!(ranged_tables(&o).is_empty(), "{}", stderr(&o));
     src.drop_db(&db);
 }
 

@@ -97,6 +97,9 @@ pub struct BackupReport {
 pub struct DumpFrom<'a> {
     pub node: &'a backup_core::config::NodeConfig,
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The connection budget of the source's server: the dump's helpers take from it
+    /// what is free at the start (None: no budget, the helpers just open).
+    pub spare: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl BackupError {
@@ -326,6 +329,7 @@ pub async fn run_backup(
         source: source.clone(),
         endpoint: from.node.endpoint.clone(),
         password: Arc::new(password),
+        spare: from.spare.clone(),
     };
 
     // Open the data object on every store that can take it.

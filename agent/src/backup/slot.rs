@@ -3,7 +3,9 @@
 //! state and the alerts.
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 use chrono::{DateTime, Utc};
 
@@ -46,6 +48,7 @@ async fn dump_from_best_node(
     started: DateTime<Utc>,
     now: Option<DateTime<Utc>>,
     lease: Option<&LeaseTag>,
+    spare: Option<&Arc<Semaphore>>,
 ) -> Result<BackupReport, BackupError> {
     let gerr = |message: String| BackupError::Galera {
         source_name: src.name.clone(),
@@ -110,7 +113,11 @@ async fn dump_from_best_node(
             now.map(|n| n + chrono::Duration::seconds(attempt as i64 - 1))
                 .unwrap_or_else(Utc::now)
         };
-        let from = backup::DumpFrom { node, extra };
+        let from = backup::DumpFrom {
+            node,
+            extra,
+            spare: spare.cloned(),
+        };
         let journal = backup::journal::path(&cfg.agent.state_dir, &src.name);
         let r = backup::run_backup(src, enc, keys.clone(), targets, t, &from, &journal).await;
         match r {
@@ -145,6 +152,7 @@ async fn dump_from_best_node(
 /// success, failures, ledger), repair of missing copies, the policy verdict, alerts
 /// (failed, succeeded, policy degraded, recovered), logs. Used by the daemon and by
 /// `backup-agent backup`. `now` is the run's clock (injectable for simulations).
+#[allow(clippy::too_many_arguments)]
 pub async fn backup_once(
     cfg: &Config,
     src: &SourceConfig,
@@ -153,6 +161,7 @@ pub async fn backup_once(
     alerter: &Alerter,
     now: Option<DateTime<Utc>>,
     lease: Option<&LeaseTag>,
+    spare: Option<&Arc<Semaphore>>,
 ) -> Result<RunReport, BackupError> {
     let enc = cfg.encryption.as_ref().expect("checked at start");
     let stores: Vec<OpenStore> = tokio::task::block_in_place(|| inventory::open_all(cfg));
@@ -175,7 +184,8 @@ pub async fn backup_once(
             store: o.store.as_ref().map(|b| b.as_ref()),
         })
         .collect();
-    let result = dump_from_best_node(cfg, src, enc, keys, &targets, started, now, lease).await;
+    let result =
+        dump_from_best_node(cfg, src, enc, keys, &targets, started, now, lease, spare).await;
     let result = match result {
         Ok(r) => {
             maintain::record_marks(state, &src.prefix, &r.manifest.backup_id, &r.marks);
@@ -542,6 +552,7 @@ pub async fn run_slot(
     now: Option<DateTime<Utc>>,
     prune: bool,
     cancel: impl std::future::Future<Output = ()>,
+    spare: Option<&Arc<Semaphore>>,
 ) -> SlotOutcome {
     // One run of a source at a time on this host (the daemon's slot and a `backup` by
     // hand): the second is refused at once, and touches nothing.
@@ -553,7 +564,17 @@ pub async fn run_slot(
         }
     };
     let work = |lease: Option<LeaseTag>| async move {
-        let r = backup_once(cfg, src, keys.clone(), state, alerter, now, lease.as_ref()).await;
+        let r = backup_once(
+            cfg,
+            src,
+            keys.clone(),
+            state,
+            alerter,
+            now,
+            lease.as_ref(),
+            spare,
+        )
+        .await;
         if prune && r.is_ok() {
             prune_source(cfg, src, state).await;
         }

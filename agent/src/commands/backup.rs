@@ -78,7 +78,7 @@ pub async fn run_backups(
         let src = src.clone();
         async move {
             let src = &src;
-            let _connections = budget.take(src).await;
+            let connections = budget.take(src).await;
             let mut failed = false;
             let mut degraded = false;
             let report;
@@ -99,6 +99,7 @@ pub async fn run_backups(
                 now,
                 false,
                 std::future::pending::<()>(),
+                Some(connections.semaphore()),
             )
             .await;
             let result = match outcome {

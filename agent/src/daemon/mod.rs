@@ -269,6 +269,7 @@ async fn run_unit(
         None,
         true,
         async move { reached(&mut waiting, Phase::Draining).await },
+        Some(connections.semaphore()),
     );
     tokio::select! {
         _ = run => {}

@@ -472,26 +472,23 @@ impl SourceConfig {
 
     /// Connections a backup of this source may hold to its server at once: the dump's,
     /// and for a Galera source the lease's and the desync's.
-    /// Fewer readers when `max_connections_per_server` leaves no room for them (and the
-    /// lock connection) beside the backup's other connections.
+    /// Fewer readers when `max_connections_per_server` leaves no room for them: n readers
+    /// hold the backup's own connections, n - 1 more, and one for the commit lock.
     pub fn fit_dump_connections(&mut self, per_server: usize) {
-        let readers = self.dump_connections.max(1);
-        let others = self.connections_per_backup() - readers - usize::from(readers > 1);
-        // n readers take n connections, and one more (the lock's) when n > 1.
-        let most = per_server.saturating_sub(others).saturating_sub(1).max(1);
-        self.dump_connections = readers.min(most);
+        let most = per_server
+            .saturating_sub(self.connections_per_backup())
+            .max(1);
+        self.dump_connections = self.dump_connections.clamp(1, most);
     }
 
+    /// The connections a backup of this source holds throughout: the dump's and, for
+    /// Galera, the lease's and the desync's. The dump's helpers (`dump_connections`) come
+    /// on top, only while the budget has them free.
     pub fn connections_per_backup(&self) -> usize {
-        // The readers, and for more than one the connection that holds the commit lock
-        // for the instant their snapshots start.
-        let readers = self.dump_connections.max(1);
-        readers
-            + usize::from(readers > 1)
-            + self
-                .galera
-                .as_ref()
-                .map_or(0, |g| usize::from(g.lease) + usize::from(g.desync))
+        1 + self
+            .galera
+            .as_ref()
+            .map_or(0, |g| usize::from(g.lease) + usize::from(g.desync))
     }
 
     /// The server a source's connections count against (its nodes, in order).

@@ -50,15 +50,19 @@ fn dump_connections_fit_the_connection_budget() {
             c.sources[0].connections_per_backup(),
         )
     };
-    assert_eq!(fit(GOOD), (2, 3), "default: two readers and the lock");
+    assert_eq!(
+        fit(GOOD),
+        (2, 1),
+        "default: two readers, one held throughout"
+    );
     let with = |agent: &str, source: &str| {
         GOOD.replace("site = \"dc1\"", &format!("site = \"dc1\"\n{agent}"))
             .replace("port = 3306", &format!("port = 3306\n{source}"))
     };
     assert_eq!(fit(&with("max_connections_per_server = 2", "")), (1, 1));
-    assert_eq!(fit(&with("max_connections_per_server = 3", "")), (2, 3));
-    assert_eq!(fit(&with("", "dump_connections = 3")), (3, 4));
-    assert_eq!(fit(&with("", "dump_connections = 8")), (3, 4));
+    assert_eq!(fit(&with("max_connections_per_server = 3", "")), (2, 1));
+    assert_eq!(fit(&with("", "dump_connections = 3")), (3, 1));
+    assert_eq!(fit(&with("", "dump_connections = 8")), (3, 1));
     assert_eq!(fit(&with("", "dump_connections = 1")), (1, 1));
     let galera = cluster("[source.galera]\n");
     let c = Config::parse(Path::new("c.toml"), &galera, &env(&[])).unwrap();

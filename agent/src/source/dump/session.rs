@@ -121,6 +121,8 @@ pub struct Connector {
     pub source: SourceConfig,
     pub endpoint: Endpoint,
     pub password: std::sync::Arc<Secret>,
+    /// The server's connection budget; helpers and the lock only from what it has free.
+    pub spare: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Connector {
@@ -136,6 +138,8 @@ pub struct Helpers {
     pub readers: Vec<Conn>,
     /// Holds the commit lock (BACKUP STAGE BLOCK_COMMIT) while the snapshots start.
     lock: Option<Conn>,
+    /// The budget's connections they take, given back when they close.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How long the commit lock may be waited for (a running DDL or commit holds it up);
@@ -198,12 +202,30 @@ pub(super) async fn open_helpers(
     if large.first().map(|r| text(&r[0])).as_deref().unwrap_or("0") == "0" {
         return Ok(Helpers::default());
     }
+    // n - 1 helpers and the lock's connection, from what the budget has free now: the
+    // helpers never hold up another backup, nor wait for one.
+    let mut helpers = src.dump_connections - 1;
+    let mut permit = None;
+    if let Some(spare) = &connector.spare {
+        while helpers > 0 {
+            if let Ok(p) = spare.clone().try_acquire_many_owned(helpers as u32 + 1) {
+                permit = Some(p);
+                break;
+            }
+            helpers -= 1;
+        }
+        if helpers == 0 {
+            tracing::info!(event = "dump_single_connection", source = %src.name, "the connection budget of this server (max_connections_per_server) has no room for helpers now; reading over one connection");
+            return Ok(Helpers::default());
+        }
+    }
     let mut h = Helpers {
         source: src.name.clone(),
+        permit,
         ..Helpers::default()
     };
     let opened = async {
-        for _ in 1..src.dump_connections {
+        for _ in 0..helpers {
             let mut c = connector.open().await?;
             prepare(&mut c).await?;
             h.readers.push(c);
@@ -228,6 +250,7 @@ impl Helpers {
         for c in self.readers.drain(..).chain(self.lock.take()) {
             let _ = c.disconnect().await;
         }
+        self.permit = None;
     }
 }
 
