@@ -8,10 +8,12 @@ use crate::seal::crypto;
 use backup_core::config::{Config, ConfigProblem, StoreKind};
 use backup_core::secret::read_secret_file;
 
-/// What check-config found: problems (config invalid) and notes (facts worth printing).
+/// What check-config found: problems (config invalid), warnings (valid, but something
+/// works less well than configured) and notes (facts worth printing).
 #[derive(Debug, Default)]
 pub struct CheckReport {
     pub problems: Vec<ConfigProblem>,
+    pub warnings: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -264,9 +266,10 @@ fn policy_problems(cfg: &Config) -> Vec<String> {
 const DUMP_PRIVILEGES: [&str; 4] = ["SELECT", "SHOW VIEW", "TRIGGER", "EVENT"];
 
 /// Logs in to every node of every source as the dump user: connection, the included
-/// databases, and the privileges the dump needs. Problems name the source and node.
-pub async fn check_sources(cfg: &Config) -> Vec<ConfigProblem> {
-    let mut out = Vec::new();
+/// databases, and the privileges the dump needs. Problems and warnings name the source
+/// and node.
+pub async fn check_sources(cfg: &Config) -> CheckReport {
+    let mut out = CheckReport::default();
     for src in &cfg.sources {
         let Ok(password) = read_secret_file(&src.password_file.path, &src.password_file.key) else {
             continue; // already a problem of check()
@@ -280,27 +283,32 @@ pub async fn check_sources(cfg: &Config) -> Vec<ConfigProblem> {
             };
             match crate::source::dump::connect(src, &node.endpoint, &password).await {
                 Ok(mut conn) => {
-                    for m in node_problems(src, &mut conn).await {
-                        out.push(problem(m));
-                    }
+                    let (problems, warnings) = node_problems(src, &mut conn).await;
+                    out.problems.extend(problems.into_iter().map(problem));
+                    out.warnings.extend(
+                        warnings
+                            .into_iter()
+                            .map(|w| format!("source {} node {}: {w}", src.name, node.name)),
+                    );
                     let _ = conn.disconnect().await;
                 }
-                Err(e) => out.push(problem(e.to_string())),
+                Err(e) => out.problems.push(problem(e.to_string())),
             }
         }
     }
     out
 }
 
+/// The node's problems and warnings.
 async fn node_problems(
     src: &backup_core::config::SourceConfig,
     conn: &mut mysql_async::Conn,
-) -> Vec<String> {
+) -> (Vec<String>, Vec<String>) {
     use mysql_async::prelude::Queryable;
     let mut v = Vec::new();
     let dbs: Vec<String> = match conn.query("SHOW DATABASES").await {
         Ok(d) => d,
-        Err(e) => return vec![format!("cannot list databases: {e}")],
+        Err(e) => return (vec![format!("cannot list databases: {e}")], vec![]),
     };
     for inc in src
         .include
@@ -316,12 +324,18 @@ async fn node_problems(
     }
     let grants: Vec<String> = match conn.query("SHOW GRANTS").await {
         Ok(g) => g,
-        Err(e) => return vec![format!("cannot read the dump user's grants: {e}")],
+        Err(e) => {
+            return (
+                vec![format!("cannot read the dump user's grants: {e}")],
+                vec![],
+            )
+        }
     };
     if grants.iter().any(|g| !g.contains(" ON ")) {
         // Privileges through roles: not resolved here; the first backup will tell.
-        return v;
+        return (v, vec![]);
     }
+    let warnings = reader_warnings(src, conn, &grants).await;
     if src.binlog.is_some() {
         v.extend(binlog_problems(src, conn, &grants).await);
     }
@@ -341,7 +355,43 @@ async fn node_problems(
             src.user
         ));
     }
-    v
+    (v, warnings)
+}
+
+/// Why a dump with `dump_connections` > 1 would read its large tables over one
+/// connection on this node: the readers' snapshots start together only under BACKUP STAGE
+/// BLOCK_COMMIT, which needs the RELOAD privilege and MariaDB 10.4 or later. Not a
+/// problem (the backup is still whole and consistent, only slower), so a warning.
+async fn reader_warnings(
+    src: &backup_core::config::SourceConfig,
+    conn: &mut mysql_async::Conn,
+    grants: &[String],
+) -> Vec<String> {
+    use mysql_async::prelude::Queryable;
+    if src.dump_connections < 2 {
+        return vec![];
+    }
+    let mut w = Vec::new();
+    if !global_privilege(grants, "RELOAD") {
+        w.push(format!(
+            "the dump user {:?} lacks RELOAD: large tables will be read over one connection, not dump_connections = {} (the readers' snapshots start together under BACKUP STAGE BLOCK_COMMIT, which needs RELOAD); run: GRANT RELOAD ON *.* TO '{}'@'<host>', or set dump_connections = 1",
+            src.user, src.dump_connections, src.user
+        ));
+    }
+    let version: Option<String> = conn.query_first("SELECT VERSION()").await.unwrap_or(None);
+    if let Some(v) = version {
+        let mut parts = v
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|x| x.parse::<u32>().ok());
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < (10, 4) {
+            w.push(format!(
+                "the server is {v}: BACKUP STAGE needs MariaDB 10.4 or later, so large tables will be read over one connection, not dump_connections = {}; set dump_connections = 1",
+                src.dump_connections
+            ));
+        }
+    }
+    w
 }
 
 /// What `[source.binlog]` needs of the server: the binary log on, row format (so that
@@ -375,16 +425,7 @@ async fn binlog_problems(
             "binlog_expire_logs_seconds is {expire}: logs the agent has not fetched within that time are lost (a gap); keep them longer than the longest outage you want to survive (e.g. 604800, 7 days)"
         ));
     }
-    let global: Vec<String> = grants
-        .iter()
-        .filter(|g| g.contains(" ON *.* "))
-        .map(|g| g.to_ascii_uppercase())
-        .collect();
-    let has = |p: &str| {
-        global
-            .iter()
-            .any(|g| g.contains("ALL PRIVILEGES") || g.contains(p))
-    };
+    let has = |p: &str| global_privilege(grants, p);
     if !has("REPLICATION SLAVE") && !has("REPLICATION REPLICA") {
         v.push(format!(
             "the dump user {:?} lacks REPLICATION SLAVE, which binary log archiving needs; run: GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{}'@'<host>'",
@@ -393,6 +434,19 @@ async fn binlog_problems(
     }
     v.extend(crate::archive::galera_gtid_problems(conn).await);
     v
+}
+
+/// Whether a `GRANT ... ON *.*` line of SHOW GRANTS gives privilege `p` (or ALL).
+fn global_privilege(grants: &[String], p: &str) -> bool {
+    grants.iter().any(|g| {
+        let u = g.to_ascii_uppercase();
+        let Some((privs, after)) = u.strip_prefix("GRANT ").and_then(|r| r.split_once(" ON "))
+        else {
+            return false;
+        };
+        after.starts_with("*.* ")
+            && (privs.contains("ALL PRIVILEGES") || privs.split(',').any(|x| x.trim() == p))
+    })
 }
 
 /// The dump privileges that neither a global grant nor every selected database's grant
@@ -447,5 +501,32 @@ mod tests {
         ]);
         assert!(missing_privileges(&per_db, &[&a]).is_empty());
         assert_eq!(missing_privileges(&per_db, &[&a, &b]).len(), 4);
+    }
+
+    #[test]
+    fn global_privileges_from_show_grants() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let full = g(&[
+            "GRANT SELECT, RELOAD, REPLICATION SLAVE ON *.* TO `u`@`%` IDENTIFIED BY PASSWORD '*X'",
+        ]);
+        for p in ["RELOAD", "REPLICATION SLAVE", "SELECT"] {
+            assert!(global_privilege(&full, p), "{p}");
+        }
+        // Neither a prefix of another privilege nor a grant on one database counts.
+        assert!(!global_privilege(&full, "REPLICATION"));
+        assert!(!global_privilege(&full, "SLAVE"));
+        let per_db = g(&[
+            "GRANT USAGE ON *.* TO `u`@`%`",
+            "GRANT RELOAD, SELECT ON `a`.* TO `u`@`%`",
+        ]);
+        assert!(!global_privilege(&per_db, "RELOAD"));
+        let all = g(&["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"]);
+        assert!(global_privilege(&all, "RELOAD"));
+        // A role's or a proxy's grant line is not a global privilege.
+        let odd = g(&[
+            "GRANT `backup_role` TO `u`@`%`",
+            "GRANT PROXY ON ''@'%' TO 'u'@'%'",
+        ]);
+        assert!(!global_privilege(&odd, "RELOAD"));
     }
 }

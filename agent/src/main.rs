@@ -189,7 +189,7 @@ fn main() -> ExitCode {
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"valid": false, "file": cli.config, "notes": [], "problems": problems})
+                    serde_json::json!({"valid": false, "file": cli.config, "notes": [], "warnings": [], "problems": problems})
                 );
             } else {
                 eprintln!("backup-agent: {e}");

@@ -12,15 +12,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn key_args() -> Vec<String> {
-    vec![
-        "--dpo-key".into(),
-        testdata("dpo.sec.asc").display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
-    ]
-}
-
 fn drill(extra: &[String]) -> (std::process::Output, serde_json::Value) {
     let mut args = vec!["--verify".to_string(), "--json".into()];
     args.extend(key_args());
@@ -169,17 +160,9 @@ fn drill_passes_on_the_round_trip_schema_with_ephemeral_and_given_scratch() {
     setup.agent_extra.clear();
 
     // The same drill into a given scratch server, which must not hold the databases.
-    let pw = setup.path("scratch.pw");
-    std::fs::write(&pw, &dst.password).unwrap();
     dst.sql(&format!("CREATE DATABASE `{db}`"));
-    let scratch = vec![
-        "--config".to_string(),
-        cfg.display().to_string(),
-        "--scratch".into(),
-        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-        "--scratch-password-file".into(),
-        pw.display().to_string(),
-    ];
+    let mut scratch = vec!["--config".to_string(), cfg.display().to_string()];
+    scratch.extend(scratch_args(&dst, &setup.path("scratch.pw")));
     let (o, r) = drill(&scratch);
     assert_eq!(o.status.code(), Some(1), "{r:#}");
     assert!(
@@ -270,14 +253,7 @@ fn validly_signed_dumps_that_disagree_with_their_trailer_fail_the_drill() {
     let setup = Setup::new(&src, &db);
     ok(&setup.agent(&src, &["backup"]), "backup");
     let sql = plaintext(&setup.only_backup(), setup.dir.path());
-    let pw = setup.path("scratch.pw");
-    std::fs::write(&pw, &dst.password).unwrap();
-    let scratch = vec![
-        "--scratch".to_string(),
-        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-        "--scratch-password-file".into(),
-        pw.display().to_string(),
-    ];
+    let scratch = scratch_args(&dst, &setup.path("scratch.pw"));
     dst.drop_db(&db);
 
     // The untouched SQL, re-sealed, passes: the checks below fail for the change alone.
@@ -389,8 +365,7 @@ fn bad_files_fail_the_drill_before_any_server_is_touched() {
     let setup = Setup::new(&src, &db);
     ok(&setup.agent(&src, &["backup"]), "backup");
     let good = std::fs::read(setup.only_backup()).unwrap();
-    let pw = setup.path("scratch.pw");
-    std::fs::write(&pw, &dst.password).unwrap();
+    let scratch = scratch_args(&dst, &setup.path("scratch.pw"));
     let before = dst.databases();
     let name = "mariadb_2026-01-01_000000.sql.gz.gpg";
     let mut flipped = good.clone();
@@ -423,14 +398,9 @@ fn bad_files_fail_the_drill_before_any_server_is_touched() {
             backup_core::checksum::sha256_line(&digest, name),
         )
         .unwrap();
-        let (o, r) = drill(&[
-            "--backup".into(),
-            d.join(name).display().to_string(),
-            "--scratch".into(),
-            format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-            "--scratch-password-file".into(),
-            pw.display().to_string(),
-        ]);
+        let mut args = vec!["--backup".into(), d.join(name).display().to_string()];
+        args.extend(scratch.iter().cloned());
+        let (o, r) = drill(&args);
         assert_eq!(o.status.code(), Some(1), "{label}: {r:#}");
         assert!(
             r["error"].as_str().unwrap_or("").contains(expect)
@@ -488,13 +458,28 @@ fn an_interrupted_drill_leaves_no_scratch_server() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // The replay has begun once the table's file is in the scratch datadir; its rows
+    // (tens of MB) are still being loaded when the signal comes. A fixed wait was too
+    // long on a fast machine: the drill had finished.
+    let table = dir.join("data").join(&db).join("t.ibd");
+    while !table.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the replay never began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("terminated; the scratch server was removed"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!dir.exists(), "{} is still there", dir.display());
     let ps = Command::new("pgrep")
         .args(["-f", &dir.display().to_string()])

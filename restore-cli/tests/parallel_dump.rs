@@ -7,8 +7,7 @@
 mod common;
 use common::*;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use common::transfers::{Mover, Transfers};
 use std::time::Duration;
 
 /// Split tables of every integer key kind, with extreme and sparse values; tables that
@@ -75,24 +74,16 @@ fn tables_read_in_key_ranges_restore_exactly_and_pass_the_drill() {
 
     // The drill recomputes every table's digest on the restored copy and compares it with
     // the one the dump summed over its readers.
-    let pw = setup.path("scratch.pw");
-    std::fs::write(&pw, &dst.password).unwrap();
     dst.drop_db(&db);
-    let cfg = setup.config(&src);
-    let d = restore(&[
+    let mut args = vec![
         "--verify".to_string(),
         "--json".into(),
         "--config".into(),
-        cfg.display().to_string(),
-        "--scratch".into(),
-        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-        "--scratch-password-file".into(),
-        pw.display().to_string(),
-        "--dpo-key".into(),
-        testdata("dpo.sec.asc").display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
-    ]);
+        setup.config(&src).display().to_string(),
+    ];
+    args.extend(scratch_args(&dst, &setup.path("scratch.pw")));
+    args.extend(key_args());
+    let d = restore(&args);
     let v: serde_json::Value = serde_json::from_slice(&d.stdout).unwrap_or_default();
     assert_eq!(d.status.code(), Some(0), "{v:#}\n{}", stderr(&d));
     assert_eq!(v["tables_compared"], 9, "{v:#}");
@@ -108,92 +99,115 @@ fn tables_read_in_key_ranges_restore_exactly_and_pass_the_drill() {
     src.drop_db(&db);
 }
 
-/// Moves money between accounts far apart (read by different readers) until stopped.
-fn mover(port: u16, password: String, db: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    use mysql_async::prelude::*;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some(ADMIN_USER))
-            .pass(Some(password))
-            .db_name(Some(db));
-        let mut conn = mysql_async::Conn::new(opts).await.unwrap();
-        let mut i: u64 = 12345;
-        while !stop.load(Ordering::SeqCst) {
-            i = i
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let (a, b, x) = (
-                (i >> 20) % 10_000 + 1,
-                (i >> 40) % 10_000 + 10_001,
-                (i >> 8) % 97 + 1,
-            );
-            let r: Result<(), mysql_async::Error> = async {
-                let mut tx = conn.start_transaction(Default::default()).await?;
-                tx.exec_drop(
-                    "UPDATE accounts SET balance = balance - ? WHERE id = ?",
-                    (x, a),
-                )
-                .await?;
-                tx.exec_drop(
-                    "UPDATE accounts SET balance = balance + ? WHERE id = ?",
-                    (x, b),
-                )
-                .await?;
-                tx.commit().await
-            }
-            .await;
-            if r.is_ok() {
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-}
-
 /// Backs up `accounts` while a writer moves money between its two halves, the agent
 /// pausing between the start of its own snapshot and its helper's; returns the backup's
 /// output and how many transfers committed during it.
 fn backup_under_transfers(src: &Server, setup: &Setup) -> (std::process::Output, u64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let w = {
-        let (port, pw, db, stop, done) = (
-            src.port,
-            src.password.clone(),
-            setup.db.clone(),
-            stop.clone(),
-            done.clone(),
-        );
-        std::thread::spawn(move || mover(port, pw, db, stop, done))
-    };
-    let t0 = std::time::Instant::now();
-    while done.load(Ordering::SeqCst) < 20 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the writer does not commit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let before = done.load(Ordering::SeqCst);
-    let cfg = setup.config(src);
-    let o = std::process::Command::new(agent_bin())
+    let w = Transfers::start(vec![Mover {
+        port: src.port,
+        password: src.password.clone(),
+        db: setup.db.clone(),
+        // Accounts far apart: read by different readers.
+        from: (1, 10_000),
+        to: (10_001, 10_000),
+        log: false,
+    }]);
+    w.wait_for(20, Duration::from_secs(30));
+    let before = w.committed();
+    let o = paused_backup(src, setup);
+    let during = w.committed() - before;
+    w.stop();
+    (o, during)
+}
+
+/// `backup-agent backup`, pausing 1.5 s between the start of the dump's snapshot and its
+/// helpers'.
+fn paused_backup(src: &Server, setup: &Setup) -> std::process::Output {
+    std::process::Command::new(agent_bin())
         .arg("--config")
-        .arg(cfg)
+        .arg(setup.config(src))
         .arg("backup")
         .env("TMPDIR", setup.path("state"))
         .env("BACKUP_AGENT_TEST_PAUSE_AT", "snapshot-started:1500")
         .stdin(std::process::Stdio::null())
         .output()
-        .unwrap();
-    let during = done.load(Ordering::SeqCst) - before;
-    stop.store(true, Ordering::SeqCst);
-    w.join().unwrap();
-    (o, during)
+        .unwrap()
+}
+
+/// Two backups of one server at once, with room in its connection budget for only one
+/// of them to add a helper: the other reads over its own connection (and says why),
+/// neither waits for the other, both are whole.
+#[test]
+fn helpers_take_only_what_the_budget_has_free() {
+    let src = source();
+    let dst = target();
+    let (d1, d2) = (unique("pbudget_a"), unique("pbudget_b"));
+    for d in [&d1, &d2] {
+        src.drop_db(d);
+        src.sql(&format!("CREATE DATABASE `{d}`"));
+        src.sql_db(
+            d,
+            "CREATE TABLE t (id INT PRIMARY KEY, v TEXT) ENGINE=InnoDB;
+             INSERT INTO t SELECT seq, SHA2(seq, 256) FROM seq_1_to_3000",
+        );
+    }
+    let mut setup = Setup::new(&src, &d1);
+    setup.extra = "users_and_grants = false\nparallel_table_size = \"0\"\n".into();
+    // Two own connections, and one helper with its lock connection: 4.
+    setup.agent_extra = "max_concurrent_backups = 2\nmax_connections_per_server = 4\n".into();
+    setup.tail = format!(
+        "[[source]]\nname = \"second\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\npassword_file = {:?}\ndatabases = {{ include = [\"{d2}\"] }}\nusers_and_grants = false\nparallel_table_size = \"0\"\n",
+        src.port,
+        setup.dump_user,
+        setup.path("db.password")
+    );
+    let o = paused_backup(&src, &setup);
+    ok(&o, "two backups at once");
+    let ranged = ranged_tables(&o);
+    assert_eq!(ranged.len(), 1, "{}", stderr(&o));
+    assert!(
+        [format!("{d1}.t"), format!("{d2}.t")].contains(&ranged[0]),
+        "{ranged:?}"
+    );
+    let log = stderr(&o);
+    let single: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|j| j["event"] == "dump_single_connection")
+        .collect();
+    assert_eq!(single.len(), 1, "{log}");
+    assert!(
+        single[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_connections_per_server"),
+        "{log}"
+    );
+    // Both backups are whole: each restores to its source's tables.
+    let data: Vec<String> = setup
+        .store_files()
+        .into_iter()
+        .filter(|f| f.ends_with(".sql.gz.gpg"))
+        .collect();
+    assert_eq!(data.len(), 2, "{data:?}");
+    for f in &data {
+        let d = if f.split('/').any(|c| c == "second") {
+            &d2
+        } else {
+            &d1
+        };
+        dst.drop_db(d);
+        let r = restore(&into_args(
+            &dst,
+            &setup.store().join(f),
+            &setup.path("t.pw"),
+        ));
+        ok(&r, "restore");
+        assert_same(&fingerprint(&src, d), &fingerprint(&dst, d));
+        dst.drop_db(d);
+    }
+    src.drop_db(&d1);
+    src.drop_db(&d2);
 }
 
 fn accounts_db(src: &Server) -> String {
@@ -240,6 +254,13 @@ fn readers_share_one_snapshot_while_writes_commit() {
         "money was created or lost: the readers' snapshots differ"
     );
     dst.drop_db(&db);
+    let c = setup.agent(&src, &["check-config"]);
+    ok(&c, "check-config");
+    assert!(
+        !String::from_utf8_lossy(&c.stdout).contains("warning:"),
+        "{}",
+        String::from_utf8_lossy(&c.stdout)
+    );
 
     // A dump user without RELOAD cannot hold the commit lock: the dump says so and reads
     // over its one connection, still one snapshot.
@@ -247,6 +268,19 @@ fn readers_share_one_snapshot_while_writes_commit() {
         "REVOKE RELOAD ON *.* FROM '{u}'@'127.0.0.1', '{u}'@'localhost'",
         u = setup.dump_user
     ));
+    // check-config says so beforehand: a warning, not a problem (the backup is still
+    // consistent, only slower).
+    let c = setup.agent(&src, &["check-config"]);
+    ok(&c, "check-config without RELOAD");
+    let out = String::from_utf8_lossy(&c.stdout).into_owned();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("warning: source main node")
+                && l.contains("lacks RELOAD")
+                && l.contains("dump_connections = 2")
+                && l.contains("GRANT RELOAD ON *.*")),
+        "{out}"
+    );
     std::fs::remove_dir_all(setup.store()).unwrap();
     std::fs::create_dir_all(setup.store()).unwrap();
     let (o, _) = backup_under_transfers(&src, &setup);

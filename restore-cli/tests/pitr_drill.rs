@@ -18,23 +18,15 @@ fn log_drill(
     src: &Server,
     dst: &Server,
 ) -> (std::process::Output, serde_json::Value) {
-    let pw = setup.path("scratch.pw");
-    std::fs::write(&pw, &dst.password).unwrap();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "--verify".into(),
         "--pitr".into(),
         "--json".into(),
         "--config".into(),
         setup.config(src).display().to_string(),
-        "--scratch".into(),
-        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
-        "--scratch-password-file".into(),
-        pw.display().to_string(),
-        "--dpo-key".into(),
-        testdata("dpo.sec.asc").display().to_string(),
-        "--agent-cert".into(),
-        testdata("agent.pub.asc").display().to_string(),
     ];
+    args.extend(scratch_args(dst, &setup.path("scratch.pw")));
+    args.extend(key_args());
     let o = restore(&args);
     let v = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
     (o, v)

@@ -25,7 +25,8 @@ pub fn check_config(cfg: &Config, json: bool) -> ExitCode {
         .build()
         .expect("tokio runtime")
         .block_on(check::check_sources(cfg));
-    r.problems.extend(logins);
+    r.problems.extend(logins.problems);
+    r.warnings.extend(logins.warnings);
     if json {
         println!(
             "{}",
@@ -33,6 +34,7 @@ pub fn check_config(cfg: &Config, json: bool) -> ExitCode {
                 "valid": r.problems.is_empty(),
                 "file": cfg.file,
                 "notes": r.notes,
+                "warnings": r.warnings,
                 "problems": r.problems.iter().map(problem_json).collect::<Vec<_>>(),
             }))
             .expect("serializable")
@@ -45,6 +47,9 @@ pub fn check_config(cfg: &Config, json: bool) -> ExitCode {
     }
     for n in &r.notes {
         println!("ok: {n}");
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
     }
     if r.problems.is_empty() {
         println!("configuration {} is valid", cfg.file.display());

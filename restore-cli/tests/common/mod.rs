@@ -7,6 +7,7 @@ pub mod pitr;
 pub mod private;
 pub mod receivers;
 pub mod s3;
+pub mod transfers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -550,17 +551,37 @@ pub fn restore_decrypt(data: &Path, key: &Path, agents: &Path, out: &Path) -> Ou
 /// Arguments for `restore --into` the target server with the throwaway keys.
 pub fn into_args(dst: &Server, data: &Path, password_file: &Path) -> Vec<String> {
     std::fs::write(password_file, &dst.password).unwrap();
-    vec![
+    let mut v = vec![
         "--into".into(),
         format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
         "--backup".into(),
         data.display().to_string(),
         "--password-file".into(),
         password_file.display().to_string(),
+    ];
+    v.extend(key_args());
+    v
+}
+
+/// The throwaway DPO secret key and agent certificate, as `restore` arguments.
+pub fn key_args() -> Vec<String> {
+    vec![
         "--dpo-key".into(),
         testdata("dpo.sec.asc").display().to_string(),
         "--agent-cert".into(),
         testdata("agent.pub.asc").display().to_string(),
+    ]
+}
+
+/// Arguments naming `dst` the drill's scratch server (its admin password written to
+/// `password_file`).
+pub fn scratch_args(dst: &Server, password_file: &Path) -> Vec<String> {
+    std::fs::write(password_file, &dst.password).unwrap();
+    vec![
+        "--scratch".into(),
+        format!("mysql://{ADMIN_USER}@127.0.0.1:{}/", dst.port),
+        "--scratch-password-file".into(),
+        password_file.display().to_string(),
     ]
 }
 

@@ -9,11 +9,11 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::receivers::{free_port, Mode, Receiver};
+use common::transfers::{Mover, Transfers};
 use common::*;
 
 mod desync;
@@ -373,57 +373,6 @@ fn webhook(s: &mut Setup, hook: &Receiver) {
         "[alerts]\nrepeat_interval = \"1s\"\n[alerts.webhook]\nurl_file = {:?}\ntimeout = \"2s\"\nretries = 0\n",
         s.path("webhook.url")
     );
-}
-
-/// Moves money between accounts on node `port` until `stop`; counts commits.
-fn writer(port: u16, password: String, db: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    use mysql_async::prelude::*;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some(ADMIN_USER))
-            .pass(Some(password))
-            .db_name(Some(db));
-        let mut conn = mysql_async::Conn::new(opts).await.unwrap();
-        let mut i: u64 = port as u64;
-        while !stop.load(Ordering::SeqCst) {
-            i = i
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let (a, b, x) = ((i >> 20) % 50 + 1, (i >> 40) % 50 + 1, (i >> 8) % 97 + 1);
-            if a == b {
-                continue;
-            }
-            let r: Result<(), mysql_async::Error> = async {
-                let mut tx = conn.start_transaction(Default::default()).await?;
-                tx.exec_drop(
-                    "UPDATE accounts SET balance = balance - ? WHERE id = ?",
-                    (x, a),
-                )
-                .await?;
-                tx.exec_drop(
-                    "UPDATE accounts SET balance = balance + ? WHERE id = ?",
-                    (x, b),
-                )
-                .await?;
-                tx.exec_drop(
-                    "INSERT INTO transfers (src, dst, amount) VALUES (?, ?, ?)",
-                    (a, b, x),
-                )
-                .await?;
-                tx.commit().await
-            }
-            .await;
-            if r.is_ok() {
-                done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
 }
 
 /// An admin account with SUPER only, for desync; returns (user, password file).

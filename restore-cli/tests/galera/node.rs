@@ -133,33 +133,26 @@ fn a_dump_under_load_restores_to_a_consistent_state() {
         "rate_limit = \"256KiB\"\nparallel_table_size = \"0\"",
         "lease = false",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let writers: Vec<_> = [2usize, 3]
-        .iter()
-        .map(|&i| {
-            let (port, pw, db, stop, done) = (
-                c.node(i).port,
-                c.node(i).password.clone(),
-                db.clone(),
-                stop.clone(),
-                done.clone(),
-            );
-            std::thread::spawn(move || writer(port, pw, db, stop, done))
-        })
-        .collect();
-    wait_for("the writers", Duration::from_secs(20), || {
-        done.load(Ordering::SeqCst) >= 50
-    });
-    let before = done.load(Ordering::SeqCst);
+    let w = Transfers::start(
+        [2usize, 3]
+            .iter()
+            .map(|&i| Mover {
+                port: c.node(i).port,
+                password: c.node(i).password.clone(),
+                db: db.clone(),
+                from: (1, 50),
+                to: (1, 50),
+                log: true,
+            })
+            .collect(),
+    );
+    w.wait_for(50, Duration::from_secs(20));
+    let before = w.committed();
     let t0 = Instant::now();
     let (o, node) = backup(&s, &c, &[]);
     let took = t0.elapsed();
-    let during = done.load(Ordering::SeqCst) - before;
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.join().unwrap();
-    }
+    let during = w.committed() - before;
+    w.stop();
     ok(&o, "backup under load");
     assert_eq!(node.as_deref(), Some("n1"));
     assert!(
