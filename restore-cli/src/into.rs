@@ -313,7 +313,7 @@ pub(crate) async fn replay_dump(
         conn,
         rows,
         sel,
-        v.sql_bytes,
+        v,
     )
     .await
     .map_err(|e| {

@@ -4,6 +4,7 @@
 mod crypto;
 mod drill;
 mod into;
+mod keys;
 mod list;
 mod pinned;
 mod pitr;

@@ -16,6 +16,7 @@
 //! of the file between the passes stops the reading thread (the pins), and the restore
 //! fails.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -25,8 +26,9 @@ use mysql_async::Conn;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::crypto::{DpoKey, Outcome, TrustedSigners};
+use crate::keys;
 use crate::pinned::Pins;
-use crate::restore::{finish_sql, open_sql, Selection};
+use crate::restore::{finish_sql, open_sql, Selection, Verified};
 use backup_core::format::{Item, Splitter};
 
 /// Row statements in flight per row connection (each at most the statement limit, 1 MiB
@@ -34,6 +36,10 @@ use backup_core::format::{Item, Splitter};
 const IN_FLIGHT_PER_CONNECTION: usize = 2;
 /// How often a statement that hit a deadlock or a lock wait timeout is tried again.
 const RETRIES: u32 = 5;
+/// Tables with at least this many rows (the dump's trailer) get their plain secondary keys
+/// after their rows (`keys`): below it, the index fits in memory while it grows and an
+/// `ALTER TABLE` per table costs more than it saves.
+pub const DEFER_KEYS_ROWS: u64 = 200_000;
 
 /// What a statement asks of the replay.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -186,6 +192,82 @@ async fn row_connection(
     conn
 }
 
+/// The plain secondary keys of large tables, held back until the table's rows are in
+/// (`keys`).
+struct DeferredKeys {
+    /// (database in the dump, table) of the tables with at least `DEFER_KEYS_ROWS` rows.
+    large: HashSet<(String, String)>,
+    /// Off after a table with foreign keys: from then on every table is created whole.
+    on: bool,
+    /// The database of the statements read, as in the dump and as replayed (`--as`).
+    dump_db: Option<String>,
+    target_db: Option<String>,
+    /// `ALTER TABLE ... ADD KEY ...` of the tables created without their keys.
+    pending: Vec<Vec<u8>>,
+    /// How many tables got their keys so.
+    added: usize,
+}
+
+impl DeferredKeys {
+    fn new(v: &Verified) -> Self {
+        DeferredKeys {
+            large: v
+                .trailer
+                .tables
+                .iter()
+                .filter(|t| t.rows >= DEFER_KEYS_ROWS)
+                .map(|t| (t.db.clone(), t.table.clone()))
+                .collect(),
+            on: true,
+            dump_db: None,
+            target_db: None,
+            pending: Vec::new(),
+            added: 0,
+        }
+    }
+
+    /// The database a `USE` statement switches to.
+    fn used(stmt: &[u8]) -> Option<String> {
+        let head = stmt.get(..4)?;
+        if !head.eq_ignore_ascii_case(b"USE ") {
+            return None;
+        }
+        crate::restore::leading_ident(&String::from_utf8_lossy(&stmt[4..]))
+    }
+
+    /// The statement to run for a `CREATE TABLE` (`stmt` itself, or the table without its
+    /// plain keys), and whether the keys held back so far must be added first (a table
+    /// with foreign keys follows).
+    fn create(&mut self, stmt: Vec<u8>) -> (Vec<u8>, bool) {
+        if !self.on || self.large.is_empty() {
+            return (stmt, false);
+        }
+        match keys::split_keys(&stmt) {
+            keys::Create::Defer {
+                create,
+                table,
+                keys,
+            } => {
+                let name = crate::restore::leading_ident(&table).unwrap_or_default();
+                match (&self.dump_db, &self.target_db) {
+                    (Some(d), Some(t)) if self.large.contains(&(d.clone(), name)) => {
+                        self.pending
+                            .push(keys::alter(t, &table, &keys).into_bytes());
+                        self.added += 1;
+                        (create, false)
+                    }
+                    _ => (stmt, false),
+                }
+            }
+            keys::Create::Keep => (stmt, false),
+            keys::Create::ForeignKeys => {
+                self.on = false;
+                (stmt, !self.pending.is_empty())
+            }
+        }
+    }
+}
+
 /// Replays the verified file: statements that are not rows on `conn`, rows on `rows`
 /// (or on `conn` too when `rows` is empty). Returns how many statements were replayed.
 #[allow(clippy::too_many_arguments)]
@@ -198,8 +280,10 @@ pub async fn replay(
     conn: &mut Conn,
     rows: Vec<Conn>,
     mut sel: Selection,
-    total_sql_bytes: u64,
+    v: &Verified,
 ) -> Result<u64> {
+    let total_sql_bytes = v.sql_bytes;
+    let mut deferred = DeferredKeys::new(v);
     let reader = open_sql(path, pins, dpo, trusted)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
     let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {
@@ -250,6 +334,9 @@ pub async fn replay(
             Msg::Stmt(s, done) => (s, done),
         };
         progress.update(&s, done);
+        if let Some(d) = DeferredKeys::used(&s) {
+            deferred.dump_db = Some(d);
+        }
         let Some(s) = sel.take(s) else {
             if let Some(e) = sel.refusal() {
                 failure = Some(anyhow!("{e}"));
@@ -262,6 +349,40 @@ pub async fn replay(
             break;
         }
         let kind = classify(&s);
+        if kind == Kind::Session {
+            if let Some(d) = DeferredKeys::used(&s) {
+                deferred.target_db = Some(d);
+            }
+        }
+        let mut s = s;
+        let mut add_keys_now = kind == Kind::After;
+        if kind == Kind::Create && s.len() > 13 && s[..13].eq_ignore_ascii_case(b"CREATE TABLE ") {
+            let (stmt, flush) = deferred.create(s);
+            s = stmt;
+            add_keys_now = flush;
+        }
+        if add_keys_now && !deferred.pending.is_empty() {
+            // Every row of the tables is sent before this statement: their keys now, one
+            // table per connection, then the statement once all is in.
+            if let Err(e) = add_keys(
+                std::mem::take(&mut deferred.pending),
+                ordinal,
+                conn,
+                &job_tx,
+                &permits,
+                &shared,
+                n_rows,
+            )
+            .await
+            {
+                failure = Some(e);
+                break;
+            }
+            all_in(permits.clone()).await;
+            if shared.failed() {
+                break;
+            }
+        }
         if kind == Kind::Rows && n_rows > 0 {
             let permit = permits.clone().acquire_owned().await.expect("never closed");
             let session = shared.session.lock().expect("not poisoned").len();
@@ -294,6 +415,21 @@ pub async fn replay(
                 .push(Arc::new(s));
         }
     }
+    if failure.is_none() && !shared.failed() && !deferred.pending.is_empty() {
+        if let Err(e) = add_keys(
+            std::mem::take(&mut deferred.pending),
+            ordinal,
+            conn,
+            &job_tx,
+            &permits,
+            &shared,
+            n_rows,
+        )
+        .await
+        {
+            failure = Some(e);
+        }
+    }
     drop(rx);
     drop(job_tx);
     progress.finish();
@@ -316,7 +452,47 @@ pub async fn replay(
         .context(
             "the second pass over the file failed (was the file changed during the restore?)",
         )?;
+    if deferred.added > 0 {
+        eprintln!(
+            "restore: added the secondary keys of {} large table(s) after their rows",
+            deferred.added
+        );
+    }
     Ok(ordinal)
+}
+
+/// Runs the held-back `ALTER TABLE ... ADD KEY` statements: on the row connections (each
+/// takes the next, so tables build their indexes side by side), or on `conn` when there
+/// are none. A row connection's failure is the replay's (`shared`).
+async fn add_keys(
+    alters: Vec<Vec<u8>>,
+    ordinal: u64,
+    conn: &mut Conn,
+    job_tx: &mpsc::Sender<Job>,
+    permits: &Arc<Semaphore>,
+    shared: &Arc<Shared>,
+    n_rows: usize,
+) -> Result<()> {
+    for stmt in alters {
+        if n_rows == 0 {
+            conn.query_drop(stmt.as_slice())
+                .await
+                .map_err(|e| refused(ordinal, &stmt, &e))?;
+            continue;
+        }
+        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let session = shared.session.lock().expect("not poisoned").len();
+        let job = Job {
+            stmt,
+            ordinal,
+            session,
+            _permit: permit,
+        };
+        if job_tx.send(job).await.is_err() {
+            bail!("the row connections stopped");
+        }
+    }
+    Ok(())
 }
 
 /// Progress on a terminal: bytes, tables, rate, ETA (total from the verification pass).

@@ -601,7 +601,7 @@ fn strip_keyword<'a>(s: &'a str, upper: &str, kw: &str) -> Option<&'a str> {
 }
 
 /// The first backtick-quoted identifier of `s`.
-fn leading_ident(s: &str) -> Option<String> {
+pub(crate) fn leading_ident(s: &str) -> Option<String> {
     let s = s.trim_start();
     let rest = s.strip_prefix('`')?;
     let mut out = String::new();

@@ -365,7 +365,7 @@ impl Scratch {
             &mut self.conn,
             std::mem::take(&mut self.rows),
             sel,
-            v.sql_bytes,
+            v,
         )
         .await
     }
