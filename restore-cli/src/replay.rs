@@ -202,7 +202,8 @@ struct DeferredKeys {
     /// The database of the statements read, as in the dump and as replayed (`--as`).
     dump_db: Option<String>,
     target_db: Option<String>,
-    /// `ALTER TABLE ... ADD KEY ...` of the tables created without their keys.
+    /// `ALTER TABLE ... ADD KEY ...` of the tables created without their keys whose rows
+    /// are still being read.
     pending: Vec<Vec<u8>>,
     /// How many tables got their keys so.
     added: usize,
@@ -236,8 +237,8 @@ impl DeferredKeys {
     }
 
     /// The statement to run for a `CREATE TABLE` (`stmt` itself, or the table without its
-    /// plain keys), and whether the keys held back so far must be added first (a table
-    /// with foreign keys follows).
+    /// plain keys), and whether every key held back so far must be in first (a table with
+    /// foreign keys follows: a parent's referenced index must exist).
     fn create(&mut self, stmt: Vec<u8>) -> (Vec<u8>, bool) {
         if !self.on || self.large.is_empty() {
             return (stmt, false);
@@ -262,7 +263,7 @@ impl DeferredKeys {
             keys::Create::Keep => (stmt, false),
             keys::Create::ForeignKeys => {
                 self.on = false;
-                (stmt, !self.pending.is_empty())
+                (stmt, self.added > 0)
             }
         }
     }
@@ -302,7 +303,7 @@ pub async fn replay(
 
     let n_rows = rows.len();
     let slots = (n_rows * IN_FLIGHT_PER_CONNECTION).max(1);
-    let permits = Arc::new(Semaphore::new(slots));
+    let flight = InFlight::new(slots, n_rows.max(1));
     let shared = Arc::new(Shared {
         session: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
@@ -313,14 +314,6 @@ pub async fn replay(
         .into_iter()
         .map(|c| tokio::spawn(row_connection(c, job_rx.clone(), shared.clone())))
         .collect();
-
-    // Waits until every row statement sent so far is in.
-    let all_in = |permits: Arc<Semaphore>| async move {
-        let _all = permits
-            .acquire_many(slots as u32)
-            .await
-            .expect("never closed");
-    };
 
     let mut progress = Progress::new(total_sql_bytes);
     let mut ordinal = 0u64;
@@ -355,21 +348,17 @@ pub async fn replay(
             }
         }
         let mut s = s;
-        let mut add_keys_now = kind == Kind::After;
-        if kind == Kind::Create && s.len() > 13 && s[..13].eq_ignore_ascii_case(b"CREATE TABLE ") {
-            let (stmt, flush) = deferred.create(s);
-            s = stmt;
-            add_keys_now = flush;
-        }
-        if add_keys_now && !deferred.pending.is_empty() {
-            // Every row of the tables is sent before this statement: their keys now, one
-            // table per connection, then the statement once all is in.
+        if (kind == Kind::Create || kind == Kind::After) && !deferred.pending.is_empty() {
+            // The rows of the tables whose keys were held back are all read: once they are
+            // in, their keys go to the row connections, and build while the next tables'
+            // rows load on the others.
+            flight.rows_in().await;
             if let Err(e) = add_keys(
                 std::mem::take(&mut deferred.pending),
                 ordinal,
                 conn,
                 &job_tx,
-                &permits,
+                &flight,
                 &shared,
                 n_rows,
             )
@@ -378,13 +367,22 @@ pub async fn replay(
                 failure = Some(e);
                 break;
             }
-            all_in(permits.clone()).await;
             if shared.failed() {
                 break;
             }
         }
+        if kind == Kind::Create && s.len() > 13 && s[..13].eq_ignore_ascii_case(b"CREATE TABLE ") {
+            let (stmt, keys_first) = deferred.create(s);
+            s = stmt;
+            if keys_first {
+                flight.all_in().await;
+                if shared.failed() {
+                    break;
+                }
+            }
+        }
         if kind == Kind::Rows && n_rows > 0 {
-            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            let permit = flight.row_slot().await;
             let session = shared.session.lock().expect("not poisoned").len();
             let job = Job {
                 stmt: s,
@@ -398,7 +396,7 @@ pub async fn replay(
             continue;
         }
         if kind == Kind::After {
-            all_in(permits.clone()).await;
+            flight.all_in().await;
             if shared.failed() {
                 break;
             }
@@ -416,12 +414,13 @@ pub async fn replay(
         }
     }
     if failure.is_none() && !shared.failed() && !deferred.pending.is_empty() {
+        flight.rows_in().await;
         if let Err(e) = add_keys(
             std::mem::take(&mut deferred.pending),
             ordinal,
             conn,
             &job_tx,
-            &permits,
+            &flight,
             &shared,
             n_rows,
         )
@@ -461,15 +460,71 @@ pub async fn replay(
     Ok(ordinal)
 }
 
-/// Runs the held-back `ALTER TABLE ... ADD KEY` statements: on the row connections (each
-/// takes the next, so tables build their indexes side by side), or on `conn` when there
-/// are none. A row connection's failure is the replay's (`shared`).
+/// What the row connections have been given and not finished: row statements and
+/// `ALTER TABLE ... ADD KEY` statements, each holding a permit of its own kind until done.
+struct InFlight {
+    rows: Arc<Semaphore>,
+    row_slots: u32,
+    keys: Arc<Semaphore>,
+    key_slots: u32,
+}
+
+impl InFlight {
+    fn new(row_slots: usize, key_slots: usize) -> Self {
+        InFlight {
+            rows: Arc::new(Semaphore::new(row_slots)),
+            row_slots: row_slots as u32,
+            keys: Arc::new(Semaphore::new(key_slots)),
+            key_slots: key_slots as u32,
+        }
+    }
+
+    async fn row_slot(&self) -> OwnedSemaphorePermit {
+        self.rows
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
+    }
+
+    async fn key_slot(&self) -> OwnedSemaphorePermit {
+        self.keys
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed")
+    }
+
+    /// Waits until every row statement sent so far is in.
+    async fn rows_in(&self) {
+        let _all = self
+            .rows
+            .acquire_many(self.row_slots)
+            .await
+            .expect("never closed");
+    }
+
+    /// Waits until every row statement and every key build sent so far is done.
+    async fn all_in(&self) {
+        self.rows_in().await;
+        let _all = self
+            .keys
+            .acquire_many(self.key_slots)
+            .await
+            .expect("never closed");
+    }
+}
+
+/// Runs the held-back `ALTER TABLE ... ADD KEY` statements: on the row connections (a free
+/// one takes the next, so an index builds while other tables' rows load, at most one
+/// build per connection), or on `conn` when there are none. A row connection's failure
+/// is the replay's (`shared`).
 async fn add_keys(
     alters: Vec<Vec<u8>>,
     ordinal: u64,
     conn: &mut Conn,
     job_tx: &mpsc::Sender<Job>,
-    permits: &Arc<Semaphore>,
+    flight: &InFlight,
     shared: &Arc<Shared>,
     n_rows: usize,
 ) -> Result<()> {
@@ -480,7 +535,7 @@ async fn add_keys(
                 .map_err(|e| refused(ordinal, &stmt, &e))?;
             continue;
         }
-        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let permit = flight.key_slot().await;
         let session = shared.session.lock().expect("not poisoned").len();
         let job = Job {
             stmt,
