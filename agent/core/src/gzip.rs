@@ -81,19 +81,38 @@ pub fn sized_member(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
 type Job = (Vec<u8>, SyncSender<io::Result<Vec<u8>>>);
 
 /// Inflates one whole member (`bytes`), which must be exactly one member that inflates to
-/// exactly `size` bytes.
+/// exactly `size` bytes. Its header is the sized one (`FEXTRA` alone, checked when it was
+/// read); the deflate data must end exactly at the trailer, whose CRC-32 (computed with
+/// the CPU's carry-less multiply, not byte tables) and size must match.
 fn inflate_member(bytes: &[u8], size: usize) -> io::Result<Vec<u8>> {
-    let mut rest = bytes;
-    let mut out = Vec::with_capacity(size);
-    {
-        let mut dec = flate2::bufread::GzDecoder::new(&mut rest);
-        (&mut dec).take(size as u64 + 1).read_to_end(&mut out)?;
-    }
-    if out.len() != size || !rest.is_empty() {
-        return Err(io::Error::new(
+    let bad = |what: &str| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            "a gzip member does not match the length in its header (corrupt or crafted stream)",
-        ));
+            format!("a gzip member {what} (corrupt or crafted stream)"),
+        )
+    };
+    let lie = || bad("does not match the length in its header");
+    let xlen = u16::from_le_bytes([bytes[HEADER_LEN], bytes[HEADER_LEN + 1]]) as usize;
+    let start = HEADER_LEN + 2 + xlen;
+    let end = bytes
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .filter(|&e| e >= start)
+        .ok_or_else(lie)?;
+    let data = &bytes[start..end];
+    // One byte of room more than the trailer says: a member that inflates to more fills it.
+    let mut out = Vec::with_capacity(size + 1);
+    let mut d = flate2::Decompress::new(false);
+    let status = d
+        .decompress_vec(data, &mut out, flate2::FlushDecompress::Finish)
+        .map_err(|e| bad(&format!("does not inflate: {e}")))?;
+    if status != flate2::Status::StreamEnd || d.total_in() != data.len() as u64 || out.len() != size
+    {
+        return Err(lie());
+    }
+    let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
+    if crc32fast::hash(&out) != crc {
+        return Err(bad("fails its CRC-32"));
     }
     Ok(out)
 }
