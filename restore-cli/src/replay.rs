@@ -207,6 +207,12 @@ struct DeferredKeys {
     pending: Vec<Vec<u8>>,
     /// How many tables got their keys so.
     added: usize,
+    /// The restoring user's grants (`SHOW GRANTS`), when read: a table's keys are held
+    /// back only where they show `ALTER` on its database, so a user who may create and
+    /// fill tables but not alter them still restores (with the keys during the load).
+    grants: Option<Vec<String>>,
+    /// Databases (as replayed) where the keys may not be held back.
+    no_alter: HashSet<String>,
 }
 
 impl DeferredKeys {
@@ -224,7 +230,24 @@ impl DeferredKeys {
             target_db: None,
             pending: Vec::new(),
             added: 0,
+            grants: None,
+            no_alter: HashSet::new(),
         }
+    }
+
+    /// Whether the restoring user may `ALTER` tables of database `db` (false when the
+    /// grants cannot tell).
+    fn may_alter(&mut self, db: &str) -> bool {
+        if self.no_alter.contains(db) {
+            return false;
+        }
+        let ok = self.grants.as_ref().is_some_and(|g| {
+            crate::target::lacking(g, &[db.to_string()], &["ALTER"]).is_some_and(|l| l.is_empty())
+        });
+        if !ok {
+            self.no_alter.insert(db.to_string());
+        }
+        ok
     }
 
     /// The database a `USE` statement switches to.
@@ -250,10 +273,14 @@ impl DeferredKeys {
                 keys,
             } => {
                 let name = crate::restore::leading_ident(&table).unwrap_or_default();
-                match (&self.dump_db, &self.target_db) {
-                    (Some(d), Some(t)) if self.large.contains(&(d.clone(), name)) => {
+                let large = self
+                    .dump_db
+                    .clone()
+                    .is_some_and(|d| self.large.contains(&(d, name)));
+                match self.target_db.clone() {
+                    Some(t) if large && self.may_alter(&t) => {
                         self.pending
-                            .push(keys::alter(t, &table, &keys).into_bytes());
+                            .push(keys::alter(&t, &table, &keys).into_bytes());
                         self.added += 1;
                         (create, false)
                     }
@@ -285,6 +312,9 @@ pub async fn replay(
 ) -> Result<u64> {
     let total_sql_bytes = v.sql_bytes;
     let mut deferred = DeferredKeys::new(v);
+    if !deferred.large.is_empty() {
+        deferred.grants = conn.query("SHOW GRANTS").await.ok();
+    }
     let reader = open_sql(path, pins, dpo, trusted)?;
     let (tx, mut rx) = mpsc::channel::<Msg>(16);
     let producer = tokio::task::spawn_blocking(move || -> Result<Outcome> {

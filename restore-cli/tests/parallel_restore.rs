@@ -258,6 +258,30 @@ fn large_tables_get_their_keys_after_their_rows_with_the_same_definition() {
         assert_same(&want.0, &fingerprint(&dst, &db));
         assert_eq!(want.1, table_definitions(&dst, &db), "--jobs {jobs}");
     }
+    // A restoring user who may create and fill the tables (and reference them) but not
+    // alter them: the keys stay in the CREATE TABLE, and the restore succeeds as before.
+    dst.drop_db(&db);
+    let user = format!("{db}_noalter");
+    let pw = "no-alter-pw";
+    dst.sql(&format!(
+        "CREATE OR REPLACE USER '{user}'@'%' IDENTIFIED BY '{pw}'; \
+         GRANT CREATE, INSERT, SELECT, REFERENCES ON `{db}`.* TO '{user}'@'%'"
+    ));
+    let pw_file = setup.path("noalter.password");
+    std::fs::write(&pw_file, pw).unwrap();
+    let mut a = into_args(&dst, &data, &setup.path("target.password"));
+    a[1] = format!("mysql://{user}@127.0.0.1:{}/", dst.port);
+    a[5] = pw_file.display().to_string();
+    let o = restore(&a);
+    ok(&o, "restore by a user without ALTER");
+    assert!(
+        !stderr(&o).contains("added the secondary keys"),
+        "{}",
+        stderr(&o)
+    );
+    assert_same(&want.0, &fingerprint(&dst, &db));
+    assert_eq!(want.1, table_definitions(&dst, &db), "a user without ALTER");
+    dst.sql(&format!("DROP USER '{user}'@'%'"));
     dst.drop_db(&db);
     let mut args = vec![
         "--verify".to_string(),
